@@ -1,0 +1,59 @@
+//! Device selection from a protocol or `--device` string: `cpu`, `cuda`, `cuda:N`.
+use candle_core::Device;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("unknown device `{0}`; expected `cpu`, `cuda` or `cuda:N`")]
+    Unknown(String),
+    #[error("device `{0}` asked for, but this build has no CUDA support; rebuild with `--features cuda`")]
+    NoCudaBuild(String),
+    #[error("device `{name}` could not be opened: {source}")]
+    Open { name: String, source: candle_core::Error },
+}
+
+/// Parses and opens a device. Never silently falls back to the CPU.
+pub fn open(spec: &str) -> Result<Device, DeviceError> {
+    let s = spec.trim();
+    if s == "cpu" {
+        return Ok(Device::Cpu);
+    }
+    let ordinal = if s == "cuda" {
+        0
+    } else if let Some(n) = s.strip_prefix("cuda:") {
+        n.parse::<usize>().map_err(|_| DeviceError::Unknown(spec.to_string()))?
+    } else {
+        return Err(DeviceError::Unknown(spec.to_string()));
+    };
+    if !cfg!(feature = "cuda") {
+        return Err(DeviceError::NoCudaBuild(spec.to_string()));
+    }
+    Device::new_cuda(ordinal).map_err(|source| DeviceError::Open { name: spec.to_string(), source })
+}
+
+/// A human-readable description for manifests.
+pub fn describe(device: &Device) -> String {
+    match device {
+        Device::Cpu => format!("cpu ({} threads)", rayon::current_num_threads()),
+        Device::Cuda(_) => "cuda".to_string(),
+        Device::Metal(_) => "metal".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_cpu_and_rejects_garbage() {
+        assert!(matches!(open("cpu"), Ok(Device::Cpu)));
+        assert!(matches!(open("gpu"), Err(DeviceError::Unknown(_))));
+        assert!(matches!(open("cuda:x"), Err(DeviceError::Unknown(_))));
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn cuda_without_feature_is_a_clear_error() {
+        let e = open("cuda:0").unwrap_err();
+        assert!(e.to_string().contains("--features cuda"), "{e}");
+    }
+}

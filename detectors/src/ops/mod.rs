@@ -1,0 +1,20 @@
+//! Tensor operations the backbones call. Layers go through these wrappers so that faster CPU
+//! kernels (custom ops with their own backward) can replace candle's without touching models.
+use candle_core::{Result, Tensor};
+
+/// 2-D convolution, NCHW input, `[C_out, C_in / groups, kH, kW]` weight, optional `[C_out]` bias.
+pub fn conv2d(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+    dilation: usize,
+    groups: usize,
+) -> Result<Tensor> {
+    let y = x.conv2d(weight, padding, stride, dilation, groups)?;
+    match bias {
+        Some(b) => y.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1))?),
+        None => Ok(y),
+    }
+}

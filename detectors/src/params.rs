@@ -1,0 +1,214 @@
+//! Parameter storage with deterministic, seeded initialisation.
+//!
+//! candle's CPU generator cannot be seeded and `VarMap` iterates a `HashMap`, so the project keeps
+//! its own store: names in a `BTreeMap` (one fixed order for flattening gradients) and every
+//! initial value drawn from a ChaCha generator seeded by the protocol.
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use candle_core::{DType, Device, Result, Shape, Tensor, Var};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, StandardNormal};
+
+/// How a parameter is initialised.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Init {
+    Zeros,
+    Ones,
+    Const(f64),
+    /// N(0, std^2).
+    Normal { std: f64 },
+    /// N(0, std^2) truncated to +-2 std (timm's ViT init).
+    TruncNormal { std: f64 },
+    /// U(lo, hi).
+    Uniform { lo: f64, hi: f64 },
+    /// He/Kaiming normal, fan-in mode, ReLU gain: N(0, 2/fan_in).
+    KaimingNormal { fan_in: usize },
+    /// PyTorch's default for Linear/Conv weights and biases: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+    TorchDefault { fan_in: usize },
+}
+
+/// All trainable parameters and non-trainable buffers (BatchNorm running statistics) of a model.
+#[derive(Debug, Clone)]
+pub struct ParamStore {
+    device: Device,
+    params: BTreeMap<String, Var>,
+    buffers: BTreeMap<String, Var>,
+}
+
+impl ParamStore {
+    pub fn new(device: &Device) -> Self {
+        Self { device: device.clone(), params: BTreeMap::new(), buffers: BTreeMap::new() }
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Trainable parameters, sorted by name: the fixed order of every flat gradient view.
+    pub fn trainable(&self) -> impl Iterator<Item = (&String, &Var)> {
+        self.params.iter()
+    }
+
+    /// Non-trainable state (BatchNorm running mean/var), sorted by name.
+    pub fn buffers(&self) -> impl Iterator<Item = (&String, &Var)> {
+        self.buffers.iter()
+    }
+
+    pub fn param(&self, name: &str) -> Option<&Var> {
+        self.params.get(name)
+    }
+
+    pub fn buffer(&self, name: &str) -> Option<&Var> {
+        self.buffers.get(name)
+    }
+
+    /// Total number of trainable scalars.
+    pub fn num_trainable(&self) -> usize {
+        self.params.values().map(|v| v.elem_count()).sum()
+    }
+
+    /// A builder that creates parameters under `prefix` using a generator seeded with `seed`.
+    pub fn builder(self, seed: u64) -> ParamBuilder {
+        ParamBuilder {
+            inner: Arc::new(Mutex::new(BuilderInner { store: self, rng: ChaCha8Rng::seed_from_u64(seed) })),
+            prefix: String::new(),
+        }
+    }
+}
+
+struct BuilderInner {
+    store: ParamStore,
+    rng: ChaCha8Rng,
+}
+
+/// Creates named parameters; `pp` gives a builder for a sub-module (`prefix.name`).
+/// Cloning is cheap and all clones share one store and one generator, so the draw order is
+/// the construction order, which is deterministic.
+#[derive(Clone)]
+pub struct ParamBuilder {
+    inner: Arc<Mutex<BuilderInner>>,
+    prefix: String,
+}
+
+impl ParamBuilder {
+    pub fn pp(&self, name: impl AsRef<str>) -> Self {
+        let name = name.as_ref();
+        let prefix = if self.prefix.is_empty() { name.to_string() } else { format!("{}.{name}", self.prefix) };
+        Self { inner: self.inner.clone(), prefix }
+    }
+
+    pub fn device(&self) -> Device {
+        self.inner.lock().expect("param builder poisoned").store.device.clone()
+    }
+
+    fn full_name(&self, name: &str) -> String {
+        if self.prefix.is_empty() { name.to_string() } else { format!("{}.{name}", self.prefix) }
+    }
+
+    /// A trainable parameter. Its tensor shares storage with the stored `Var`, so optimizer
+    /// updates are seen by the layer that holds it.
+    pub fn param(&self, name: &str, shape: impl Into<Shape>, init: Init) -> Result<Tensor> {
+        let full = self.full_name(name);
+        let mut inner = self.inner.lock().expect("param builder poisoned");
+        if inner.store.params.contains_key(&full) || inner.store.buffers.contains_key(&full) {
+            candle_core::bail!("parameter `{full}` created twice");
+        }
+        let shape = shape.into();
+        let device = inner.store.device.clone();
+        let t = sample(&mut inner.rng, &shape, init, &device)?;
+        let var = Var::from_tensor(&t)?;
+        let out = var.as_tensor().clone();
+        inner.store.params.insert(full, var);
+        Ok(out)
+    }
+
+    /// A non-trainable buffer (e.g. BatchNorm running statistics) filled with `value`.
+    pub fn buffer(&self, name: &str, shape: impl Into<Shape>, value: f64) -> Result<Var> {
+        let full = self.full_name(name);
+        let mut inner = self.inner.lock().expect("param builder poisoned");
+        if inner.store.params.contains_key(&full) || inner.store.buffers.contains_key(&full) {
+            candle_core::bail!("buffer `{full}` created twice");
+        }
+        let device = inner.store.device.clone();
+        let var = Var::from_tensor(&Tensor::full(value as f32, shape.into(), &device)?)?;
+        inner.store.buffers.insert(full, var.clone());
+        Ok(var)
+    }
+
+    /// Draws from the shared generator, for layers that need randomness at build time.
+    pub fn with_rng<T>(&self, f: impl FnOnce(&mut ChaCha8Rng) -> T) -> T {
+        let mut inner = self.inner.lock().expect("param builder poisoned");
+        f(&mut inner.rng)
+    }
+
+    /// The store with everything created so far (the builder and its clones keep working on it).
+    pub fn store(&self) -> ParamStore {
+        self.inner.lock().expect("param builder poisoned").store.clone()
+    }
+}
+
+fn sample(rng: &mut ChaCha8Rng, shape: &Shape, init: Init, device: &Device) -> Result<Tensor> {
+    let n = shape.elem_count();
+    let data: Vec<f32> = match init {
+        Init::Zeros => vec![0.0; n],
+        Init::Ones => vec![1.0; n],
+        Init::Const(c) => vec![c as f32; n],
+        Init::Normal { std } => (0..n).map(|_| (normal(rng) * std) as f32).collect(),
+        Init::TruncNormal { std } => (0..n)
+            .map(|_| loop {
+                let z = normal(rng);
+                if z.abs() <= 2.0 {
+                    break (z * std) as f32;
+                }
+            })
+            .collect(),
+        Init::Uniform { lo, hi } => (0..n).map(|_| rng.random_range(lo..hi) as f32).collect(),
+        Init::KaimingNormal { fan_in } => {
+            let std = (2.0 / fan_in.max(1) as f64).sqrt();
+            (0..n).map(|_| (normal(rng) * std) as f32).collect()
+        }
+        Init::TorchDefault { fan_in } => {
+            let b = 1.0 / (fan_in.max(1) as f64).sqrt();
+            (0..n).map(|_| rng.random_range(-b..b) as f32).collect()
+        }
+    };
+    Tensor::from_vec(data, shape.clone(), device)?.to_dtype(DType::F32)
+}
+
+fn normal(rng: &mut ChaCha8Rng) -> f64 {
+    StandardNormal.sample(rng)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_seed_same_values_and_sorted_names() -> Result<()> {
+        let build = |seed| -> Result<(Vec<String>, Vec<f32>)> {
+            let b = ParamStore::new(&Device::Cpu).builder(seed);
+            b.pp("z").param("w", (3, 2), Init::KaimingNormal { fan_in: 2 })?;
+            b.pp("a").param("w", 4, Init::TorchDefault { fan_in: 4 })?;
+            let store = b.store();
+            let names = store.trainable().map(|(n, _)| n.clone()).collect();
+            let vals = store.param("z.w").unwrap().flatten_all()?.to_vec1::<f32>()?;
+            Ok((names, vals))
+        };
+        let (n1, v1) = build(7)?;
+        let (_, v2) = build(7)?;
+        let (_, v3) = build(8)?;
+        assert_eq!(n1, vec!["a.w".to_string(), "z.w".to_string()]);
+        assert_eq!(v1, v2);
+        assert_ne!(v1, v3);
+        Ok(())
+    }
+
+    #[test]
+    fn duplicate_names_are_refused() {
+        let b = ParamStore::new(&Device::Cpu).builder(0);
+        b.param("w", 2, Init::Zeros).unwrap();
+        assert!(b.param("w", 2, Init::Zeros).is_err());
+    }
+}

@@ -1,0 +1,73 @@
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use harness::exit::{self, Verbosity};
+
+/// dfbench: train and compare deepfake detectors under declarative protocols.
+#[derive(Debug, Parser)]
+#[command(name = "bench", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    /// Print only errors and final results.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+    /// Print more detail (per-step logs, resolved configuration).
+    #[arg(short, long, global = true)]
+    verbose: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Expand a protocol into runs, train, score every test set and store the results.
+    #[command(after_help = "Example:\n  bench run protocols/cross_dataset.toml --seeds 0")]
+    Run(harness::runner::RunArgs),
+    /// Regenerate tables and plots from stored results.
+    #[command(after_help = "Example:\n  bench report results/runs/cross_dataset")]
+    Report(harness::report::ReportArgs),
+    /// Compute metrics of any detector's scores from a CSV file.
+    #[command(after_help = "Example:\n  bench eval scores.csv --score score --label label --video video --group dataset --out metrics.json")]
+    Eval(harness::eval::EvalArgs),
+    /// Generate the embedded synthetic benchmark or check a dataset.
+    #[command(after_help = "Examples:\n  bench data synth --out data/synth --preset small --seed 0\n  bench data check data/synth")]
+    Data(harness::data::DataArgs),
+    /// Check a protocol file and print the runs it expands to.
+    #[command(after_help = "Example:\n  bench validate protocols/cross_dataset.toml")]
+    Validate(harness::plan::ValidateArgs),
+    /// List the known methods, backbones, datasets and shipped protocols.
+    #[command(after_help = "Example:\n  bench list")]
+    List(harness::list::ListArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { exit::BAD_CONFIG } else { exit::SUCCESS };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let verbosity = if cli.quiet {
+        Verbosity::Quiet
+    } else if cli.verbose {
+        Verbosity::Verbose
+    } else {
+        Verbosity::Normal
+    };
+    let result = match cli.command {
+        Command::Run(a) => harness::runner::cmd_run(a, verbosity),
+        Command::Report(a) => harness::report::cmd_report(a, verbosity),
+        Command::Eval(a) => harness::eval::cmd_eval(a, verbosity),
+        Command::Data(a) => harness::data::cmd_data(a, verbosity),
+        Command::Validate(a) => harness::plan::cmd_validate(a, verbosity),
+        Command::List(a) => harness::list::cmd_list(a, verbosity),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            exit::code_of(&e)
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! The TOML protocol language: parsing, field-by-field validation, errors with file:line:col.

@@ -1,0 +1,1 @@
+//! Results store: run directories, manifests, atomic writes. (Filled by the `bench run` issue.)
