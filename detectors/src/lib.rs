@@ -6,6 +6,7 @@ pub mod batch;
 pub mod config;
 pub mod device;
 pub mod gradvec;
+pub mod layers;
 pub mod params;
 pub mod losses;
 pub mod methods;

@@ -11,3 +11,4 @@ pub mod protocol;
 pub mod report;
 pub mod results;
 pub mod runner;
+pub mod stats;

@@ -2,6 +2,9 @@
 //! kernels (custom ops with their own backward) can replace candle's without touching models.
 use candle_core::{Result, Tensor};
 
+pub mod conv;
+pub mod pool;
+
 /// 2-D convolution, NCHW input, `[C_out, C_in / groups, kH, kW]` weight, optional `[C_out]` bias.
 pub fn conv2d(
     x: &Tensor,

@@ -1,0 +1,1 @@
+//! Custom CPU convolution kernels (forward and backward) as candle custom ops.

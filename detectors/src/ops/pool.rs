@@ -1,0 +1,1 @@
+//! Pooling ops candle lacks a backward for (overlapping max-pool), as custom ops.

@@ -1,0 +1,1 @@
+//! Statistics over stored results: DeLong's test and bootstrap confidence intervals.
