@@ -13,3 +13,6 @@ pub struct RunArgs {
 pub fn cmd_run(args: RunArgs, _v: Verbosity) -> anyhow::Result<ExitCode> {
     Err(CliError::config(format!("{}: `bench run` is not available in this build yet", args.protocol.display())).into())
 }
+
+pub mod env;
+pub mod progress;
