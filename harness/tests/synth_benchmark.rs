@@ -40,7 +40,10 @@ fn checksums(root: &Path) -> BTreeMap<String, String> {
 #[test]
 fn same_seed_same_bytes_other_seed_differs() {
     let t = tempfile::tempdir().unwrap();
-    let a = synth::generate(&t.path().join("a"), Preset::Tiny, 11).unwrap();
+    // On one thread, while the shared copy was made on the default pool: scheduling order must
+    // not matter.
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    let a = pool.install(|| synth::generate(&t.path().join("a"), Preset::Tiny, 11)).unwrap();
     let ca = checksums(&t.path().join("a"));
     let cb = checksums(tiny());
     assert!(ca.len() > 100, "{} files", ca.len());
@@ -425,11 +428,17 @@ fn ensure_caches_and_ignores_interrupted_generations() {
             && name.contains(&format!("v{}", synth::GENERATOR_VERSION))
     );
     // Leftover of an interrupted run by a process that no longer exists.
-    let stale = root.join(format!(".{name}.tmp-4000000000"));
+    let stale = root.join(format!(".{name}.tmp-4000000000-0"));
     std::fs::create_dir_all(stale.join("dataset_json")).unwrap();
     std::fs::write(stale.join("dataset_json/half.json"), "{").unwrap();
 
+    // One of a live process (this one) is left alone.
+    let live = root.join(format!(".{name}.tmp-{}-999", std::process::id()));
+    std::fs::create_dir_all(&live).unwrap();
+
     let (p1, s1) = synth::ensure_report(Preset::Tiny, 5, root).unwrap();
+    assert!(live.is_dir(), "a live generation's directory was removed");
+    std::fs::remove_dir(&live).unwrap();
     assert!(s1.is_some(), "first call generates");
     assert_eq!(p1, root.join(&name));
     assert!(!stale.exists(), "stale temporary directory removed");

@@ -17,6 +17,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
@@ -741,7 +742,10 @@ fn sibling(out: &Path, tag: &str) -> anyhow::Result<PathBuf> {
         .file_name()
         .ok_or_else(|| CliError::config(format!("{}: output path has no final component", out.display())))?;
     let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    Ok(parent.join(format!(".{}.{tag}-{}", name.to_string_lossy(), std::process::id())))
+    // Unique per call as well as per process, so concurrent calls never share a directory.
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    let n = CALLS.fetch_add(1, Ordering::Relaxed);
+    Ok(parent.join(format!(".{}.{tag}-{}-{n}", name.to_string_lossy(), std::process::id())))
 }
 
 /// Generate the benchmark at `out`. `out` must not exist, be an empty directory, or hold a
@@ -765,9 +769,6 @@ pub fn generate(out: &Path, preset: Preset, seed: u64) -> anyhow::Result<Summary
         }
     }
     let tmp = sibling(out, "tmp")?;
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).with_context(|| format!("removing stale {}", tmp.display()))?;
-    }
     let summary = match build(&tmp, preset, seed) {
         Ok(s) => s,
         Err(e) => {
@@ -849,15 +850,16 @@ fn cached_ok(dir: &Path, preset: Preset, seed: u64) -> bool {
     })
 }
 
-/// Temporary directories of interrupted generations (`.<name>.tmp-<pid>` whose process is gone)
-/// are removed; those of a live process are left alone.
+/// Temporary directories of interrupted generations (`.<name>.tmp-<pid>-<n>` whose process is
+/// gone) are removed; those of a live process, this one included, are left alone.
 fn remove_stale_temps(root: &Path, name: &str) -> anyhow::Result<()> {
     let prefix = format!(".{name}.tmp-");
     for entry in std::fs::read_dir(root).with_context(|| format!("reading {}", root.display()))? {
         let entry = entry?;
         let fname = entry.file_name().to_string_lossy().into_owned();
-        let Some(pid) = fname.strip_prefix(&prefix).and_then(|p| p.parse::<u32>().ok()) else { continue };
-        if pid == std::process::id() || !pid_alive(pid) {
+        let pid = fname.strip_prefix(&prefix).and_then(|p| p.split('-').next()).and_then(|p| p.parse().ok());
+        let Some(pid) = pid else { continue };
+        if !pid_alive(pid) {
             std::fs::remove_dir_all(entry.path())
                 .with_context(|| format!("removing stale {}", entry.path().display()))?;
         }
