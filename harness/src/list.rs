@@ -11,18 +11,11 @@ use crate::protocol::{self, datasets};
 pub struct ListArgs {}
 
 pub fn cmd_list(_args: ListArgs, v: Verbosity) -> anyhow::Result<ExitCode> {
-    for line in method_lines(v == Verbosity::Verbose) {
-        println!("{line}");
-    }
-    for line in backbone_lines() {
-        println!("{line}");
-    }
-    for line in dataset_lines() {
-        println!("{line}");
-    }
-    for line in protocol_lines(&protocol_dirs()) {
-        println!("{line}");
-    }
+    let mut lines = method_lines(v == Verbosity::Verbose);
+    lines.extend(backbone_lines());
+    lines.extend(dataset_lines());
+    lines.extend(protocol_lines(&protocol_dirs()));
+    crate::plan::print_lines(lines.iter().map(String::as_str))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -31,7 +24,7 @@ fn param_default(p: &ParamSpec) -> String {
         ParamKind::Float { default, .. } => format!("{}={default}", p.name),
         ParamKind::Int { default, .. } => format!("{}={default}", p.name),
         ParamKind::Bool { default } => format!("{}={default}", p.name),
-        ParamKind::Choice { options } => format!("{}={}", p.name, options.join("|")),
+        ParamKind::Choice { options } => format!("{}={}", p.name, options.first().unwrap_or(&"")),
     }
 }
 
@@ -53,10 +46,10 @@ pub fn method_lines(detail: bool) -> Vec<String> {
     for m in detectors::methods::registry() {
         let params: Vec<String> = m.params.iter().map(param_default).collect();
         let params = if params.is_empty() { "-".to_string() } else { params.join(" ") };
-        out.push(format!("method    {:<10} {:<22} {:<40} {}", m.kind, m.display, params, m.help));
+        out.push(format!("method    {:<10} {:<22} {:<36} {}", m.kind, m.display, params, m.help));
         if detail {
             for p in m.params {
-                out.push(format!("          {:<10} {:<30} {}", p.name, param_range(p), p.help));
+                out.push(format!("          {:<10} {:<46} {}", p.name, param_range(p), p.help));
             }
             if let Some(note) = m.note {
                 out.push(format!("          note: {note}"));

@@ -221,25 +221,42 @@ pub fn cmd_validate(args: ValidateArgs, v: Verbosity) -> anyhow::Result<ExitCode
         }
     };
     let runs = expand(&p);
+    let mut out = String::new();
     if v >= Verbosity::Normal {
-        print!("{}", plan_table(&runs));
+        out.push_str(&plan_table(&runs));
     }
     if v == Verbosity::Verbose {
         for r in &runs {
-            println!("\n{}:\n{}", r.id, serde_json::to_string_pretty(&r.config)?);
+            let _ = write!(out, "\n{}:\n{}\n", r.id, serde_json::to_string_pretty(&r.config)?);
         }
     }
     let folds = p.folds.as_ref().map_or(1, |f| f.leave_one_out.len());
-    println!(
-        "{}: {} runs ({} methods x {} seeds x {} folds, with sweep points) -> results/runs/{}",
-        args.protocol.display(),
-        runs.len(),
-        p.methods.len(),
-        p.seeds.len(),
-        folds,
-        p.name
-    );
+    let s = |n: usize| if n == 1 { "" } else { "s" };
+    let (m, seeds) = (p.methods.len(), p.seeds.len());
+    let _ = write!(out, "{}: {} run{} = {m} method{} x {seeds} seed{} x {folds} fold{}", args.protocol.display(), runs.len(), s(runs.len()), s(m), s(seeds), s(folds));
+    if !p.sweep.is_empty() {
+        let paths: Vec<&str> = p.sweep.iter().map(|a| a.path.as_str()).collect();
+        let _ = write!(out, " x sweep points of {}", paths.join(", "));
+    }
+    let _ = writeln!(out, "; results in results/runs/{}", p.name);
+    print_lines(out.lines())?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Prints lines to stdout; a closed pipe (`bench validate p.toml | head`) ends quietly.
+pub fn print_lines<'a>(lines: impl IntoIterator<Item = &'a str>) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    for l in lines {
+        match writeln!(stdout, "{l}") {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+            r => r?,
+        }
+    }
+    match stdout.flush() {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => r,
+    }
 }
 
 /// The plan as an aligned text table: run id, method, kind, seed, fold, sweep point.

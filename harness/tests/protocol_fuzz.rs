@@ -14,6 +14,33 @@ enum Edit {
     DupLine(usize),
     SwapLines(usize, usize),
     Replace(usize, String),
+    /// Replaces the value of the n-th `key = value` line: reaches the checker, not just the parser.
+    ReplaceValue(usize, String),
+}
+
+fn value() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("-1".to_string()),
+        Just("0".to_string()),
+        Just("1e308".to_string()),
+        Just("nan".to_string()),
+        Just("-inf".to_string()),
+        Just("\"\"".to_string()),
+        Just("\"cs-dfd\"".to_string()),
+        Just("\"FF-DF\"".to_string()),
+        Just("\"../../nope\"".to_string()),
+        Just("[]".to_string()),
+        Just("{}".to_string()),
+        Just("[1, \"a\"]".to_string()),
+        Just("true".to_string()),
+        Just("1979-05-27".to_string()),
+        Just("{ name = \"sgd\", lr = -1 }".to_string()),
+        Just("{ name = \"cosine\", warmup_steps = 100000 }".to_string()),
+        Just("{ train = 0, test = 1 }".to_string()),
+        any::<i64>().prop_map(|x| x.to_string()),
+        any::<f64>().prop_map(|x| format!("{x:?}")),
+        "[a-z+-]{0,8}".prop_map(|s| format!("{s:?}")),
+    ]
 }
 
 fn edit() -> impl Strategy<Value = Edit> {
@@ -39,6 +66,8 @@ fn edit() -> impl Strategy<Value = Edit> {
         (0..60usize).prop_map(Edit::DupLine),
         (0..60usize, 0..60usize).prop_map(|(a, b)| Edit::SwapLines(a, b)),
         (0..BASE.len(), snippet).prop_map(|(a, s)| Edit::Replace(a, s)),
+        (0..40usize, value()).prop_map(|(i, v)| Edit::ReplaceValue(i, v)),
+        (0..40usize, value()).prop_map(|(i, v)| Edit::ReplaceValue(i, v)),
     ]
 }
 
@@ -71,6 +100,15 @@ fn apply(text: &str, e: &Edit) -> String {
             let mut lines: Vec<&str> = s.lines().collect();
             let i = i % lines.len();
             lines.insert(i, lines[i]);
+            s = lines.join("\n");
+        }
+        Edit::ReplaceValue(i, v) => {
+            let mut lines: Vec<String> = s.lines().map(str::to_string).collect();
+            let assignments: Vec<usize> =
+                (0..lines.len()).filter(|&k| lines[k].contains(" = ") && !lines[k].starts_with('#')).collect();
+            let k = assignments[i % assignments.len()];
+            let key = lines[k].split(" = ").next().unwrap().to_string();
+            lines[k] = format!("{key} = {v}");
             s = lines.join("\n");
         }
         Edit::SwapLines(i, j) => {

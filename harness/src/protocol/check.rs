@@ -36,8 +36,23 @@ pub(super) fn check(text: &str, path: &Path) -> Result<Protocol, ProtocolErrors>
     let (doc, syntax) = DeTable::parse_recoverable(text);
     if !syntax.is_empty() {
         // A broken document would only produce follow-on noise: report the syntax errors alone.
+        // The parser's recovery cascades (one missing `]` yields errors on every following line
+        // of the array), so an error on the line right after a reported one is dropped.
+        let mut last_line = 0;
         for e in syntax {
-            cx.err(e.span().unwrap_or(0..0), "", format!("TOML syntax error: {}", e.message().trim()));
+            let span = e.span().unwrap_or(0..0);
+            let (line, _) = cx.position(span.start);
+            if last_line != 0 && line <= last_line + 1 {
+                continue;
+            }
+            last_line = line;
+            let mut msg = e.message().trim().to_string();
+            if msg == "duplicate key"
+                && let Some(key) = text.get(span.clone())
+            {
+                msg = format!("duplicate key `{key}`: it is already defined above");
+            }
+            cx.err(span, "", format!("TOML syntax error: {msg}"));
         }
         return Err(cx.finish());
     }
@@ -107,30 +122,28 @@ impl Checker<'_> {
             None if root.get("training").is_some() => None,
             None => Some(default_training()),
         };
-        let methods = match (self.cx.require(root, "methods", "a [methods.<name>] table per method"), &training) {
-            (Some(v), Some(tr)) => self.methods(v, tr),
-            (Some(v), None) => {
-                // Still report the method blocks' own errors.
-                let _ = self.methods(v, &default_training());
-                None
-            }
-            _ => None,
-        };
+        // Methods are read even when `[training]` is broken (against the defaults) so that their
+        // own errors, and those of the sweep and report naming them, are reported too.
+        let read = self.cx.require(root, "methods", "a [methods.<name>] table per method").map(|v| {
+            let base = training.clone().unwrap_or_else(default_training);
+            self.methods(v, &base)
+        });
         let folds = sub(&mut self.cx, root, "folds").and_then(|t| self.folds(&t, train.as_ref(), tests.as_deref()));
         let folds_ok = root.get("folds").is_none() || folds.is_some();
-        let sweep = match (root.get("sweep"), &methods) {
+        let sweep = match (root.get("sweep"), &read) {
             (None, _) => Some(Vec::new()),
-            (Some(v), Some(ms)) => self.cx.table("sweep", v).and_then(|t| self.sweep(&t, ms)),
+            (Some(v), Some(r)) => self.cx.table("sweep", v).and_then(|t| self.sweep(&t, &r.methods, &r.failed)),
             (Some(_), None) => None,
         };
         let report = match sub(&mut self.cx, root, "report") {
-            Some(t) => self.report(&t, methods.as_deref()),
+            Some(t) => self.report(&t, read.as_ref()),
             None if root.get("report").is_some() => None,
             None => Some(ReportConfig::default()),
         };
-        if let (Some(ms), Some(tr), Some(md)) = (&methods, &train, &model) {
-            self.method_data_checks(root, ms, tr, md, folds.as_ref());
+        if let (Some(r), Some(tr), Some(md)) = (&read, &train, &model) {
+            self.method_data_checks(root, &r.methods, tr, md, folds.as_ref());
         }
+        let methods = read.filter(|r| r.failed.is_empty() && training.is_some()).map(|r| r.methods);
         if !folds_ok {
             return None;
         }
@@ -718,34 +731,37 @@ impl Checker<'_> {
         ok.then_some(s)
     }
 
-    fn methods(&mut self, v: &Val<'_>, training: &TrainingConfig) -> Option<Vec<ProtocolMethod>> {
-        let t = self.cx.table("methods", v)?;
+    fn methods(&mut self, v: &Val<'_>, training: &TrainingConfig) -> MethodsRead {
+        let mut read = MethodsRead { methods: Vec::new(), failed: Vec::new() };
+        let Some(t) = self.cx.table("methods", v) else {
+            read.failed.push(String::new());
+            return read;
+        };
         if t.t.is_empty() {
             self.cx.err(t.span.clone(), "methods", "no methods: add at least one [methods.<name>] table with a `kind`");
-            return None;
+            read.failed.push(String::new());
+            return read;
         }
         // File order (the document map is sorted by name): tables list methods as written.
         let mut entries: Vec<_> = t.t.iter().collect();
         entries.sort_by_key(|(k, _)| k.span().start);
         let kinds: Vec<&str> = methods::registry().iter().map(|m| m.kind).collect();
-        let mut out = Vec::new();
-        let mut ok = true;
         let mut seen: Vec<String> = Vec::new();
         for (k, mv) in entries {
             let name: &str = k.get_ref();
             let path = join("methods", name);
             if name.trim().is_empty() || name.trim() != name || name.chars().any(char::is_control) {
                 self.cx.err(k.span(), &path, "a method name must be non-empty, without leading/trailing spaces or control characters");
-                ok = false;
+                read.failed.push(name.to_string());
                 continue;
             }
             if let Some(other) = seen.iter().find(|o| o.to_lowercase() == name.to_lowercase()) {
                 self.cx.err(k.span(), &path, format!("method names `{other}` and `{name}` differ only by case; tables could not tell them apart"));
-                ok = false;
+                read.failed.push(name.to_string());
             }
             seen.push(name.to_string());
             let Some(mt) = self.cx.table(&path, mv) else {
-                ok = false;
+                read.failed.push(name.to_string());
                 continue;
             };
             let spec = self.cx.require(&mt, "kind", "a method kind (see `bench list`)").and_then(|kv| {
@@ -755,7 +771,7 @@ impl Checker<'_> {
             let Some(spec) = spec else {
                 // Without a kind its hyperparameters are unknown; check only the training keys.
                 let _ = self.training_fields(&mt, training.clone());
-                ok = false;
+                read.failed.push(name.to_string());
                 continue;
             };
             let mut allowed: Vec<&str> = vec!["kind"];
@@ -763,6 +779,7 @@ impl Checker<'_> {
             allowed.extend(TRAINING_KEYS);
             self.cx.check_keys(&mt, &allowed);
             let mut params = BTreeMap::new();
+            let mut ok = true;
             for p in spec.params {
                 let value = match mt.get(p.name) {
                     Some(pv) => self.cx.param(&mt.child(p.name), pv, &p.kind),
@@ -775,11 +792,12 @@ impl Checker<'_> {
                     None => ok = false,
                 }
             }
-            let Some(tr) = self.training_fields(&mt, training.clone()) else {
-                ok = false;
+            let tr = self.training_fields(&mt, training.clone());
+            let (Some(tr), true) = (tr, ok) else {
+                read.failed.push(name.to_string());
                 continue;
             };
-            out.push(ProtocolMethod {
+            read.methods.push(ProtocolMethod {
                 method: MethodConfig {
                     name: name.to_string(),
                     kind: spec.kind.to_string(),
@@ -790,7 +808,7 @@ impl Checker<'_> {
                 training: tr,
             });
         }
-        ok.then_some(out)
+        read
     }
 
     /// Methods whose streams or domains the training data cannot give.
@@ -880,7 +898,7 @@ impl Checker<'_> {
         ok.then(|| FoldsConfig { leave_one_out: list.into_iter().map(|(m, _)| m).collect() })
     }
 
-    fn sweep(&mut self, t: &Tbl<'_, '_>, methods: &[ProtocolMethod]) -> Option<Vec<SweepAxis>> {
+    fn sweep(&mut self, t: &Tbl<'_, '_>, methods: &[ProtocolMethod], failed: &[String]) -> Option<Vec<SweepAxis>> {
         let mut entries: Vec<_> = t.t.iter().collect();
         entries.sort_by_key(|(k, _)| k.span().start);
         let mut out: Vec<SweepAxis> = Vec::new();
@@ -898,6 +916,16 @@ impl Checker<'_> {
         for (k, v) in entries {
             let raw: &str = k.get_ref();
             let path = join("sweep", raw);
+            let segs = split_path(raw);
+            if let Some(segs) = &segs
+                && segs.len() >= 2
+                && segs[0] == "methods"
+                && failed.contains(&segs[1])
+            {
+                // The method itself is in error (reported above); its sweep cannot be checked.
+                ok = false;
+                continue;
+            }
             let resolved = resolve_knob(raw, methods);
             let Some((method, knob, kind)) = resolved else {
                 let h = hint(raw, candidates.iter().map(String::as_str));
@@ -957,14 +985,14 @@ impl Checker<'_> {
         ok.then_some(out)
     }
 
-    fn report(&mut self, t: &Tbl<'_, '_>, methods: Option<&[ProtocolMethod]>) -> Option<ReportConfig> {
+    fn report(&mut self, t: &Tbl<'_, '_>, methods: Option<&MethodsRead>) -> Option<ReportConfig> {
         self.cx.check_keys(t, &["baseline", "tables", "plots"]);
         let mut ok = true;
         let baseline = match t.get("baseline") {
             None => None,
             Some(v) => match (self.cx.string("report.baseline", v), methods) {
-                (Some(b), Some(ms)) if !ms.iter().any(|m| m.method.name == b) => {
-                    let h = hint(&b, ms.iter().map(|m| m.method.name.as_str()));
+                (Some(b), Some(r)) if !r.methods.iter().any(|m| m.method.name == b) && !r.failed.contains(&b) => {
+                    let h = hint(&b, r.methods.iter().map(|m| m.method.name.as_str()));
                     self.cx.err(v.span(), "report.baseline", format!("no method named `{b}`{h}"));
                     ok = false;
                     None
@@ -995,6 +1023,12 @@ impl Checker<'_> {
         let plots = ids(&mut self.cx, "plots", PLOT_IDS, "plot id");
         ok.then_some(ReportConfig { baseline, tables, plots })
     }
+}
+
+/// The method blocks that were read without error, and the names of those that were not.
+struct MethodsRead {
+    methods: Vec<ProtocolMethod>,
+    failed: Vec<String>,
 }
 
 /// Sweepable paths that apply to every method.

@@ -296,35 +296,41 @@ pub(crate) fn type_name(v: &DeValue<'_>) -> String {
     }
 }
 
-/// The candidate nearest to `word`, if it is close enough to be a plausible typo.
-pub fn suggest<'c>(word: &str, candidates: impl IntoIterator<Item = &'c str>) -> Option<&'c str> {
+/// The candidates nearest to `word` (several when tied), if close enough to be a plausible typo.
+pub fn suggest<'c>(word: &str, candidates: impl IntoIterator<Item = &'c str>) -> Vec<&'c str> {
     let w = word.to_lowercase();
-    let mut best: Option<(f64, &'c str)> = None;
+    let squash = |s: &str| s.replace(['-', '_', ' ', '.'], "");
+    let mut best: Vec<&'c str> = Vec::new();
+    let mut best_score = 0.6;
     for c in candidates {
         let cl = c.to_lowercase();
         let mut score = strsim::normalized_damerau_levenshtein(&w, &cl).max(strsim::jaro_winkler(&w, &cl) - 0.15);
-        if cl == w || (cl.replace(['-', '_', ' '], "") == w.replace(['-', '_', ' '], "")) {
+        if squash(&cl) == squash(&w) {
             score = 1.0;
         }
-        if best.is_none_or(|(s, _)| score > s) {
-            best = Some((score, c));
+        if score > best_score + 1e-12 {
+            best_score = score;
+            best = vec![c];
+        } else if (score - best_score).abs() <= 1e-12 && !best.is_empty() && !best.contains(&c) {
+            best.push(c);
         }
     }
-    best.filter(|&(s, _)| s >= 0.6).map(|(_, c)| c)
+    best.truncate(3);
+    best
 }
 
 /// "; did you mean `x`?" or, when nothing is close, the list of valid names (if short).
 pub fn hint<'c>(word: &str, candidates: impl IntoIterator<Item = &'c str> + Clone) -> String {
-    if let Some(s) = suggest(word, candidates.clone()) {
-        return format!("; did you mean `{s}`?");
+    let close = suggest(word, candidates.clone());
+    if !close.is_empty() {
+        let names: Vec<String> = close.iter().map(|c| format!("`{c}`")).collect();
+        return format!("; did you mean {}?", names.join(" or "));
     }
     let all: Vec<&str> = candidates.into_iter().collect();
-    if all.is_empty() {
+    if all.is_empty() || all.len() > 12 {
         String::new()
-    } else if all.len() <= 12 {
-        format!("; expected one of {}", all.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", "))
     } else {
-        String::new()
+        format!("; expected one of {}", all.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", "))
     }
 }
 
@@ -373,9 +379,12 @@ mod tests {
 
     #[test]
     fn suggestions() {
-        assert_eq!(suggest("csdfd", ["erm", "cs-dfd", "cagrad"]), Some("cs-dfd"));
-        assert_eq!(suggest("tua", ["c", "tau", "uvs", "cgr"]), Some("tau"));
-        assert_eq!(suggest("zzzzzz", ["erm", "cs-dfd"]), None);
-        assert_eq!(suggest("Meso4", ["meso4", "resnet18"]), Some("meso4"));
+        assert_eq!(suggest("csdfd", ["erm", "cs-dfd", "cagrad"]), ["cs-dfd"]);
+        assert_eq!(suggest("tua", ["c", "tau", "uvs", "cgr"]), ["tau"]);
+        assert!(suggest("zzzzzz", ["erm", "cs-dfd"]).is_empty());
+        assert_eq!(suggest("Meso4", ["meso4", "resnet18"]), ["meso4"]);
+        assert_eq!(suggest("Celeb-DF", ["DFDC", "Celeb-DF-v1", "Celeb-DF-v2"]), ["Celeb-DF-v1", "Celeb-DF-v2"]);
+        assert_eq!(hint("Celeb-DF", ["Celeb-DF-v1", "Celeb-DF-v2"]), "; did you mean `Celeb-DF-v1` or `Celeb-DF-v2`?");
+        assert_eq!(hint("x", ["sgd", "adam"]), "; expected one of `sgd`, `adam`");
     }
 }
