@@ -35,7 +35,9 @@ fn param_range(p: &ParamSpec) -> String {
         }
         ParamKind::Int { min, max, .. } => format!("integer in [{min}, {max}]"),
         ParamKind::Bool { .. } => "true or false".into(),
-        ParamKind::Choice { options } => format!("one of {} (default {})", options.join(", "), options.first().unwrap_or(&"")),
+        ParamKind::Choice { options } => {
+            format!("one of {} (default {})", options.join(", "), options.first().unwrap_or(&""))
+        }
     }
 }
 
@@ -121,8 +123,10 @@ pub fn protocol_lines(dirs: &[PathBuf]) -> Vec<String> {
     let mut out = Vec::new();
     for dir in dirs {
         let Ok(entries) = std::fs::read_dir(dir) else { continue };
-        let mut files: Vec<PathBuf> =
-            entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "toml")).collect();
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .collect();
         files.sort();
         for f in files {
             let shown = display_path(&f);

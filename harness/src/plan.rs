@@ -128,9 +128,9 @@ fn apply_knob(cfg: &mut RunConfig, knob: &Knob, v: &ParamValue) {
         Knob::Lr => {
             let new = v.as_f64().unwrap_or_default();
             match &mut cfg.training.optimizer {
-                OptimizerConfig::Sgd { lr, .. } | OptimizerConfig::Adam { lr, .. } | OptimizerConfig::Adamw { lr, .. } => {
-                    *lr = new
-                }
+                OptimizerConfig::Sgd { lr, .. }
+                | OptimizerConfig::Adam { lr, .. }
+                | OptimizerConfig::Adamw { lr, .. } => *lr = new,
             }
         }
         Knob::Backbone => cfg.model.backbone = v.as_str().unwrap_or_default().to_string(),
@@ -217,7 +217,11 @@ pub fn cmd_validate(args: ValidateArgs, v: Verbosity) -> anyhow::Result<ExitCode
             }
             let n = errors.0.len();
             let s = if n == 1 { "" } else { "s" };
-            return Err(CliError::config(format!("{n} error{s} in {}; nothing to run", args.protocol.display())).into());
+            return Err(CliError::config(format!(
+                "{n} error{s} in {}; nothing to run",
+                args.protocol.display()
+            ))
+            .into());
         }
     };
     let runs = expand(&p);
@@ -233,7 +237,16 @@ pub fn cmd_validate(args: ValidateArgs, v: Verbosity) -> anyhow::Result<ExitCode
     let folds = p.folds.as_ref().map_or(1, |f| f.leave_one_out.len());
     let s = |n: usize| if n == 1 { "" } else { "s" };
     let (m, seeds) = (p.methods.len(), p.seeds.len());
-    let _ = write!(out, "{}: {} run{} = {m} method{} x {seeds} seed{} x {folds} fold{}", args.protocol.display(), runs.len(), s(runs.len()), s(m), s(seeds), s(folds));
+    let _ = write!(
+        out,
+        "{}: {} run{} = {m} method{} x {seeds} seed{} x {folds} fold{}",
+        args.protocol.display(),
+        runs.len(),
+        s(runs.len()),
+        s(m),
+        s(seeds),
+        s(folds)
+    );
     if !p.sweep.is_empty() {
         let paths: Vec<&str> = p.sweep.iter().map(|a| a.path.as_str()).collect();
         let _ = write!(out, " x sweep points of {}", paths.join(", "));
@@ -271,7 +284,14 @@ pub fn plan_table(runs: &[Run]) -> String {
             } else {
                 c.sweep.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
             };
-            [r.id.clone(), c.method.name.clone(), c.method.kind.clone(), c.seed.to_string(), c.fold.clone().unwrap_or("-".into()), point]
+            [
+                r.id.clone(),
+                c.method.name.clone(),
+                c.method.kind.clone(),
+                c.seed.to_string(),
+                c.fold.clone().unwrap_or("-".into()),
+                point,
+            ]
         })
         .collect();
     let mut widths = header.map(|h| h.chars().count());

@@ -12,7 +12,8 @@ fn repo() -> &'static Path {
 
 #[test]
 fn validate_prints_the_plan_and_exits_0() {
-    let out = bench().current_dir(repo()).args(["validate", "protocols/cross_dataset.toml"]).output().unwrap();
+    let out =
+        bench().current_dir(repo()).args(["validate", "protocols/cross_dataset.toml"]).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     let header = stdout.lines().next().unwrap();
@@ -24,7 +25,8 @@ fn validate_prints_the_plan_and_exits_0() {
     assert!(stdout.lines().any(|l| l.starts_with("cs-dfd-s2-") && l.contains("cs-dfd")), "{stdout}");
     assert!(stdout.contains("15 runs"), "{stdout}");
     // Same file, same ids: a second validation prints the identical plan.
-    let again = bench().current_dir(repo()).args(["validate", "protocols/cross_dataset.toml"]).output().unwrap();
+    let again =
+        bench().current_dir(repo()).args(["validate", "protocols/cross_dataset.toml"]).output().unwrap();
     assert_eq!(again.stdout, out.stdout);
 }
 
@@ -44,7 +46,10 @@ fn validate_reports_every_error_and_exits_2() {
     let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with(&shown)).collect();
     assert_eq!(lines.len(), 2, "{stderr}");
     assert!(lines[0].contains(": seeds: no seeds"), "{stderr}");
-    assert!(lines[1].contains(": methods.CS-DFD.kind: unknown method kind `csdfd`; did you mean `cs-dfd`?"), "{stderr}");
+    assert!(
+        lines[1].contains(": methods.CS-DFD.kind: unknown method kind `csdfd`; did you mean `cs-dfd`?"),
+        "{stderr}"
+    );
     assert!(stderr.contains("2 errors"), "{stderr}");
     assert!(out.stdout.is_empty(), "nothing is planned");
 
@@ -53,7 +58,10 @@ fn validate_reports_every_error_and_exits_2() {
     let out = bench().arg("validate").arg(&syntax).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains(&format!("{}:", syntax.display())) && stderr.contains("TOML syntax error"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{}:", syntax.display())) && stderr.contains("TOML syntax error"),
+        "{stderr}"
+    );
 
     let out = bench().args(["validate", "/nonexistent/protocol.toml"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
@@ -71,7 +79,16 @@ fn list_prints_methods_backbones_datasets_and_protocols() {
     assert_eq!(count("protocol "), 7, "{stdout}");
     let csdfd = stdout.lines().find(|l| l.starts_with("method") && l.contains(" cs-dfd ")).unwrap();
     assert!(csdfd.contains("c=0.5") && csdfd.contains("tau=0.01"), "{csdfd}");
-    assert!(stdout.lines().any(|l| l.starts_with("dataset") && l.contains("Celeb-DF-v2") && l.contains("CelebDFv2_fake")));
-    assert!(stdout.lines().any(|l| l.starts_with("protocol") && l.contains("cross_dataset") && l.contains("15 runs")), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("dataset") && l.contains("Celeb-DF-v2") && l.contains("CelebDFv2_fake"))
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("protocol") && l.contains("cross_dataset") && l.contains("15 runs")),
+        "{stdout}"
+    );
     assert!(!stdout.contains("invalid"), "{stdout}");
 }

@@ -169,6 +169,25 @@ fn cases() -> Vec<Case> {
             message: &["out of range"],
         },
         Case {
+            what: "swept steps shorter than the warm-up",
+            text: format!(
+                "{}\n[sweep]\n\"training.steps\" = [200, 40]\n",
+                replace("lr = 2e-4 }", "lr = 2e-4 }\nschedule = { name = \"cosine\", warmup_steps = 50 }")
+            ),
+            needle: "40]",
+            skip: 0,
+            key: "sweep.\"training.steps\"[1]",
+            message: &["leave no training after the 50 warm-up steps"],
+        },
+        Case {
+            what: "swept head layers remove CGR's head",
+            text: format!("{BASE}\n[sweep]\n\"model.head.layers\" = [0, 1]\n"),
+            needle: "\"model.head.layers\" = [0",
+            skip: 23,
+            key: "sweep.\"model.head.layers\"[0]",
+            message: &["without a projection head", "CS-DFD"],
+        },
+        Case {
             what: "bad fold name",
             text: format!("{BASE}\n[folds]\nleave_one_out = [\"FF-DF\", \"FF-FH\"]\n"),
             needle: "\"FF-FH\"",
@@ -226,7 +245,10 @@ fn cases() -> Vec<Case> {
         },
         Case {
             what: "method needing domains the data cannot give",
-            text: format!("{}\n[methods.RoGA]\nkind = \"roga\"\n", replace("[\"FF-DF\", \"FF-F2F\", \"FF-FS\", \"FF-NT\"]", "[\"FF-DF\"]")),
+            text: format!(
+                "{}\n[methods.RoGA]\nkind = \"roga\"\n",
+                replace("[\"FF-DF\", \"FF-F2F\", \"FF-FS\", \"FF-NT\"]", "[\"FF-DF\"]")
+            ),
             needle: "\"roga\"",
             skip: 0,
             key: "methods.RoGA.kind",
@@ -302,7 +324,12 @@ fn every_malformed_protocol_is_reported_at_the_right_place() {
         let (line, col) = pos_of(&c.text, c.needle, c.skip);
         let hit = errs.iter().find(|e| e.key == c.key);
         let Some(e) = hit else {
-            panic!("{}: no error with key `{}`; got:\n{}", c.what, c.key, protocol::ProtocolErrors(errs.clone()));
+            panic!(
+                "{}: no error with key `{}`; got:\n{}",
+                c.what,
+                c.key,
+                protocol::ProtocolErrors(errs.clone())
+            );
         };
         assert_eq!((e.line, e.col), (line, col), "{}: wrong position in `{e}`", c.what);
         assert_eq!(e.file, path, "{}", c.what);
@@ -329,7 +356,11 @@ fn all_errors_of_a_file_are_reported_sorted() {
         .replace("kind = \"cs-dfd\"", "kind = \"csdfd\"");
     let (_, errs, _dir) = errors_of(&text);
     let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
-    assert_eq!(keys, ["seeds", "data.colour", "model.backbone", "training.steps", "methods.CS-DFD.kind"], "{errs:?}");
+    assert_eq!(
+        keys,
+        ["seeds", "data.colour", "model.backbone", "training.steps", "methods.CS-DFD.kind"],
+        "{errs:?}"
+    );
     let positions: Vec<(usize, usize)> = errs.iter().map(|e| (e.line, e.col)).collect();
     let mut sorted = positions.clone();
     sorted.sort();
@@ -366,10 +397,8 @@ fn deepfakebench_data_paths_are_checked() {
     std::fs::create_dir_all(&root).unwrap();
     std::fs::create_dir_all(&json).unwrap();
     std::fs::write(json.join("FaceForensics++.json"), "{}").unwrap();
-    let text = BASE.replace(
-        "format = \"synthetic\"",
-        "format = \"deepfakebench\"\nroot = \"rgb\"\njson_dir = \"json\"",
-    );
+    let text = BASE
+        .replace("format = \"synthetic\"", "format = \"deepfakebench\"\nroot = \"rgb\"\njson_dir = \"json\"");
     let p = write(dir.path(), &text);
     // Celeb-DF-v2.json is missing: reported at the test set's dataset.
     let errs = protocol::load(&p).unwrap_err().0;

@@ -104,8 +104,9 @@ fn apply(text: &str, e: &Edit) -> String {
         }
         Edit::ReplaceValue(i, v) => {
             let mut lines: Vec<String> = s.lines().map(str::to_string).collect();
-            let assignments: Vec<usize> =
-                (0..lines.len()).filter(|&k| lines[k].contains(" = ") && !lines[k].starts_with('#')).collect();
+            let assignments: Vec<usize> = (0..lines.len())
+                .filter(|&k| lines[k].contains(" = ") && !lines[k].starts_with('#'))
+                .collect();
             let k = assignments[i % assignments.len()];
             let key = lines[k].split(" = ").next().unwrap().to_string();
             lines[k] = format!("{key} = {v}");

@@ -56,7 +56,9 @@ fn run_ids_ignore_order_comments_whitespace_and_explicit_defaults() {
     assert_eq!(a.len(), 6);
     assert_eq!(ids_by_run(&a), ids_by_run(&b));
     // The whole resolved configurations agree, not just the hashes.
-    let cfg = |runs: &[Run]| runs.iter().map(|r| (r.id.clone(), plan::canonical_json(&r.config))).collect::<BTreeMap<_, _>>();
+    let cfg = |runs: &[Run]| {
+        runs.iter().map(|r| (r.id.clone(), plan::canonical_json(&r.config))).collect::<BTreeMap<_, _>>()
+    };
     assert_eq!(cfg(&a), cfg(&b));
     let ids: BTreeSet<&String> = a.iter().map(|r| &r.id).collect();
     assert_eq!(ids.len(), a.len(), "ids are unique");
@@ -87,7 +89,11 @@ fn every_value_change_changes_the_affected_run_ids() {
         ("format = \"synthetic\"", "format = \"synthetic\"\nsynth_seed = 1", &[]),
         ("format = \"synthetic\"", "format = \"synthetic\"\naugmentation = { hflip = 0.25 }", &[]),
         ("seeds = [0, 1]", "seeds = [0, 1]\ndevice = \"cuda\"", &[]),
-        ("kind = \"erm\"\n\n[methods.\"O+S\"]", "kind = \"erm\"\nbatch_size = 8\n\n[methods.\"O+S\"]", &["O"]),
+        (
+            "kind = \"erm\"\n\n[methods.\"O+S\"]",
+            "kind = \"erm\"\nbatch_size = 8\n\n[methods.\"O+S\"]",
+            &["O"],
+        ),
     ];
     for (old, new, affected) in edits {
         assert!(BASE.contains(old), "{old}");
@@ -104,7 +110,11 @@ fn every_value_change_changes_the_affected_run_ids() {
         }
     }
     // Not part of training: description and the report section.
-    let same = ids_by_run(&plan::expand(&load(&BASE.replace("test fixture", "other words").replace("baseline = \"O+S\"", "baseline = \"O\"\nplots = [\"roc\"]"))));
+    let same = ids_by_run(&plan::expand(&load(
+        &BASE
+            .replace("test fixture", "other words")
+            .replace("baseline = \"O+S\"", "baseline = \"O\"\nplots = [\"roc\"]"),
+    )));
     assert_eq!(same, base);
     // A different seed list changes the set of runs, each run keeps its id.
     let seeds = ids_by_run(&plan::expand(&load(&BASE.replace("seeds = [0, 1]", "seeds = [1]"))));
@@ -172,7 +182,9 @@ fn sweeps_multiply_only_the_methods_they_name() {
 
 #[test]
 fn global_sweeps_apply_to_every_method() {
-    let text = format!("{BASE}\n[sweep]\n\"model.backbone\" = [\"meso4\", \"resnet18\"]\n\"training.optimizer.lr\" = [1e-4, 1e-3]\n");
+    let text = format!(
+        "{BASE}\n[sweep]\n\"model.backbone\" = [\"meso4\", \"resnet18\"]\n\"training.optimizer.lr\" = [1e-4, 1e-3]\n"
+    );
     let runs = plan::expand(&load(&text));
     assert_eq!(runs.len(), 3 * 2 * 2 * 2);
     for r in &runs {
@@ -187,7 +199,10 @@ fn global_sweeps_apply_to_every_method() {
 
 #[test]
 fn method_blocks_override_training() {
-    let text = BASE.replace("kind = \"cs-dfd\"", "kind = \"cs-dfd\"\nsteps = 50\noptimizer = { name = \"sgd\", lr = 0.01, momentum = 0.9 }");
+    let text = BASE.replace(
+        "kind = \"cs-dfd\"",
+        "kind = \"cs-dfd\"\nsteps = 50\noptimizer = { name = \"sgd\", lr = 0.01, momentum = 0.9 }",
+    );
     let p = load(&text);
     let cs = p.methods.iter().find(|m| m.method.name == "CS-DFD").unwrap();
     assert_eq!(cs.training.length, TrainLength::Steps(50));
@@ -215,8 +230,10 @@ fn folds_hold_one_manipulation_out() {
         assert_eq!(r.config.tests[1].manipulations, ["CelebDFv2_fake"], "other datasets untouched");
     }
     // Ordering: method, then seed, then fold.
-    let order: Vec<(String, u64, String)> =
-        runs.iter().map(|r| (r.config.method.name.clone(), r.config.seed, r.config.fold.clone().unwrap())).collect();
+    let order: Vec<(String, u64, String)> = runs
+        .iter()
+        .map(|r| (r.config.method.name.clone(), r.config.seed, r.config.fold.clone().unwrap()))
+        .collect();
     assert_eq!(order[0], ("O".into(), 0, "FF-DF".into()));
     assert_eq!(order[1], ("O".into(), 0, "FF-NT".into()));
     assert_eq!(order[2], ("O".into(), 1, "FF-DF".into()));
@@ -236,8 +253,17 @@ fn shipped() -> Vec<PathBuf> {
 #[test]
 fn every_shipped_protocol_validates() {
     let files = shipped();
-    let names: Vec<String> = files.iter().map(|f| f.file_stem().unwrap().to_string_lossy().into_owned()).collect();
-    for expected in ["ablation", "backbones", "cross_dataset", "imbalance", "leave_one_manipulation_out", "optimizers", "sensitivity"] {
+    let names: Vec<String> =
+        files.iter().map(|f| f.file_stem().unwrap().to_string_lossy().into_owned()).collect();
+    for expected in [
+        "ablation",
+        "backbones",
+        "cross_dataset",
+        "imbalance",
+        "leave_one_manipulation_out",
+        "optimizers",
+        "sensitivity",
+    ] {
         assert!(names.iter().any(|n| n == expected), "protocols/{expected}.toml missing");
     }
     for f in &files {

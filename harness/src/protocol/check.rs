@@ -12,8 +12,21 @@ use super::datasets::{self, COMPRESSIONS, SPLITS};
 use super::reader::{Ctx, Tbl, Val, hint, join, split_path, to_value};
 use super::*;
 
-const TOP_KEYS: &[&str] =
-    &["name", "description", "seeds", "device", "data", "train", "test", "model", "training", "methods", "folds", "sweep", "report"];
+const TOP_KEYS: &[&str] = &[
+    "name",
+    "description",
+    "seeds",
+    "device",
+    "data",
+    "train",
+    "test",
+    "model",
+    "training",
+    "methods",
+    "folds",
+    "sweep",
+    "report",
+];
 const DATA_KEYS: &[&str] = &[
     "format",
     "preset",
@@ -29,7 +42,8 @@ const DATA_KEYS: &[&str] = &[
 const TRAIN_KEYS: &[&str] = &["dataset", "manipulations", "split", "compression", "real_fake_ratio"];
 const TEST_KEYS: &[&str] = &["name", "dataset", "manipulations", "split", "compression", "role"];
 const MODEL_KEYS: &[&str] = &["backbone", "weights", "head"];
-const TRAINING_KEYS: &[&str] = &["steps", "epochs", "batch_size", "optimizer", "schedule", "validation", "selection"];
+const TRAINING_KEYS: &[&str] =
+    &["steps", "epochs", "batch_size", "optimizer", "schedule", "validation", "selection"];
 
 pub(super) fn check(text: &str, path: &Path) -> Result<Protocol, ProtocolErrors> {
     let mut cx = Ctx::new(text, path);
@@ -65,7 +79,11 @@ pub(super) fn check(text: &str, path: &Path) -> Result<Protocol, ProtocolErrors>
         _ => {
             if !ck.cx.has_errors() {
                 // Every rejection path records its reason; this only guards against a checker bug.
-                ck.cx.err(0..0, "", "internal error: the protocol was rejected without a reason; please report it");
+                ck.cx.err(
+                    0..0,
+                    "",
+                    "internal error: the protocol was rejected without a reason; please report it",
+                );
             }
             Err(ck.cx.finish())
         }
@@ -97,7 +115,8 @@ impl Checker<'_> {
             }
             Some(s)
         });
-        let description = root.get("description").and_then(|v| cx.string("description", v)).unwrap_or_default();
+        let description =
+            root.get("description").and_then(|v| cx.string("description", v)).unwrap_or_default();
         let seeds = self.seeds(root);
         let device = self.device(root);
 
@@ -128,11 +147,14 @@ impl Checker<'_> {
             let base = training.clone().unwrap_or_else(default_training);
             self.methods(v, &base)
         });
-        let folds = sub(&mut self.cx, root, "folds").and_then(|t| self.folds(&t, train.as_ref(), tests.as_deref()));
+        let folds =
+            sub(&mut self.cx, root, "folds").and_then(|t| self.folds(&t, train.as_ref(), tests.as_deref()));
         let folds_ok = root.get("folds").is_none() || folds.is_some();
         let sweep = match (root.get("sweep"), &read) {
             (None, _) => Some(Vec::new()),
-            (Some(v), Some(r)) => self.cx.table("sweep", v).and_then(|t| self.sweep(&t, &r.methods, &r.failed)),
+            (Some(v), Some(r)) => {
+                self.cx.table("sweep", v).and_then(|t| self.sweep(&t, &r.methods, &r.failed))
+            }
             (Some(_), None) => None,
         };
         let report = match sub(&mut self.cx, root, "report") {
@@ -142,6 +164,9 @@ impl Checker<'_> {
         };
         if let (Some(r), Some(tr), Some(md)) = (&read, &train, &model) {
             self.method_data_checks(root, &r.methods, tr, md, folds.as_ref());
+            if let Some(axes) = &sweep {
+                self.sweep_point_checks(root, axes, &r.methods, md);
+            }
         }
         let methods = read.filter(|r| r.failed.is_empty() && training.is_some()).map(|r| r.methods);
         if !folds_ok {
@@ -194,11 +219,16 @@ impl Checker<'_> {
         let s = self.cx.string("device", v)?;
         let ok = s == "cpu"
             || s == "cuda"
-            || s.strip_prefix("cuda:").is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()) && n.len() < 4);
+            || s.strip_prefix("cuda:")
+                .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()) && n.len() < 4);
         if ok {
             Some(s)
         } else {
-            self.cx.err(v.span(), "device", format!("unknown device `{s}`{}", hint(&s, ["cpu", "cuda", "cuda:0"])));
+            self.cx.err(
+                v.span(),
+                "device",
+                format!("unknown device `{s}`{}", hint(&s, ["cpu", "cuda", "cuda:0"])),
+            );
             None
         }
     }
@@ -232,13 +262,14 @@ impl Checker<'_> {
     fn data(&mut self, t: &Tbl<'_, '_>) -> Option<DataConfig> {
         self.cx.check_keys(t, DATA_KEYS);
         let cx = &mut self.cx;
-        let format = cx.require(t, "format", "\"synthetic\", \"deepfakebench\" or \"folders\"").and_then(|v| {
-            cx.choice("data.format", v, "data format", DataFormat::NAMES).map(|s| match s.as_str() {
-                "synthetic" => DataFormat::Synthetic,
-                "deepfakebench" => DataFormat::Deepfakebench,
-                _ => DataFormat::Folders,
-            })
-        });
+        let format =
+            cx.require(t, "format", "\"synthetic\", \"deepfakebench\" or \"folders\"").and_then(|v| {
+                cx.choice("data.format", v, "data format", DataFormat::NAMES).map(|s| match s.as_str() {
+                    "synthetic" => DataFormat::Synthetic,
+                    "deepfakebench" => DataFormat::Deepfakebench,
+                    _ => DataFormat::Folders,
+                })
+            });
         let mut ok = true;
         let (mut preset, mut synth_seed, mut root, mut json_dir) = (None, None, None, None);
         let not_for = |cx: &mut Ctx<'_>, key: &str, fmt: &str| {
@@ -252,10 +283,12 @@ impl Checker<'_> {
         match format {
             Some(DataFormat::Synthetic) => {
                 preset = Some(match t.get("preset") {
-                    Some(v) => cx.choice("data.preset", v, "synthetic preset", SYNTH_PRESETS).unwrap_or_else(|| {
-                        ok = false;
-                        String::new()
-                    }),
+                    Some(v) => {
+                        cx.choice("data.preset", v, "synthetic preset", SYNTH_PRESETS).unwrap_or_else(|| {
+                            ok = false;
+                            String::new()
+                        })
+                    }
                     None => "small".into(),
                 });
                 synth_seed = Some(match t.get("synth_seed") {
@@ -294,10 +327,14 @@ impl Checker<'_> {
             None => ok = false,
         }
         let cx = &mut self.cx;
-        let resolution = t.get("resolution").map_or(Some(256), |v| cx.int("data.resolution", v, 16, 2048).map(|x| x as u32));
+        let resolution = t
+            .get("resolution")
+            .map_or(Some(256), |v| cx.int("data.resolution", v, 16, 2048).map(|x| x as u32));
         let frames_per_video = match t.get("frames_per_video") {
             None => Some(PerSplit { train: 8, test: 8 }),
-            Some(v) => per_split(cx, "data.frames_per_video", v, |cx, p, v| cx.int(p, v, 1, 4096).map(|x| x as u32)),
+            Some(v) => {
+                per_split(cx, "data.frames_per_video", v, |cx, p, v| cx.int(p, v, 1, 4096).map(|x| x as u32))
+            }
         };
         let normalisation = match t.get("normalisation") {
             None => Some(Normalisation { mean: [0.5; 3], std: [0.5; 3] }),
@@ -309,14 +346,17 @@ impl Checker<'_> {
                 cx.check_keys(&a, &["hflip"]);
                 match a.get("hflip") {
                     None => Some(Augmentation { hflip: 0.5 }),
-                    Some(h) => cx.float("data.augmentation.hflip", h, 0.0, 1.0, false).map(|hflip| Augmentation { hflip }),
+                    Some(h) => cx
+                        .float("data.augmentation.hflip", h, 0.0, 1.0, false)
+                        .map(|hflip| Augmentation { hflip }),
                 }
             }),
         };
         let on_missing = match t.get("on_missing") {
             None => Some(PerSplit { train: OnMissing::Skip, test: OnMissing::Fail }),
             Some(v) => per_split(cx, "data.on_missing", v, |cx, p, v| {
-                cx.choice(p, v, "policy", &["skip", "fail"]).map(|s| if s == "skip" { OnMissing::Skip } else { OnMissing::Fail })
+                cx.choice(p, v, "policy", &["skip", "fail"])
+                    .map(|s| if s == "skip" { OnMissing::Skip } else { OnMissing::Fail })
             }),
         };
         if !ok {
@@ -348,7 +388,11 @@ impl Checker<'_> {
                     self.cx.err(
                         v.span(),
                         path,
-                        format!("no DeepfakeBench index `{}` for dataset `{s}`{}", json.display(), if known { String::new() } else { hint(&s, names()) }),
+                        format!(
+                            "no DeepfakeBench index `{}` for dataset `{s}`{}",
+                            json.display(),
+                            if known { String::new() } else { hint(&s, names()) }
+                        ),
                     );
                     return None;
                 }
@@ -406,7 +450,11 @@ impl Checker<'_> {
         let compression = match t.get("compression") {
             Some(v) => match info {
                 Some(i) if !i.compressed => {
-                    cx.err(v.span(), &t.child("compression"), format!("{} has no compression levels (only FF++-family datasets do)", i.name));
+                    cx.err(
+                        v.span(),
+                        &t.child("compression"),
+                        format!("{} has no compression levels (only FF++-family datasets do)", i.name),
+                    );
                     None
                 }
                 _ => cx.choice(&t.child("compression"), v, "compression", COMPRESSIONS).map(Some),
@@ -418,7 +466,10 @@ impl Checker<'_> {
 
     fn train(&mut self, t: &Tbl<'_, '_>, data: Option<&DataConfig>) -> Option<TrainSet> {
         self.cx.check_keys(t, TRAIN_KEYS);
-        let dataset = self.cx.require(t, "dataset", "a dataset name, e.g. \"FaceForensics++\"").and_then(|v| self.dataset("train.dataset", v, data));
+        let dataset = self
+            .cx
+            .require(t, "dataset", "a dataset name, e.g. \"FaceForensics++\"")
+            .and_then(|v| self.dataset("train.dataset", v, data));
         let (manipulations, split, compression) = self.labels(t, dataset.as_deref(), "train");
         let real_fake_ratio = match t.get("real_fake_ratio") {
             Some(v) => self.cx.float("train.real_fake_ratio", v, 0.0, 1000.0, true).map(Some),
@@ -433,7 +484,12 @@ impl Checker<'_> {
         })
     }
 
-    fn tests(&mut self, root: &Tbl<'_, '_>, data: Option<&DataConfig>, train: Option<&TrainSet>) -> Option<Vec<TestSet>> {
+    fn tests(
+        &mut self,
+        root: &Tbl<'_, '_>,
+        data: Option<&DataConfig>,
+        train: Option<&TrainSet>,
+    ) -> Option<Vec<TestSet>> {
         let v = self.cx.require(root, "test", "one [[test]] table per test set")?;
         let items: Vec<&Val<'_>> = match v.get_ref() {
             DeValue::Array(a) => a.iter().collect(),
@@ -458,7 +514,10 @@ impl Checker<'_> {
                 continue;
             };
             self.cx.check_keys(&t, TEST_KEYS);
-            let dataset = self.cx.require(&t, "dataset", "a dataset name").and_then(|v| self.dataset(&t.child("dataset"), v, data));
+            let dataset = self
+                .cx
+                .require(&t, "dataset", "a dataset name")
+                .and_then(|v| self.dataset(&t.child("dataset"), v, data));
             let name = match t.get("name") {
                 Some(v) => self.cx.string(&t.child("name"), v).filter(|s| {
                     let empty = s.trim().is_empty();
@@ -479,9 +538,10 @@ impl Checker<'_> {
             }
             let (manipulations, split, compression) = self.labels(&t, dataset.as_deref(), "test");
             let role = match t.get("role") {
-                Some(v) => self.cx.choice(&t.child("role"), v, "role", &["in-domain", "unseen"]).map(|s| {
-                    if s == "unseen" { TestRole::Unseen } else { TestRole::InDomain }
-                }),
+                Some(v) => self
+                    .cx
+                    .choice(&t.child("role"), v, "role", &["in-domain", "unseen"])
+                    .map(|s| if s == "unseen" { TestRole::Unseen } else { TestRole::InDomain }),
                 None => Some(match (train, &dataset) {
                     (Some(tr), Some(d)) if tr.dataset == *d => TestRole::InDomain,
                     _ => TestRole::Unseen,
@@ -591,10 +651,13 @@ impl Checker<'_> {
                                 );
                                 ok = false;
                             }
-                            Some(_) => match cx.choice(&vt.child("split"), s, "validation split", &["val", "train"]) {
-                                Some(s) => out.validation.split = s,
-                                None => ok = false,
-                            },
+                            Some(_) => {
+                                match cx.choice(&vt.child("split"), s, "validation split", &["val", "train"])
+                                {
+                                    Some(s) => out.validation.split = s,
+                                    None => ok = false,
+                                }
+                            }
                             None => ok = false,
                         }
                     }
@@ -606,7 +669,10 @@ impl Checker<'_> {
                     }
                     if let Some(m) = vt.get("metric") {
                         match cx.choice(&vt.child("metric"), m, "validation metric", &["auc", "loss"]) {
-                            Some(m) => out.validation.metric = if m == "auc" { ValMetric::Auc } else { ValMetric::Loss },
+                            Some(m) => {
+                                out.validation.metric =
+                                    if m == "auc" { ValMetric::Auc } else { ValMetric::Loss }
+                            }
                             None => ok = false,
                         }
                     }
@@ -624,14 +690,23 @@ impl Checker<'_> {
     }
 
     /// Deserialises a serde-typed sub-table, turning serde's messages into positioned errors.
-    fn serde_table<T: for<'de> Deserialize<'de>>(&mut self, path: &str, v: &Val<'_>, what: &str) -> Option<T> {
+    fn serde_table<T: for<'de> Deserialize<'de>>(
+        &mut self,
+        path: &str,
+        v: &Val<'_>,
+        what: &str,
+    ) -> Option<T> {
         let t = self.cx.table(path, v)?;
         let Some(value) = to_value(v.get_ref()) else {
             self.cx.err(v.span(), path, "contains a number that does not fit in 64 bits");
             return None;
         };
         if t.get("name").is_none() {
-            self.cx.err(t.span.clone(), &join(path, "name"), format!("missing required key `name` (the {what})"));
+            self.cx.err(
+                t.span.clone(),
+                &join(path, "name"),
+                format!("missing required key `name` (the {what})"),
+            );
             return None;
         }
         match T::deserialize(value) {
@@ -643,13 +718,21 @@ impl Checker<'_> {
                     let span = t.key_span(field).unwrap_or(t.span.clone());
                     let name = t.get("name").and_then(|n| n.get_ref().as_str()).unwrap_or("?").to_string();
                     let h = hint(field, quoted[1..].iter().map(String::as_str));
-                    self.cx.err(span, &join(path, field), format!("unknown key `{field}` for {what} `{name}`{h}"));
+                    self.cx.err(
+                        span,
+                        &join(path, field),
+                        format!("unknown key `{field}` for {what} `{name}`{h}"),
+                    );
                 } else if msg.starts_with("unknown variant ") && !quoted.is_empty() {
                     let span = t.get("name").map_or(t.span.clone(), |n| n.span());
                     let h = hint(&quoted[0], quoted[1..].iter().map(String::as_str));
                     self.cx.err(span, &join(path, "name"), format!("unknown {what} `{}`{h}", quoted[0]));
                 } else if let Some(field) = msg.strip_prefix("missing field ").and_then(|_| quoted.first()) {
-                    self.cx.err(t.span.clone(), &join(path, field), format!("missing required key `{field}`"));
+                    self.cx.err(
+                        t.span.clone(),
+                        &join(path, field),
+                        format!("missing required key `{field}`"),
+                    );
                 } else {
                     self.cx.err(t.span.clone(), path, format!("invalid {what}: {msg}"));
                 }
@@ -677,14 +760,26 @@ impl Checker<'_> {
         match &o {
             OptimizerConfig::Sgd { momentum, weight_decay, .. } => {
                 bad(&mut self.cx, "momentum", *momentum, (0.0..1.0).contains(momentum), "a number in [0, 1)");
-                bad(&mut self.cx, "weight_decay", *weight_decay, (0.0..=1.0).contains(weight_decay), "a number in [0, 1]");
+                bad(
+                    &mut self.cx,
+                    "weight_decay",
+                    *weight_decay,
+                    (0.0..=1.0).contains(weight_decay),
+                    "a number in [0, 1]",
+                );
             }
             OptimizerConfig::Adam { beta1, beta2, eps, weight_decay, .. }
             | OptimizerConfig::Adamw { beta1, beta2, eps, weight_decay, .. } => {
                 bad(&mut self.cx, "beta1", *beta1, (0.0..1.0).contains(beta1), "a number in [0, 1)");
                 bad(&mut self.cx, "beta2", *beta2, (0.0..1.0).contains(beta2), "a number in [0, 1)");
                 bad(&mut self.cx, "eps", *eps, *eps > 0.0 && *eps <= 1.0, "a number in (0, 1]");
-                bad(&mut self.cx, "weight_decay", *weight_decay, (0.0..=1.0).contains(weight_decay), "a number in [0, 1]");
+                bad(
+                    &mut self.cx,
+                    "weight_decay",
+                    *weight_decay,
+                    (0.0..=1.0).contains(weight_decay),
+                    "a number in [0, 1]",
+                );
             }
         }
         ok.then_some(o)
@@ -699,30 +794,48 @@ impl Checker<'_> {
         let span = |key: &str| t.get(key).map_or(v.span(), |x| x.span());
         let lr = training.optimizer.lr();
         let warmup = match &s {
-            ScheduleConfig::Constant { warmup_steps } | ScheduleConfig::Cosine { warmup_steps, .. } => *warmup_steps,
+            ScheduleConfig::Constant { warmup_steps } | ScheduleConfig::Cosine { warmup_steps, .. } => {
+                *warmup_steps
+            }
             ScheduleConfig::Step { warmup_steps, .. } => *warmup_steps,
         };
         let mut ok = true;
         if let TrainLength::Steps(n) = training.length
             && warmup as u64 >= n
         {
-            self.cx.err(span("warmup_steps"), &join(path, "warmup_steps"), format!("{warmup} warm-up steps leave no training: expected fewer than the {n} steps"));
+            self.cx.err(
+                span("warmup_steps"),
+                &join(path, "warmup_steps"),
+                format!("{warmup} warm-up steps leave no training: expected fewer than the {n} steps"),
+            );
             ok = false;
         }
         match &s {
             ScheduleConfig::Step { step_size, gamma, .. } => {
                 if *step_size == 0 {
-                    self.cx.err(span("step_size"), &join(path, "step_size"), "0 is out of range: expected a positive number of steps");
+                    self.cx.err(
+                        span("step_size"),
+                        &join(path, "step_size"),
+                        "0 is out of range: expected a positive number of steps",
+                    );
                     ok = false;
                 }
                 if !(*gamma > 0.0 && *gamma <= 1.0) {
-                    self.cx.err(span("gamma"), &join(path, "gamma"), format!("{gamma} is out of range: expected a factor in (0, 1]"));
+                    self.cx.err(
+                        span("gamma"),
+                        &join(path, "gamma"),
+                        format!("{gamma} is out of range: expected a factor in (0, 1]"),
+                    );
                     ok = false;
                 }
             }
             ScheduleConfig::Cosine { min_lr, .. } => {
                 if !(*min_lr >= 0.0 && *min_lr < lr) {
-                    self.cx.err(span("min_lr"), &join(path, "min_lr"), format!("{min_lr} is out of range: expected a number in [0, lr = {lr})"));
+                    self.cx.err(
+                        span("min_lr"),
+                        &join(path, "min_lr"),
+                        format!("{min_lr} is out of range: expected a number in [0, lr = {lr})"),
+                    );
                     ok = false;
                 }
             }
@@ -738,7 +851,11 @@ impl Checker<'_> {
             return read;
         };
         if t.t.is_empty() {
-            self.cx.err(t.span.clone(), "methods", "no methods: add at least one [methods.<name>] table with a `kind`");
+            self.cx.err(
+                t.span.clone(),
+                "methods",
+                "no methods: add at least one [methods.<name>] table with a `kind`",
+            );
             read.failed.push(String::new());
             return read;
         }
@@ -751,7 +868,11 @@ impl Checker<'_> {
             let name: &str = k.get_ref();
             let path = join("methods", name);
             if name.trim().is_empty() || name.trim() != name || name.chars().any(char::is_control) {
-                self.cx.err(k.span(), &path, "a method name must be non-empty, without leading/trailing spaces or control characters");
+                self.cx.err(
+                    k.span(),
+                    &path,
+                    "a method name must be non-empty, without leading/trailing spaces or control characters",
+                );
                 read.failed.push(name.to_string());
                 continue;
             }
@@ -831,7 +952,9 @@ impl Checker<'_> {
             let at = |key: &str| -> (String, std::ops::Range<usize>) {
                 match mt.and_then(|t| t.get(key)) {
                     Some(v) => (join(&path, key), v.span()),
-                    None => (join(&path, "kind"), mt.and_then(|t| t.get("kind")).map_or(k.span(), |v| v.span())),
+                    None => {
+                        (join(&path, "kind"), mt.and_then(|t| t.get("kind")).map_or(k.span(), |v| v.span()))
+                    }
                 }
             };
             let streams = m.params.get("streams").and_then(ParamValue::as_str);
@@ -856,19 +979,32 @@ impl Checker<'_> {
                     format!("roga perturbs each training manipulation (domain) separately and needs at least 2; the training set has {n_fakes}{extra}"),
                 );
             }
-            if m.kind == "cs-dfd" && m.params.get("cgr") == Some(&ParamValue::Bool(true)) && model.head.layers == 0 {
+            if m.kind == "cs-dfd"
+                && m.params.get("cgr") == Some(&ParamValue::Bool(true))
+                && model.head.layers == 0
+            {
                 let (key, span) = at("cgr");
                 self.cx.err(span, &key, "CGR updates the projection head, but model.head.layers = 0; set layers >= 1 or cgr = false");
             }
         }
     }
 
-    fn folds(&mut self, t: &Tbl<'_, '_>, train: Option<&TrainSet>, tests: Option<&[TestSet]>) -> Option<FoldsConfig> {
+    fn folds(
+        &mut self,
+        t: &Tbl<'_, '_>,
+        train: Option<&TrainSet>,
+        tests: Option<&[TestSet]>,
+    ) -> Option<FoldsConfig> {
         self.cx.check_keys(t, &["leave_one_out"]);
-        let v = self.cx.require(t, "leave_one_out", "the training manipulations to hold out, one fold each")?;
+        let v =
+            self.cx.require(t, "leave_one_out", "the training manipulations to hold out, one fold each")?;
         let list = self.cx.string_list("folds.leave_one_out", v)?;
         if list.is_empty() {
-            self.cx.err(v.span(), "folds.leave_one_out", "no folds: list the manipulations to hold out, or remove [folds]");
+            self.cx.err(
+                v.span(),
+                "folds.leave_one_out",
+                "no folds: list the manipulations to hold out, or remove [folds]",
+            );
             return None;
         }
         let train = train?;
@@ -878,13 +1014,20 @@ impl Checker<'_> {
                 self.cx.err(
                     span.clone(),
                     &format!("folds.leave_one_out[{i}]"),
-                    format!("`{m}` is not one of the training manipulations{}", hint(m, train.manipulations.iter().map(String::as_str))),
+                    format!(
+                        "`{m}` is not one of the training manipulations{}",
+                        hint(m, train.manipulations.iter().map(String::as_str))
+                    ),
                 );
                 ok = false;
             }
         }
         if ok && train.manipulations.len() < 2 {
-            self.cx.err(v.span(), "folds.leave_one_out", "holding out the only training manipulation leaves nothing fake to train on");
+            self.cx.err(
+                v.span(),
+                "folds.leave_one_out",
+                "holding out the only training manipulation leaves nothing fake to train on",
+            );
             ok = false;
         }
         if ok && tests.is_some_and(|ts| !ts.iter().any(|s| s.dataset == train.dataset)) {
@@ -898,7 +1041,12 @@ impl Checker<'_> {
         ok.then(|| FoldsConfig { leave_one_out: list.into_iter().map(|(m, _)| m).collect() })
     }
 
-    fn sweep(&mut self, t: &Tbl<'_, '_>, methods: &[ProtocolMethod], failed: &[String]) -> Option<Vec<SweepAxis>> {
+    fn sweep(
+        &mut self,
+        t: &Tbl<'_, '_>,
+        methods: &[ProtocolMethod],
+        failed: &[String],
+    ) -> Option<Vec<SweepAxis>> {
         let mut entries: Vec<_> = t.t.iter().collect();
         entries.sort_by_key(|(k, _)| k.span().start);
         let mut out: Vec<SweepAxis> = Vec::new();
@@ -958,7 +1106,8 @@ impl Checker<'_> {
                     SweepValue::Lr => self.cx.float(&p, item, 0.0, 10.0, true).map(ParamValue::Float),
                     SweepValue::Ratio => self.cx.float(&p, item, 0.0, 1000.0, true).map(ParamValue::Float),
                     SweepValue::Backbone => {
-                        let names: Vec<&str> = detectors::backbones::registry().iter().map(|b| b.name).collect();
+                        let names: Vec<&str> =
+                            detectors::backbones::registry().iter().map(|b| b.name).collect();
                         self.cx.choice(&p, item, "backbone", &names).map(ParamValue::Str)
                     }
                 };
@@ -972,17 +1121,84 @@ impl Checker<'_> {
                 }
             }
             // Two entries setting the same thing for one method would make identical runs.
-            if let Some(other) = out.iter().find(|a| {
-                a.knob == knob && (a.method.is_none() || method.is_none() || a.method == method)
-            }) {
-                self.cx.err(k.span(), &path, format!("sets the same value as sweep entry `{}` for the same method(s)", other.path));
+            if let Some(other) = out
+                .iter()
+                .find(|a| a.knob == knob && (a.method.is_none() || method.is_none() || a.method == method))
+            {
+                self.cx.err(
+                    k.span(),
+                    &path,
+                    format!("sets the same value as sweep entry `{}` for the same method(s)", other.path),
+                );
                 ok = false;
             }
             // The canonical spelling: `methods."CS-DFD".c` and `methods.CS-DFD.c` are one path.
-            let canon = split_path(raw).map_or(raw.to_string(), |segs| segs.iter().fold(String::new(), |a, s| join(&a, s)));
+            let canon = split_path(raw)
+                .map_or(raw.to_string(), |segs| segs.iter().fold(String::new(), |a, s| join(&a, s)));
             out.push(SweepAxis { path: canon, method, knob, values });
         }
         ok.then_some(out)
+    }
+
+    /// Sweep values that are valid on their own but not for a method they apply to (the same
+    /// cross-checks as for the written values: warm-up, cosine floor, CGR's projection head).
+    fn sweep_point_checks(
+        &mut self,
+        root: &Tbl<'_, '_>,
+        axes: &[SweepAxis],
+        methods: &[ProtocolMethod],
+        model: &ModelConfig,
+    ) {
+        let Some(table) = root.get("sweep").and_then(|v| v.get_ref().as_table()) else { return };
+        for (k, v) in table.iter() {
+            let raw: &str = k.get_ref();
+            let canon = split_path(raw).map(|segs| segs.iter().fold(String::new(), |a, s| join(&a, s)));
+            let Some(axis) = axes.iter().find(|a| Some(&a.path) == canon.as_ref()) else { continue };
+            let Some(items) = v.get_ref().as_array() else { continue };
+            let path = join("sweep", raw);
+            for (i, (value, item)) in axis.values.iter().zip(items.iter()).enumerate() {
+                let p = format!("{path}[{i}]");
+                for pm in methods.iter().filter(|m| axis.method.as_ref().is_none_or(|n| *n == m.method.name))
+                {
+                    let name = &pm.method.name;
+                    let cgr = pm.method.params.get("cgr") == Some(&ParamValue::Bool(true));
+                    let problem = match &axis.knob {
+                        Knob::HeadLayers if value.as_i64() == Some(0) && cgr => Some(format!(
+                            "0 head layers leave CGR of method `{name}` without a projection head"
+                        )),
+                        Knob::Param(n)
+                            if n == "cgr" && *value == ParamValue::Bool(true) && model.head.layers == 0 =>
+                        {
+                            Some("CGR updates the projection head, but model.head.layers = 0".to_string())
+                        }
+                        Knob::Steps => {
+                            let warmup = match &pm.training.schedule {
+                                ScheduleConfig::Constant { warmup_steps }
+                                | ScheduleConfig::Step { warmup_steps, .. }
+                                | ScheduleConfig::Cosine { warmup_steps, .. } => *warmup_steps as i64,
+                            };
+                            let n = value.as_i64().unwrap_or(0);
+                            (warmup >= n).then(|| format!("{n} steps leave no training after the {warmup} warm-up steps of method `{name}`"))
+                        }
+                        Knob::Lr => match &pm.training.schedule {
+                            ScheduleConfig::Cosine { min_lr, .. }
+                                if value.as_f64().is_some_and(|lr| lr <= *min_lr) =>
+                            {
+                                Some(format!(
+                                    "{value} is not above the cosine schedule's min_lr = {min_lr} of method `{name}`"
+                                ))
+                            }
+                            _ => None,
+                        },
+                        _ => None,
+                    };
+                    if let Some(msg) = problem {
+                        self.cx.err(item.span(), &p, msg);
+                        break;
+                    }
+                }
+            }
+        }
     }
 
     fn report(&mut self, t: &Tbl<'_, '_>, methods: Option<&MethodsRead>) -> Option<ReportConfig> {
@@ -991,7 +1207,9 @@ impl Checker<'_> {
         let baseline = match t.get("baseline") {
             None => None,
             Some(v) => match (self.cx.string("report.baseline", v), methods) {
-                (Some(b), Some(r)) if !r.methods.iter().any(|m| m.method.name == b) && !r.failed.contains(&b) => {
+                (Some(b), Some(r))
+                    if !r.methods.iter().any(|m| m.method.name == b) && !r.failed.contains(&b) =>
+                {
                     let h = hint(&b, r.methods.iter().map(|m| m.method.name.as_str()));
                     self.cx.err(v.span(), "report.baseline", format!("no method named `{b}`{h}"));
                     ok = false;
@@ -1013,7 +1231,11 @@ impl Checker<'_> {
             };
             for (i, (s, span)) in list.iter().enumerate() {
                 if !known.contains(&s.as_str()) {
-                    cx.err(span.clone(), &format!("{path}[{i}]"), format!("unknown {what} `{s}`{}", hint(s, known.iter().copied())));
+                    cx.err(
+                        span.clone(),
+                        &format!("{path}[{i}]"),
+                        format!("unknown {what} `{s}`{}", hint(s, known.iter().copied())),
+                    );
                     ok = false;
                 }
             }
@@ -1081,7 +1303,11 @@ fn resolve_knob(raw: &str, methods: &[ProtocolMethod]) -> Option<(Option<String>
         ["optimizer", "lr"] => Knob::Lr,
         [p] => {
             let spec = methods::spec::find(&pm.method.kind)?.param(p)?;
-            return Some((Some(pm.method.name.clone()), Knob::Param(p.to_string()), SweepValue::Param(spec.kind)));
+            return Some((
+                Some(pm.method.name.clone()),
+                Knob::Param(p.to_string()),
+                SweepValue::Param(spec.kind),
+            ));
         }
         _ => return None,
     };
@@ -1094,7 +1320,9 @@ fn default_param(kind: &ParamKind) -> ParamValue {
         ParamKind::Float { default, .. } => ParamValue::Float(default),
         ParamKind::Int { default, .. } => ParamValue::Int(default),
         ParamKind::Bool { default } => ParamValue::Bool(default),
-        ParamKind::Choice { options } => ParamValue::Str(options.first().copied().unwrap_or_default().to_string()),
+        ParamKind::Choice { options } => {
+            ParamValue::Str(options.first().copied().unwrap_or_default().to_string())
+        }
     }
 }
 
@@ -1115,7 +1343,10 @@ fn same_data(train: &TrainSet, test: &TestSet) -> bool {
     let mut b = test.manipulations.clone();
     a.sort();
     b.sort();
-    train.dataset == test.dataset && train.split == test.split && train.compression == test.compression && a == b
+    train.dataset == test.dataset
+        && train.split == test.split
+        && train.compression == test.compression
+        && a == b
 }
 
 /// A value given once for both splits (`x`) or per split (`{ train = x, test = y }`).
@@ -1129,7 +1360,8 @@ fn per_split<T: Copy>(
         DeValue::Table(_) => {
             let t = cx.table(path, v)?;
             cx.check_keys(&t, &["train", "test"]);
-            let train = cx.require(&t, "train", "the training value").and_then(|x| read(cx, &t.child("train"), x));
+            let train =
+                cx.require(&t, "train", "the training value").and_then(|x| read(cx, &t.child("train"), x));
             let test = cx.require(&t, "test", "the test value").and_then(|x| read(cx, &t.child("test"), x));
             Some(PerSplit { train: train?, test: test? })
         }
@@ -1145,14 +1377,22 @@ fn normalisation(cx: &mut Ctx<'_>, v: &Val<'_>) -> Option<Normalisation> {
         let path = t.child(key);
         let items = cx.array(&path, x)?;
         if items.len() != 3 {
-            cx.err(x.span(), &path, format!("expected 3 numbers (one per RGB channel), found {}", items.len()));
+            cx.err(
+                x.span(),
+                &path,
+                format!("expected 3 numbers (one per RGB channel), found {}", items.len()),
+            );
             return None;
         }
         let mut out = [0.0; 3];
         let mut ok = true;
         for (i, item) in items.iter().enumerate() {
             let p = format!("{path}[{i}]");
-            match if positive { cx.float(&p, item, 0.0, 1e6, true) } else { cx.float(&p, item, -1e6, 1e6, false) } {
+            match if positive {
+                cx.float(&p, item, 0.0, 1e6, true)
+            } else {
+                cx.float(&p, item, -1e6, 1e6, false)
+            } {
                 Some(f) => out[i] = f,
                 None => ok = false,
             }
@@ -1172,4 +1412,3 @@ fn backticked(msg: &str) -> Vec<String> {
 fn absolute(p: PathBuf) -> PathBuf {
     std::fs::canonicalize(&p).or_else(|_| std::path::absolute(&p)).unwrap_or(p)
 }
-

@@ -74,8 +74,16 @@ impl<'s> Ctx<'s> {
         for (k, _) in t.t.iter() {
             let name: &str = k.get_ref();
             if !allowed.contains(&name) {
-                let what = if t.path.is_empty() { "unknown top-level key".to_string() } else { "unknown key".into() };
-                self.err(k.span(), &t.child(name), format!("{what} `{name}`{}", hint(name, allowed.iter().copied())));
+                let what = if t.path.is_empty() {
+                    "unknown top-level key".to_string()
+                } else {
+                    "unknown key".into()
+                };
+                self.err(
+                    k.span(),
+                    &t.child(name),
+                    format!("{what} `{name}`{}", hint(name, allowed.iter().copied())),
+                );
             }
         }
     }
@@ -84,8 +92,16 @@ impl<'s> Ctx<'s> {
     pub fn require<'a, 'i>(&mut self, t: &Tbl<'a, 'i>, key: &str, expected: &str) -> Option<&'a Val<'i>> {
         let v = t.get(key);
         if v.is_none() {
-            let at = if t.path.is_empty() { "the file".to_string() } else { format!("[{}]", t.path) };
-            self.err(t.span.clone(), &t.child(key), format!("missing required key `{key}` in {at} (expected {expected})"));
+            let at = match t.path.split_once('[') {
+                _ if t.path.is_empty() => "the file".to_string(),
+                Some((array, _)) => format!("this [[{array}]] table"),
+                None => format!("[{}]", t.path),
+            };
+            self.err(
+                t.span.clone(),
+                &t.child(key),
+                format!("missing required key `{key}` in {at} (expected {expected})"),
+            );
         }
         v
     }
@@ -191,7 +207,12 @@ impl<'s> Ctx<'s> {
     }
 
     /// A scalar as a hyperparameter value of the given registry kind.
-    pub fn param(&mut self, path: &str, v: &Val<'_>, kind: &detectors::methods::ParamKind) -> Option<ParamValue> {
+    pub fn param(
+        &mut self,
+        path: &str,
+        v: &Val<'_>,
+        kind: &detectors::methods::ParamKind,
+    ) -> Option<ParamValue> {
         use detectors::methods::ParamKind;
         match *kind {
             ParamKind::Float { min, max, min_exclusive, .. } => {
@@ -304,7 +325,8 @@ pub fn suggest<'c>(word: &str, candidates: impl IntoIterator<Item = &'c str>) ->
     let mut best_score = 0.6;
     for c in candidates {
         let cl = c.to_lowercase();
-        let mut score = strsim::normalized_damerau_levenshtein(&w, &cl).max(strsim::jaro_winkler(&w, &cl) - 0.15);
+        let mut score =
+            strsim::normalized_damerau_levenshtein(&w, &cl).max(strsim::jaro_winkler(&w, &cl) - 0.15);
         if squash(&cl) == squash(&w) {
             score = 1.0;
         }
@@ -342,9 +364,13 @@ pub(crate) fn to_value(v: &DeValue<'_>) -> Option<toml::Value> {
         DeValue::Float(f) => toml::Value::Float(f.as_str().parse().ok()?),
         DeValue::Boolean(b) => toml::Value::Boolean(*b),
         DeValue::Datetime(d) => toml::Value::Datetime(*d),
-        DeValue::Array(a) => toml::Value::Array(a.iter().map(|x| to_value(x.get_ref())).collect::<Option<_>>()?),
+        DeValue::Array(a) => {
+            toml::Value::Array(a.iter().map(|x| to_value(x.get_ref())).collect::<Option<_>>()?)
+        }
         DeValue::Table(t) => toml::Value::Table(
-            t.iter().map(|(k, x)| Some((k.get_ref().to_string(), to_value(x.get_ref())?))).collect::<Option<_>>()?,
+            t.iter()
+                .map(|(k, x)| Some((k.get_ref().to_string(), to_value(x.get_ref())?)))
+                .collect::<Option<_>>()?,
         ),
     })
 }
@@ -383,8 +409,14 @@ mod tests {
         assert_eq!(suggest("tua", ["c", "tau", "uvs", "cgr"]), ["tau"]);
         assert!(suggest("zzzzzz", ["erm", "cs-dfd"]).is_empty());
         assert_eq!(suggest("Meso4", ["meso4", "resnet18"]), ["meso4"]);
-        assert_eq!(suggest("Celeb-DF", ["DFDC", "Celeb-DF-v1", "Celeb-DF-v2"]), ["Celeb-DF-v1", "Celeb-DF-v2"]);
-        assert_eq!(hint("Celeb-DF", ["Celeb-DF-v1", "Celeb-DF-v2"]), "; did you mean `Celeb-DF-v1` or `Celeb-DF-v2`?");
+        assert_eq!(
+            suggest("Celeb-DF", ["DFDC", "Celeb-DF-v1", "Celeb-DF-v2"]),
+            ["Celeb-DF-v1", "Celeb-DF-v2"]
+        );
+        assert_eq!(
+            hint("Celeb-DF", ["Celeb-DF-v1", "Celeb-DF-v2"]),
+            "; did you mean `Celeb-DF-v1` or `Celeb-DF-v2`?"
+        );
         assert_eq!(hint("x", ["sgd", "adam"]), "; expected one of `sgd`, `adam`");
     }
 }
