@@ -188,6 +188,24 @@ fn cases() -> Vec<Case> {
             message: &["without a projection head", "CS-DFD"],
         },
         Case {
+            what: "a method's shorter steps under the shared warm-up",
+            text: replace("kind = \"cs-dfd\"", "kind = \"cs-dfd\"\nsteps = 10")
+                .replace("lr = 2e-4 }", "lr = 2e-4 }\nschedule = { name = \"constant\", warmup_steps = 20 }"),
+            needle: "steps = 10\n",
+            skip: 8,
+            key: "methods.CS-DFD.steps",
+            message: &["20 warm-up steps leave no training", "10 steps"],
+        },
+        Case {
+            what: "a method's learning rate under the shared cosine floor",
+            text: replace("kind = \"erm\"\n", "kind = \"erm\"\noptimizer = { name = \"sgd\", lr = 1e-6 }\n")
+                .replace("lr = 2e-4 }", "lr = 2e-4 }\nschedule = { name = \"cosine\", min_lr = 1e-5 }"),
+            needle: "lr = 1e-6",
+            skip: 5,
+            key: "methods.O.optimizer.lr",
+            message: &["min_lr = 0.00001 must be below the learning rate 0.000001"],
+        },
+        Case {
             what: "bad fold name",
             text: format!("{BASE}\n[folds]\nleave_one_out = [\"FF-DF\", \"FF-FH\"]\n"),
             needle: "\"FF-FH\"",
