@@ -206,6 +206,22 @@ fn cases() -> Vec<Case> {
             message: &["min_lr = 0.00001 must be below the learning rate 0.000001"],
         },
         Case {
+            what: "empty method name",
+            text: format!("{BASE}\n[methods.\"\"]\nkind = \"erm\"\n"),
+            needle: "[methods.\"\"]",
+            skip: 9,
+            key: "methods.\"\"",
+            message: &["a method name must be non-empty"],
+        },
+        Case {
+            what: "method names differing only by case",
+            text: format!("{BASE}\n[methods.cs-dfd]\nkind = \"cs-dfd\"\n"),
+            needle: "[methods.cs-dfd]",
+            skip: 9,
+            key: "methods.cs-dfd",
+            message: &["differ only by case"],
+        },
+        Case {
             what: "bad fold name",
             text: format!("{BASE}\n[folds]\nleave_one_out = [\"FF-DF\", \"FF-FH\"]\n"),
             needle: "\"FF-FH\"",

@@ -50,6 +50,33 @@ fn defaults_are_resolved_from_the_registry() {
 }
 
 #[test]
+fn every_registry_kind_gets_all_its_defaults() {
+    use detectors::methods::ParamKind;
+    let mut text = BASE.to_string();
+    for spec in detectors::methods::registry() {
+        text.push_str(&format!("\n[methods.k-{}]\nkind = \"{}\"\n", spec.kind, spec.kind));
+    }
+    let p = load(&text);
+    for spec in detectors::methods::registry() {
+        let m = &p.methods.iter().find(|m| m.method.name == format!("k-{}", spec.kind)).unwrap().method;
+        assert_eq!(m.kind, spec.kind);
+        assert_eq!(m.display, spec.display);
+        assert_eq!(m.note.as_deref(), spec.note);
+        let names: BTreeSet<&str> = m.params.keys().map(String::as_str).collect();
+        assert_eq!(names, spec.params.iter().map(|p| p.name).collect::<BTreeSet<_>>(), "{}", spec.kind);
+        for ps in spec.params {
+            let expected = match ps.kind {
+                ParamKind::Float { default, .. } => ParamValue::Float(default),
+                ParamKind::Int { default, .. } => ParamValue::Int(default),
+                ParamKind::Bool { default } => ParamValue::Bool(default),
+                ParamKind::Choice { options } => ParamValue::Str(options[0].to_string()),
+            };
+            assert_eq!(m.params[ps.name], expected, "{}.{}", spec.kind, ps.name);
+        }
+    }
+}
+
+#[test]
 fn run_ids_ignore_order_comments_whitespace_and_explicit_defaults() {
     let a = plan::expand(&load(BASE));
     let b = plan::expand(&load(REORDERED));
