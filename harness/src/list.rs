@@ -66,8 +66,10 @@ pub fn backbone_lines() -> Vec<String> {
     detectors::backbones::registry()
         .iter()
         .map(|b| {
-            let count = parameter_count(b.name).map_or("-".to_string(), human_count);
-            format!("backbone  {:<16} {:>8} params  {}", b.name, count, b.description)
+            // Until a backbone can be built its count is left blank, never guessed.
+            let count =
+                parameter_count(b.name).map_or(String::new(), |n| format!("{} params", human_count(n)));
+            format!("backbone  {:<16} {:>14}  {}", b.name, count, b.description)
         })
         .collect()
 }

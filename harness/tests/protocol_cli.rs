@@ -76,7 +76,22 @@ fn list_prints_methods_backbones_datasets_and_protocols() {
     assert_eq!(count("method "), detectors::methods::registry().len());
     assert_eq!(count("backbone "), detectors::backbones::registry().len());
     assert_eq!(count("dataset "), harness::protocol::datasets::registry().len());
-    assert_eq!(count("protocol "), 7, "{stdout}");
+    for name in [
+        "ablation",
+        "backbones",
+        "cross_dataset",
+        "imbalance",
+        "leave_one_manipulation_out",
+        "optimizers",
+        "sensitivity",
+    ] {
+        let file = format!("protocols/{name}.toml");
+        assert_eq!(
+            stdout.lines().filter(|l| l.starts_with("protocol") && l.contains(&file)).count(),
+            1,
+            "{stdout}"
+        );
+    }
     let csdfd = stdout.lines().find(|l| l.starts_with("method") && l.contains(" cs-dfd ")).unwrap();
     assert!(csdfd.contains("c=0.5") && csdfd.contains("tau=0.01"), "{csdfd}");
     assert!(
