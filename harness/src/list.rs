@@ -153,3 +153,26 @@ fn display_path(p: &Path) -> String {
     let rel = std::env::current_dir().ok().and_then(|cwd| p.strip_prefix(cwd).ok().map(Path::to_path_buf));
     rel.unwrap_or_else(|| p.to_path_buf()).display().to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_are_abbreviated() {
+        assert_eq!(human_count(1234), "1234");
+        assert_eq!(human_count(27_977), "28k");
+        assert_eq!(human_count(20_811_345), "20.8M");
+    }
+
+    #[test]
+    fn every_registry_entry_gets_one_line() {
+        assert_eq!(method_lines(false).len(), detectors::methods::registry().len());
+        assert_eq!(backbone_lines().len(), detectors::backbones::registry().len());
+        assert_eq!(dataset_lines().len(), datasets::registry().len());
+        let detail = method_lines(true);
+        let params: usize = detectors::methods::registry().iter().map(|m| m.params.len()).sum();
+        let notes = detectors::methods::registry().iter().filter(|m| m.note.is_some()).count();
+        assert_eq!(detail.len(), detectors::methods::registry().len() + params + notes);
+    }
+}
