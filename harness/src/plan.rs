@@ -208,22 +208,22 @@ pub struct ValidateArgs {
     pub protocol: PathBuf,
 }
 
-pub fn cmd_validate(args: ValidateArgs, v: Verbosity) -> anyhow::Result<ExitCode> {
-    let p = match protocol::load(&args.protocol) {
-        Ok(p) => p,
-        Err(errors) => {
-            for e in &errors.0 {
-                eprintln!("{e}");
-            }
-            let n = errors.0.len();
-            let s = if n == 1 { "" } else { "s" };
-            return Err(CliError::config(format!(
-                "{n} error{s} in {}; nothing to run",
-                args.protocol.display()
-            ))
-            .into());
+/// Loads a protocol for a subcommand: on errors prints every one of them to stderr
+/// (`file:line:col: key: message`) and returns the exit-code-2 error summarising them.
+/// `bench validate` uses it, and so can `bench run`.
+pub fn load_or_report(path: &std::path::Path) -> Result<Protocol, CliError> {
+    protocol::load(path).map_err(|errors| {
+        for e in &errors.0 {
+            eprintln!("{e}");
         }
-    };
+        let n = errors.0.len();
+        let s = if n == 1 { "" } else { "s" };
+        CliError::config(format!("{n} error{s} in {}; nothing to run", path.display()))
+    })
+}
+
+pub fn cmd_validate(args: ValidateArgs, v: Verbosity) -> anyhow::Result<ExitCode> {
+    let p = load_or_report(&args.protocol)?;
     let runs = expand(&p);
     let mut out = String::new();
     if v >= Verbosity::Normal {
