@@ -287,7 +287,6 @@ fn write_parquet(path: &Path, df: &mut DataFrame) -> Result<()> {
     write_atomic(path, |f| {
         ParquetWriter::new(f)
             .with_compression(ParquetCompression::Uncompressed)
-            .with_statistics(StatisticsOptions::empty())
             .finish(df)
             .map_err(|e| anyhow!("parquet encoding failed: {e}"))?;
         Ok(())

@@ -282,6 +282,8 @@ fn report_tables_plots_and_byte_identical_regeneration() {
         "tables/conflict.csv",
         "tables/delong.md",
         "tables/delong.csv",
+        "tables/ci.md",
+        "tables/ci.tex",
         "plots/loss-conflict.png",
         "plots/loss-conflict.svg",
         "plots/cosine.png",
@@ -355,6 +357,11 @@ fn report_tables_plots_and_byte_identical_regeneration() {
         n_ci += 1;
     }
     assert_eq!(n_ci, 3 * 3 * 2, "methods x test sets x levels");
+    let (h, rows) = read_csv(&out.join("tables/ci.csv"));
+    let i = h.iter().position(|x| x == "celebdf").unwrap();
+    let cell = &rows.iter().find(|r| r[0] == "CS-DFD").unwrap()[i];
+    let (m, _) = mean_std(&seed_aucs(&dir, "cs-dfd", "celebdf"));
+    assert!(cell.starts_with(&format!("{:.2} [", m * 100.0)), "{cell}");
 
     // Conflict summary: fraction of steps with cos < 0 from the aggregate rows only.
     let (h, rows) = read_csv(&out.join("tables/conflict.csv"));
@@ -391,6 +398,14 @@ fn report_tables_plots_and_byte_identical_regeneration() {
 
     // Regeneration is byte-identical, in place and into a fresh directory.
     let first = all_files(&out);
+    if let Some(keep) = std::env::var_os("DFBENCH_KEEP_REPORT") {
+        // Debug aid: keep a copy of the fixture report for inspection.
+        for (rel, bytes) in &first {
+            let p = Path::new(&keep).join(rel);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, bytes).unwrap();
+        }
+    }
     generate(&args(&dir, None, 200)).unwrap();
     assert_eq!(first, all_files(&out));
     let other = tmp.path().join("again");

@@ -8,6 +8,7 @@
 //! - `tables/conflict.{md,csv,tex}`: gradient-conflict summaries per method from trace.parquet;
 //! - `tables/delong.{md,csv}`: paired DeLong tests against the baseline, per seed;
 //! - `summary.csv`: every aggregate (mean, std, seeds) plus 95% bootstrap CIs of the AUC;
+//! - `tables/ci.{md,csv,tex}`: AUC with its bootstrap CI per row and test set;
 //! - `plots/<id>[-<test set>].{png,svg}` for each id in `report.plots`.
 //!
 //! Reported metric values come from each run's `metrics.parquet` (computed by `crate::metrics`);
@@ -232,7 +233,12 @@ pub fn generate(args: &ReportArgs) -> Result<ReportSummary> {
         outputs.add(format!("tables/{}.md", t.id), tables::to_markdown(t));
         outputs.add(format!("tables/{}.csv", t.id), delong_csv(&ctx, b_or(&baseline)));
     }
-    outputs.add("summary.csv", summary_csv(&ctx, args.bootstrap, args.seed));
+    let cis = bootstrap_cis(&ctx, args.bootstrap, args.seed);
+    let ci = (args.bootstrap > 0).then(|| ci_table(&ctx, &cis, args.bootstrap));
+    if let Some(t) = &ci {
+        outputs.add_table(t, true);
+    }
+    outputs.add("summary.csv", summary_csv(&ctx, &cis));
     outputs.add("runs.md", runs_md(&loaded));
 
     for id in &plot_ids {
@@ -267,7 +273,7 @@ pub fn generate(args: &ReportArgs) -> Result<ReportSummary> {
         readme,
         "Metric values are the runs' own (metrics.parquet); means and sample standard deviations are over seeds.\n"
     );
-    for t in built.iter().chain(conflict.iter()).chain(delong.iter()) {
+    for t in built.iter().chain(ci.iter()).chain(conflict.iter()).chain(delong.iter()) {
         readme.push_str(&tables::to_markdown(t));
         readme.push('\n');
     }
@@ -527,9 +533,8 @@ fn delong_table(ctx: &Ctx, baseline: &str) -> Table {
         percent: false,
         notes: vec![
             format!(
-                "Per seed: each run is paired with the baseline run of the same backbone, fold and seed, on the {} \
+                "Per seed: each run is paired with the baseline run of the same backbone, fold and seed, on the \
                  {}s both scored (keyed by dataset, label, video{}). Two-sided p; \"–\" = fewer than two of a class.",
-                ctx.level.as_str(),
                 ctx.level.as_str(),
                 if ctx.level == Level::Frame { ", frame" } else { "" }
             ),
@@ -586,31 +591,73 @@ fn boot_videos(runs: &[&Run], test_set: &str) -> Vec<stats::BootVideo> {
     map.into_iter().map(|((_, label, _), per_run)| stats::BootVideo { label, per_run }).collect()
 }
 
-fn summary_csv(ctx: &Ctx, n_boot: usize, seed: u64) -> String {
+type CiMap = BTreeMap<(Group, String, Level), stats::Ci>;
+
+/// 95% bootstrap CIs of the seed-mean AUC for every group, test set and level that has an AUC.
+fn bootstrap_cis(ctx: &Ctx, n_boot: usize, seed: u64) -> CiMap {
+    let mut out = CiMap::new();
+    for k in ctx.agg.stats.keys().filter(|k| k.metric == "auc" && k.test_set != AVG) {
+        let runs: Vec<&Run> = ctx.loaded.runs.iter().filter(|r| r.group == k.group).collect();
+        let videos = boot_videos(&runs, &k.test_set);
+        // The stream depends only on --seed and the row's identity, not on iteration order.
+        let key = [
+            k.group.backbone.as_str(),
+            k.group.method.as_str(),
+            k.group.sweep.as_str(),
+            k.group.fold.as_str(),
+            k.test_set.as_str(),
+            k.level.as_str(),
+        ]
+        .join("\u{1f}");
+        let level = k.level == Level::Video;
+        if let Some(ci) = stats::bootstrap_auc_ci(&videos, level, n_boot, 0.95, stats::derive_seed(seed, &key)) {
+            out.insert((k.group.clone(), k.test_set.clone(), k.level), ci);
+        }
+    }
+    out
+}
+
+/// AUC with its bootstrap CI per row and test set, at the report's level.
+fn ci_table(ctx: &Ctx, cis: &CiMap, n_boot: usize) -> Table {
+    let groups = ctx.groups();
+    let columns: Vec<String> = ctx.agg.test_sets.iter().map(|(t, _)| t.clone()).collect();
+    let rows = groups
+        .iter()
+        .map(|g| {
+            let cells = columns
+                .iter()
+                .map(|ts| match (ctx.agg.get(g, ts, ctx.level, "auc"), cis.get(&(g.clone(), ts.clone(), ctx.level))) {
+                    (Some(s), Some(ci)) => {
+                        Cell::Text(format!("{:.2} [{:.2}, {:.2}]", s.mean * 100.0, ci.lo * 100.0, ci.hi * 100.0))
+                    }
+                    (Some(s), None) => Cell::Text(format!("{:.2}", s.mean * 100.0)),
+                    _ => Cell::Missing,
+                })
+                .collect();
+            (vec![ctx.label(g, &groups, true, true)], cells)
+        })
+        .collect();
+    Table {
+        id: "ci".into(),
+        title: format!("{} AUC (%) with 95% bootstrap confidence intervals", ctx.level.as_str()),
+        label_header: vec!["Method".into()],
+        columns,
+        rows,
+        percent: false,
+        notes: vec![format!(
+            "Mean over seeds [2.5th, 97.5th percentile of {n_boot} replicates]; each replicate resamples the test \
+             videos with replacement within each class (the same videos for every seed) and averages the seeds' AUCs."
+        )],
+    }
+}
+
+fn summary_csv(ctx: &Ctx, cis: &CiMap) -> String {
     let mut out = String::from(
         "backbone,method,display,sweep,fold,test_set,level,metric,mean,std,n_seeds,ci95_lo,ci95_hi\n",
     );
     let f = |x: &str| if x.contains([',', '"']) { format!("\"{}\"", x.replace('"', "\"\"")) } else { x.to_string() };
-    let mut ci_cache: BTreeMap<(Group, String, Level), Option<stats::Ci>> = BTreeMap::new();
     for (k, s) in &ctx.agg.stats {
-        let ci = if k.metric == "auc" && k.test_set != AVG {
-            *ci_cache.entry((k.group.clone(), k.test_set.clone(), k.level)).or_insert_with(|| {
-                let runs: Vec<&Run> = ctx.loaded.runs.iter().filter(|r| r.group == k.group).collect();
-                let videos = boot_videos(&runs, &k.test_set);
-                let key = format!(
-                    "{}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{}",
-                    k.group.backbone,
-                    k.group.method,
-                    k.group.sweep,
-                    k.group.fold,
-                    k.test_set,
-                    k.level.as_str()
-                );
-                stats::bootstrap_auc_ci(&videos, k.level == Level::Video, n_boot, 0.95, stats::derive_seed(seed, &key))
-            })
-        } else {
-            None
-        };
+        let ci = cis.get(&(k.group.clone(), k.test_set.clone(), k.level)).filter(|_| k.metric == "auc");
         let _ = writeln!(
             out,
             "{},{},{},{},{},{},{},{},{},{},{},{},{}",

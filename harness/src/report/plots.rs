@@ -113,6 +113,7 @@ struct LinePanel {
     hline: Option<f64>,
     diagonal: bool,
     markers: bool,
+    legend: SeriesLabelPosition,
 }
 
 impl LinePanel {
@@ -164,7 +165,7 @@ impl LinePanel {
             .label_font(font(12))
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK.mix(0.5))
-            .position(SeriesLabelPosition::UpperRight)
+            .position(self.legend.clone())
             .draw()
             .map_err(pe)?;
         Ok(())
@@ -325,6 +326,7 @@ pub fn render(ctx: &Ctx, id: &str) -> Result<Option<Vec<(String, Vec<u8>)>>> {
                     hline: None,
                     diagonal: false,
                     markers: false,
+                    legend: SeriesLabelPosition::UpperRight,
                 });
             }
             if panels.is_empty() { vec![] } else { render_both(&Panels(panels), "loss-conflict")? }
@@ -353,6 +355,7 @@ pub fn render(ctx: &Ctx, id: &str) -> Result<Option<Vec<(String, Vec<u8>)>>> {
                     hline: Some(0.0),
                     diagonal: false,
                     markers: false,
+                    legend: SeriesLabelPosition::UpperRight,
                 };
                 render_both(&Panels(vec![p]), "cosine")?
             }
@@ -403,6 +406,7 @@ pub fn render(ctx: &Ctx, id: &str) -> Result<Option<Vec<(String, Vec<u8>)>>> {
                     hline: None,
                     diagonal: true,
                     markers: false,
+                    legend: SeriesLabelPosition::LowerRight,
                 };
                 files.extend(render_both(&Panels(vec![p]), &format!("roc-{}", file_safe(ts)))?);
             }
@@ -462,6 +466,7 @@ pub fn render(ctx: &Ctx, id: &str) -> Result<Option<Vec<(String, Vec<u8>)>>> {
                     hline: None,
                     diagonal: false,
                     markers: true,
+                    legend: SeriesLabelPosition::UpperRight,
                 };
                 render_both(&Panels(vec![p]), "sensitivity")?
             }
