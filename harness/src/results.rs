@@ -248,10 +248,8 @@ static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 /// then fsync of the directory so the rename itself survives a crash.
 pub fn write_atomic(path: &Path, write: impl FnOnce(&mut File) -> Result<()>) -> Result<()> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .ok_or_else(|| anyhow!("{}: not a file path", path.display()))?
-        .to_string_lossy();
+    let name =
+        path.file_name().ok_or_else(|| anyhow!("{}: not a file path", path.display()))?.to_string_lossy();
     let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
     let tmp = dir.join(format!(".{name}.tmp-{}-{n}", std::process::id()));
     let result = (|| -> Result<()> {
@@ -379,10 +377,8 @@ struct Cols<'a> {
 
 impl Cols<'_> {
     fn get(&self, name: &str, dtype: &DataType) -> Result<Series> {
-        let c = self
-            .df
-            .column(name)
-            .map_err(|_| anyhow!("{}: missing column `{name}`", self.file.display()))?;
+        let c =
+            self.df.column(name).map_err(|_| anyhow!("{}: missing column `{name}`", self.file.display()))?;
         c.as_materialized_series().strict_cast(dtype).map_err(|e| {
             anyhow!("{}: column `{name}` has type {}, expected {dtype}: {e}", self.file.display(), c.dtype())
         })
@@ -407,7 +403,9 @@ impl Cols<'_> {
             .expect("cast to i64")
             .iter()
             .enumerate()
-            .map(|(i, v)| v.ok_or_else(|| anyhow!("{}: row {i}: column `{name}` is null", self.file.display())))
+            .map(|(i, v)| {
+                v.ok_or_else(|| anyhow!("{}: row {i}: column `{name}` is null", self.file.display()))
+            })
             .collect()
     }
     fn str_opt(&self, name: &str) -> Result<Vec<Option<String>>> {
@@ -418,7 +416,9 @@ impl Cols<'_> {
         self.str_opt(name)?
             .into_iter()
             .enumerate()
-            .map(|(i, v)| v.ok_or_else(|| anyhow!("{}: row {i}: column `{name}` is null", self.file.display())))
+            .map(|(i, v)| {
+                v.ok_or_else(|| anyhow!("{}: row {i}: column `{name}` is null", self.file.display()))
+            })
             .collect()
     }
 }
@@ -445,20 +445,9 @@ pub fn trace_rows(df: &DataFrame, file: &Path) -> Result<Vec<TraceRow>> {
     let c = Cols { df, file };
     let step = to_u32(file, "step", c.i64_req("step")?)?;
     let domain = c.str_opt("domain")?;
-    let [loss, l1, l2, cos, ng1, ng2, nu, mu1, mu2, lr, wall] = [
-        "loss",
-        "l1",
-        "l2",
-        "cos_g1_g2",
-        "norm_g1",
-        "norm_g2",
-        "norm_update",
-        "mu1",
-        "mu2",
-        "lr",
-        "wall_s",
-    ]
-    .map(|n| c.f64_opt(n));
+    let [loss, l1, l2, cos, ng1, ng2, nu, mu1, mu2, lr, wall] =
+        ["loss", "l1", "l2", "cos_g1_g2", "norm_g1", "norm_g2", "norm_update", "mu1", "mu2", "lr", "wall_s"]
+            .map(|n| c.f64_opt(n));
     let (loss, l1, l2, cos, ng1, ng2, nu, mu1, mu2, lr, wall) =
         (loss?, l1?, l2?, cos?, ng1?, ng2?, nu?, mu1?, mu2?, lr?, wall?);
     Ok((0..df.height())
@@ -527,10 +516,18 @@ pub fn metric_rows(df: &DataFrame, file: &Path) -> Result<Vec<MetricRow>> {
         out.push(MetricRow {
             test_set: test_set[i].clone(),
             role: Role::parse(&role[i]).ok_or_else(|| {
-                anyhow!("{}: row {i}: `role` = {:?}, expected \"in-domain\" or \"unseen\"", file.display(), role[i])
+                anyhow!(
+                    "{}: row {i}: `role` = {:?}, expected \"in-domain\" or \"unseen\"",
+                    file.display(),
+                    role[i]
+                )
             })?,
             level: Level::parse(&level[i]).ok_or_else(|| {
-                anyhow!("{}: row {i}: `level` = {:?}, expected \"frame\" or \"video\"", file.display(), level[i])
+                anyhow!(
+                    "{}: row {i}: `level` = {:?}, expected \"frame\" or \"video\"",
+                    file.display(),
+                    level[i]
+                )
             })?,
             auc: auc[i],
             ap: ap[i],
@@ -584,12 +581,10 @@ impl ResultsStore {
 }
 
 fn check_component(what: &str, s: &str) -> Result<()> {
-    if s.is_empty()
-        || s.starts_with('.')
-        || s.contains(['/', '\\'])
-        || s.chars().any(|c| c.is_control())
-    {
-        bail!("{what} {s:?} cannot be used as a directory name (empty, hidden, or contains a path separator)");
+    if s.is_empty() || s.starts_with('.') || s.contains(['/', '\\']) || s.chars().any(|c| c.is_control()) {
+        bail!(
+            "{what} {s:?} cannot be used as a directory name (empty, hidden, or contains a path separator)"
+        );
     }
     Ok(())
 }
@@ -600,7 +595,8 @@ impl RunDir {
         check_component("protocol name", protocol)?;
         check_component("run id", run_id)?;
         let path = root.join(protocol).join(run_id);
-        fs::create_dir_all(&path).with_context(|| format!("{}: cannot create run directory", path.display()))?;
+        fs::create_dir_all(&path)
+            .with_context(|| format!("{}: cannot create run directory", path.display()))?;
         Ok(Self { path })
     }
     /// Opens an existing run directory (nothing is read yet).
@@ -638,7 +634,10 @@ impl RunDir {
         let mut df = metrics_frame(rows)?;
         write_parquet(&self.file(METRICS_FILE), &mut df)?;
         write_atomic(&self.file(METRICS_CSV_FILE), |f| {
-            CsvWriter::new(f).include_header(true).finish(&mut df).map_err(|e| anyhow!("CSV encoding failed: {e}"))
+            CsvWriter::new(f)
+                .include_header(true)
+                .finish(&mut df)
+                .map_err(|e| anyhow!("CSV encoding failed: {e}"))
         })
     }
 
@@ -664,9 +663,8 @@ impl RunDir {
 
 pub fn read_manifest(path: &Path) -> Result<Manifest> {
     let text = fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    serde_json::from_str(&text).map_err(|e| {
-        anyhow!("{}:{}:{}: not a valid manifest: {e}", path.display(), e.line(), e.column())
-    })
+    serde_json::from_str(&text)
+        .map_err(|e| anyhow!("{}:{}:{}: not a valid manifest: {e}", path.display(), e.line(), e.column()))
 }
 
 /// True only when `<run_dir>/manifest.json` parses and says `complete`.
@@ -677,8 +675,8 @@ pub fn is_complete(run_dir: &Path) -> bool {
 /// The run directories under a protocol directory, sorted by name; hidden entries (temporary
 /// files, `.DS_Store`) and plain files are skipped. Completeness is not checked here.
 pub fn list_runs(protocol_dir: &Path) -> Result<Vec<RunDir>> {
-    let entries =
-        fs::read_dir(protocol_dir).with_context(|| format!("{}: cannot list runs", protocol_dir.display()))?;
+    let entries = fs::read_dir(protocol_dir)
+        .with_context(|| format!("{}: cannot list runs", protocol_dir.display()))?;
     let mut runs = Vec::new();
     for e in entries {
         let e = e.with_context(|| format!("{}: cannot list runs", protocol_dir.display()))?;

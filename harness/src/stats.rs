@@ -6,8 +6,8 @@
 //! are the runner's, computed by `crate::metrics` and read from `metrics.parquet`; the two agree
 //! by definition, and the report checks nothing against this one.
 use rand::Rng;
-use rand_chacha::ChaCha8Rng;
 use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 use sha2::{Digest, Sha256};
 
 /// Mid-ranks (1-based, ties get the mean of their ranks) of `x`, written into `out`.
@@ -309,7 +309,13 @@ pub struct BootVideo {
 /// run (seed). `video_level`: each video contributes the mean of its frame scores (video AUC);
 /// otherwise all its frames (frame AUC, cluster bootstrap). None when a class is missing or
 /// `n_boot` is 0. Deterministic for a given `seed`.
-pub fn bootstrap_auc_ci(videos: &[BootVideo], video_level: bool, n_boot: usize, level: f64, seed: u64) -> Option<Ci> {
+pub fn bootstrap_auc_ci(
+    videos: &[BootVideo],
+    video_level: bool,
+    n_boot: usize,
+    level: f64,
+    seed: u64,
+) -> Option<Ci> {
     let pos: Vec<usize> = (0..videos.len()).filter(|&i| videos[i].label == 1).collect();
     let neg: Vec<usize> = (0..videos.len()).filter(|&i| videos[i].label != 1).collect();
     if pos.is_empty() || neg.is_empty() || n_boot == 0 {

@@ -23,7 +23,13 @@ fn brute_auc(s: &[f64], l: &[u8]) -> Option<f64> {
         }
         for j in 0..s.len() {
             if l[i] == 1 && l[j] == 0 {
-                num += if s[i] > s[j] { 1.0 } else if s[i] == s[j] { 0.5 } else { 0.0 };
+                num += if s[i] > s[j] {
+                    1.0
+                } else if s[i] == s[j] {
+                    0.5
+                } else {
+                    0.0
+                };
             }
         }
     }
@@ -62,7 +68,8 @@ fn metric_rows(scores: &[ScoreRow], test_sets: &[(&str, Role)]) -> Vec<MetricRow
                     l.push(lab);
                 }
             }
-            let acc = s.iter().zip(&l).filter(|(x, y)| (**x > 0.5) == (**y == 1)).count() as f64 / s.len() as f64;
+            let acc =
+                s.iter().zip(&l).filter(|(x, y)| (**x > 0.5) == (**y == 1)).count() as f64 / s.len() as f64;
             let n_fake = l.iter().filter(|&&x| x == 1).count() as u64;
             out.push(MetricRow {
                 test_set: ts.into(),
@@ -112,7 +119,8 @@ fn write_run(store: &ResultsStore, protocol: &str, sp: &Spec) -> String {
             let vshift: f64 = rng.random::<f64>() * 0.3 - 0.15;
             for f in 0..3 {
                 let noise: f64 = rng.random::<f64>() * 0.6 - 0.3;
-                let score = (0.5 + strength * (label as f64 - 0.5) * 2.0 * 0.5 + vshift + noise).clamp(0.0, 1.0);
+                let score =
+                    (0.5 + strength * (label as f64 - 0.5) * 2.0 * 0.5 + vshift + noise).clamp(0.0, 1.0);
                 scores.push(ScoreRow {
                     test_set: ts.into(),
                     dataset: ts.to_uppercase(),
@@ -140,7 +148,13 @@ fn write_run(store: &ResultsStore, protocol: &str, sp: &Spec) -> String {
             ..Default::default()
         });
         if sp.method == "roga" {
-            trace.push(TraceRow { step, domain: Some("DF".into()), loss: Some(9.0), cos_g1_g2: Some(-1.0), ..Default::default() });
+            trace.push(TraceRow {
+                step,
+                domain: Some("DF".into()),
+                loss: Some(9.0),
+                cos_g1_g2: Some(-1.0),
+                ..Default::default()
+            });
         }
     }
     let m = Manifest {
@@ -155,7 +169,8 @@ fn write_run(store: &ResultsStore, protocol: &str, sp: &Spec) -> String {
         sweep: sp.sweep.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
         config: serde_json::json!({"method": sp.method}),
         status: sp.status,
-        failure: (sp.status == RunStatus::Failed).then(|| Failure { step: Some(12), reason: "loss is NaN".into() }),
+        failure: (sp.status == RunStatus::Failed)
+            .then(|| Failure { step: Some(12), reason: "loss is NaN".into() }),
         git: Default::default(),
         versions: Default::default(),
         device: "cpu".into(),
@@ -176,7 +191,8 @@ fn write_run(store: &ResultsStore, protocol: &str, sp: &Spec) -> String {
 }
 
 const SETS: [(&str, Role); 3] = [("ffpp", Role::InDomain), ("celebdf", Role::Unseen), ("dfdc", Role::Unseen)];
-const METHODS: [(&str, &str); 3] = [("erm", "EfficientNet (O)"), ("cs-dfd", "CS-DFD"), ("roga", "RoGA (reconstructed)")];
+const METHODS: [(&str, &str); 3] =
+    [("erm", "EfficientNet (O)"), ("cs-dfd", "CS-DFD"), ("roga", "RoGA (reconstructed)")];
 
 fn cross_fixture(root: &Path) -> PathBuf {
     let store = ResultsStore::new(root.join("results/runs"));
@@ -236,7 +252,10 @@ fn all_files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     for e in walkdir::WalkDir::new(dir).sort_by_file_name() {
         let e = e.unwrap();
         if e.file_type().is_file() {
-            out.insert(e.path().strip_prefix(dir).unwrap().display().to_string(), fs::read(e.path()).unwrap());
+            out.insert(
+                e.path().strip_prefix(dir).unwrap().display().to_string(),
+                fs::read(e.path()).unwrap(),
+            );
         }
     }
     out
@@ -249,7 +268,8 @@ fn seed_aucs(dir: &Path, method: &str, ts: &str) -> Vec<f64> {
         .map(|s| {
             let run = harness::results::RunDir::open(dir.join(format!("{method}-meso4-s{s}"))).unwrap();
             let sc = run.read_scores().unwrap();
-            let (x, l): (Vec<f64>, Vec<u8>) = sc.iter().filter(|r| r.test_set == ts).map(|r| (r.score, r.label)).unzip();
+            let (x, l): (Vec<f64>, Vec<u8>) =
+                sc.iter().filter(|r| r.test_set == ts).map(|r| (r.score, r.label)).unzip();
             brute_auc(&x, &l).unwrap()
         })
         .collect()
@@ -351,8 +371,11 @@ fn report_tables_plots_and_byte_identical_regeneration() {
     let c = |n: &str| h.iter().position(|x| x == n).unwrap();
     let mut n_ci = 0;
     for r in rows.iter().filter(|r| r[c("metric")] == "auc" && !r[c("ci95_lo")].is_empty()) {
-        let (lo, mean, hi): (f64, f64, f64) =
-            (r[c("ci95_lo")].parse().unwrap(), r[c("mean")].parse().unwrap(), r[c("ci95_hi")].parse().unwrap());
+        let (lo, mean, hi): (f64, f64, f64) = (
+            r[c("ci95_lo")].parse().unwrap(),
+            r[c("mean")].parse().unwrap(),
+            r[c("ci95_hi")].parse().unwrap(),
+        );
         assert!(lo <= mean && mean <= hi, "{r:?}");
         n_ci += 1;
     }
@@ -371,7 +394,8 @@ fn report_tables_plots_and_byte_identical_regeneration() {
             .iter()
             .map(|s| {
                 let run = harness::results::RunDir::open(dir.join(format!("{method}-meso4-s{s}"))).unwrap();
-                let t: Vec<TraceRow> = run.read_trace().unwrap().into_iter().filter(|t| t.domain.is_none()).collect();
+                let t: Vec<TraceRow> =
+                    run.read_trace().unwrap().into_iter().filter(|t| t.domain.is_none()).collect();
                 t.iter().filter(|t| t.cos_g1_g2.unwrap() < 0.0).count() as f64 / t.len() as f64
             })
             .collect();
@@ -399,8 +423,8 @@ fn report_tables_plots_and_byte_identical_regeneration() {
     // Regeneration is byte-identical, in place and into a fresh directory.
     let first = all_files(&out);
     if let Some(keep) = std::env::var_os("DFBENCH_KEEP_REPORT") {
-        // Debug aid: keep a copy of the fixture report for inspection.
-        for (rel, bytes) in &first {
+        // Debug aid: keep a copy of the fixture runs and report for inspection.
+        for (rel, bytes) in &all_files(tmp.path()) {
             let p = Path::new(&keep).join(rel);
             fs::create_dir_all(p.parent().unwrap()).unwrap();
             fs::write(p, bytes).unwrap();
@@ -502,9 +526,30 @@ fn cli_exit_codes() {
     let o = Command::new(bench).args(["report"]).arg(tmp.path().join("nope")).output().unwrap();
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("no such results directory"));
-    let o = Command::new(bench).args(["report"]).arg(&dir).args(["--baseline", "sgd", "--out"]).arg(&out).output().unwrap();
+    let o = Command::new(bench)
+        .args(["report"])
+        .arg(&dir)
+        .args(["--baseline", "sgd", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--baseline sgd"));
+    // A merged tree (results/runs with protocol subdirectories) reports the same numbers.
+    let merged = tmp.path().join("merged-out");
+    let st = Command::new(bench)
+        .args(["-q", "report"])
+        .arg(tmp.path().join("results/runs"))
+        .arg("--out")
+        .arg(&merged)
+        .args(["--bootstrap", "20", "--baseline", "cs-dfd"])
+        .status()
+        .unwrap();
+    assert_eq!(st.code(), Some(0));
+    for f in ["tables/csdfd-table1.csv", "tables/delong.csv", "summary.csv"] {
+        assert_eq!(fs::read(out.join(f)).unwrap(), fs::read(merged.join(f)).unwrap(), "{f}");
+    }
+    assert!(fs::read_to_string(merged.join("runs.md")).unwrap().contains("| cross/cs-dfd-meso4-s2 |"));
     // A directory without complete runs is a failure (1), not a crash.
     let empty = tmp.path().join("results/runs/empty");
     fs::create_dir_all(&empty).unwrap();

@@ -20,8 +20,10 @@ fn brute(a: &[f64], b: &[f64], labels: &[u8]) -> (f64, f64, f64, f64, f64) {
     let neg: Vec<usize> = (0..labels.len()).filter(|&i| labels[i] == 0).collect();
     let (m, n) = (pos.len() as f64, neg.len() as f64);
     let place = |s: &[f64]| {
-        let v10: Vec<f64> = pos.iter().map(|&i| neg.iter().map(|&j| psi(s[i], s[j])).sum::<f64>() / n).collect();
-        let v01: Vec<f64> = neg.iter().map(|&j| pos.iter().map(|&i| psi(s[i], s[j])).sum::<f64>() / m).collect();
+        let v10: Vec<f64> =
+            pos.iter().map(|&i| neg.iter().map(|&j| psi(s[i], s[j])).sum::<f64>() / n).collect();
+        let v01: Vec<f64> =
+            neg.iter().map(|&j| pos.iter().map(|&i| psi(s[i], s[j])).sum::<f64>() / m).collect();
         let auc = v10.iter().sum::<f64>() / m;
         (auc, v10, v01)
     };

@@ -22,7 +22,8 @@ fn manifest(id: &str, status: RunStatus) -> Manifest {
         sweep,
         config: serde_json::json!({"train": {"steps": 10, "lr": 1e-3}}),
         status,
-        failure: (status == RunStatus::Failed).then(|| Failure { step: Some(7), reason: "loss is NaN".into() }),
+        failure: (status == RunStatus::Failed)
+            .then(|| Failure { step: Some(7), reason: "loss is NaN".into() }),
         git: GitInfo { commit: Some("abc123".into()), dirty: Some(false) },
         versions: Versions { dfbench: "0.1.0".into(), candle: Some("0.11.1".into()), rustc: None },
         device: "cpu".into(),
@@ -31,13 +32,25 @@ fn manifest(id: &str, status: RunStatus) -> Manifest {
         ended: None,
         skipped_files: [("test/celebdf".to_string(), 2u64)].into_iter().collect(),
         notes: vec!["a note".into()],
-        report: ReportSpec { baseline: Some("o".into()), tables: vec!["csdfd-table1".into()], plots: vec!["roc".into()] },
+        report: ReportSpec {
+            baseline: Some("o".into()),
+            tables: vec!["csdfd-table1".into()],
+            plots: vec!["roc".into()],
+        },
     }
 }
 
 fn traces() -> Vec<TraceRow> {
     vec![
-        TraceRow { step: 0, loss: Some(1.5), l1: Some(0.7), l2: Some(0.8), cos_g1_g2: Some(-0.2), lr: Some(1e-3), ..Default::default() },
+        TraceRow {
+            step: 0,
+            loss: Some(1.5),
+            l1: Some(0.7),
+            l2: Some(0.8),
+            cos_g1_g2: Some(-0.2),
+            lr: Some(1e-3),
+            ..Default::default()
+        },
         TraceRow { step: 0, domain: Some("DF".into()), loss: Some(0.4), ..Default::default() },
         TraceRow {
             step: 1,
@@ -132,7 +145,9 @@ fn write_then_read_round_trips() {
         "test_set,role,level,auc,ap,eer,eer_interp,acc,acc_real,acc_fake,undefined_reason,n,n_real,n_fake"
     );
     assert!(lines.next().unwrap().starts_with("ffpp,in-domain,frame,0.9,"));
-    assert!(lines.next().unwrap().starts_with("onlyfake,unseen,video,,,,,1.0,,1.0,one class only (fake),4,0,4"));
+    assert!(
+        lines.next().unwrap().starts_with("onlyfake,unseen,video,,,,,1.0,,1.0,one class only (fake),4,0,4")
+    );
     // Empty tables round-trip too.
     run.write_trace(&[]).unwrap();
     assert!(run.read_trace().unwrap().is_empty());

@@ -155,7 +155,12 @@ pub fn aggregate(runs: &[Run]) -> Result<Aggregates> {
         let Some(m) = mean[i].filter(|v| v.is_finite()) else { continue };
         let sd = std[i].filter(|v| v.is_finite() && n > 1);
         let key = Key {
-            group: Group { backbone: bb[i].clone(), method: me[i].clone(), sweep: sw[i].clone(), fold: fo[i].clone() },
+            group: Group {
+                backbone: bb[i].clone(),
+                method: me[i].clone(),
+                sweep: sw[i].clone(),
+                fold: fo[i].clone(),
+            },
             test_set: ts[i].clone(),
             level: Level::parse(&lv[i]).expect("levels written above"),
             metric: mt[i].clone(),

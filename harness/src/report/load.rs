@@ -74,14 +74,33 @@ pub fn cmp_values(a: &[serde_json::Value], b: &[serde_json::Value]) -> Ordering 
     a.len().cmp(&b.len())
 }
 
+/// Run directories under `dir`; a subdirectory without a manifest that holds run directories
+/// with manifests is a protocol directory of a merged tree (`results/runs/`), and its runs are
+/// listed as `<protocol>/<run>`.
+fn run_dirs(dir: &Path) -> Result<Vec<(String, results::RunDir)>> {
+    let mut out = Vec::new();
+    for rd in results::list_runs(dir)? {
+        if !rd.file(results::MANIFEST_FILE).exists() {
+            let inner = results::list_runs(rd.path())?;
+            if inner.iter().any(|r| r.file(results::MANIFEST_FILE).exists()) {
+                let prefix = format!("{}/", rd.name());
+                out.extend(inner.into_iter().map(|r| (prefix.clone(), r)));
+                continue;
+            }
+        }
+        out.push((String::new(), rd));
+    }
+    Ok(out)
+}
+
 /// Reads every run directory under `dir`. Runs whose manifest is missing, unreadable, not
 /// `complete`, or whose tables cannot be read are excluded with a reason; so is a second run of
 /// the same (group, seed), which would otherwise count one seed twice.
 pub fn load(dir: &Path) -> Result<Loaded> {
     let mut runs = Vec::new();
     let mut excluded = Vec::new();
-    for rd in results::list_runs(dir)? {
-        let id = rd.name();
+    for (prefix, rd) in run_dirs(dir)? {
+        let id = format!("{prefix}{}", rd.name());
         let manifest = match rd.read_manifest() {
             Ok(m) => m,
             Err(e) => {
@@ -92,7 +111,11 @@ pub fn load(dir: &Path) -> Result<Loaded> {
         match manifest.status {
             RunStatus::Complete => {}
             RunStatus::Running => {
-                excluded.push(Excluded { id, manifest: Some(manifest), reason: "still running or interrupted".into() });
+                excluded.push(Excluded {
+                    id,
+                    manifest: Some(manifest),
+                    reason: "still running or interrupted".into(),
+                });
                 continue;
             }
             RunStatus::Failed => {
@@ -130,7 +153,8 @@ pub fn load(dir: &Path) -> Result<Loaded> {
             && prev.group == r.group
             && prev.manifest.seed == r.manifest.seed
         {
-            let reason = format!("duplicate of run {} (same method, backbone, fold, sweep point and seed)", prev.id);
+            let reason =
+                format!("duplicate of run {} (same method, backbone, fold, sweep point and seed)", prev.id);
             excluded.push(Excluded { id: r.id, manifest: Some(r.manifest), reason });
             continue;
         }
@@ -141,7 +165,9 @@ pub fn load(dir: &Path) -> Result<Loaded> {
     let mut sweep_values = BTreeMap::new();
     for r in &kept {
         display.entry(r.manifest.method.clone()).or_insert_with(|| r.manifest.display.clone());
-        sweep_values.entry(r.group.sweep.clone()).or_insert_with(|| r.manifest.sweep.values().cloned().collect());
+        sweep_values
+            .entry(r.group.sweep.clone())
+            .or_insert_with(|| r.manifest.sweep.values().cloned().collect());
     }
     Ok(Loaded { runs: kept, excluded, display, sweep_values })
 }

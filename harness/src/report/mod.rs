@@ -170,7 +170,8 @@ pub fn generate(args: &ReportArgs) -> Result<ReportSummary> {
         }
     }
     if table_ids.is_empty() && plot_ids.is_empty() {
-        warnings.push("the manifests name no tables or plots; producing csdfd-table1, auc-bar and roc".into());
+        warnings
+            .push("the manifests name no tables or plots; producing csdfd-table1, auc-bar and roc".into());
         table_ids = vec!["csdfd-table1".into()];
         plot_ids = vec!["auc-bar".into(), "roc".into()];
     }
@@ -215,10 +216,8 @@ pub fn generate(args: &ReportArgs) -> Result<ReportSummary> {
                 outputs.add_table(&t, true);
                 built.push(t);
             }
-            None => warnings.push(format!(
-                "unknown table id {id:?} in the manifests; known: {}",
-                TABLE_IDS.join(", ")
-            )),
+            None => warnings
+                .push(format!("unknown table id {id:?} in the manifests; known: {}", TABLE_IDS.join(", "))),
         }
     }
     let conflict = conflict_table(&ctx);
@@ -280,7 +279,8 @@ pub fn generate(args: &ReportArgs) -> Result<ReportSummary> {
     for w in &warnings {
         let _ = writeln!(readme, "- warning: {w}");
     }
-    let plot_files: Vec<&String> = outputs.files.keys().filter(|k| k.starts_with("plots/") && k.ends_with(".svg")).collect();
+    let plot_files: Vec<&String> =
+        outputs.files.keys().filter(|k| k.starts_with("plots/") && k.ends_with(".svg")).collect();
     if !plot_files.is_empty() {
         let _ = writeln!(readme, "\n## Plots\n");
         let plot_lines: Vec<String> = plot_files.iter().map(|p| format!("![{p}]({p})")).collect();
@@ -292,7 +292,8 @@ pub fn generate(args: &ReportArgs) -> Result<ReportSummary> {
     for (rel, bytes) in &outputs.files {
         let path = out.join(rel);
         if let Some(parent) = path.parent() {
-            fs::create_dir_all(parent).with_context(|| format!("{}: cannot create directory", parent.display()))?;
+            fs::create_dir_all(parent)
+                .with_context(|| format!("{}: cannot create directory", parent.display()))?;
         }
         write_bytes_atomic(&path, bytes)?;
     }
@@ -329,7 +330,9 @@ fn runs_md(loaded: &Loaded) -> String {
         rows.push((e.id.clone(), d, b, s, f, sw, format!("excluded: {}", e.reason.replace('\n', " "))));
     }
     rows.sort();
-    let mut out = String::from("# Runs\n\n| run | method | backbone | seed | fold | sweep | status |\n|---|---|---|---|---|---|---|\n");
+    let mut out = String::from(
+        "# Runs\n\n| run | method | backbone | seed | fold | sweep | status |\n|---|---|---|---|---|---|---|\n",
+    );
     for (id, d, b, s, f, sw, st) in rows {
         let cells = [id, d, b, s, f, sw, st].map(|c| c.replace('|', "\\|"));
         let _ = writeln!(out, "| {} |", cells.join(" | "));
@@ -348,7 +351,8 @@ fn conflict_of(run: &Run) -> Option<Conflict> {
     let mut rows: Vec<_> = run.trace.iter().filter(|t| t.domain.is_none()).collect();
     rows.sort_by_key(|t| t.step);
     let cos: Vec<f64> = rows.iter().filter_map(|t| t.cos_g1_g2).filter(|c| c.is_finite()).collect();
-    let frac_neg_cos = (!cos.is_empty()).then(|| cos.iter().filter(|&&c| c < 0.0).count() as f64 / cos.len() as f64);
+    let frac_neg_cos =
+        (!cos.is_empty()).then(|| cos.iter().filter(|&&c| c < 0.0).count() as f64 / cos.len() as f64);
     let (mut d1, mut d2) = (Vec::new(), Vec::new());
     for w in rows.windows(2) {
         if let (Some(a1), Some(b1), Some(a2), Some(b2)) = (w[0].l1, w[1].l1, w[0].l2, w[1].l2) {
@@ -357,7 +361,11 @@ fn conflict_of(run: &Run) -> Option<Conflict> {
         }
     }
     let corr_dl = stats::pearson(&d1, &d2);
-    (frac_neg_cos.is_some() || corr_dl.is_some()).then_some(Conflict { steps: rows.len(), frac_neg_cos, corr_dl })
+    (frac_neg_cos.is_some() || corr_dl.is_some()).then_some(Conflict {
+        steps: rows.len(),
+        frac_neg_cos,
+        corr_dl,
+    })
 }
 
 fn conflict_table(ctx: &Ctx) -> Option<Table> {
@@ -387,11 +395,14 @@ fn conflict_table(ctx: &Ctx) -> Option<Table> {
                 .filter(|s| !s.is_empty())
                 .collect();
             let steps = cs.iter().map(|c| c.steps).max().unwrap_or(0);
-            (vec![label, q.join(", ")], vec![
-                Cell::Text(steps.to_string()),
-                stat(cs.iter().filter_map(|c| c.frac_neg_cos).collect()),
-                stat(cs.iter().filter_map(|c| c.corr_dl).collect()),
-            ])
+            (
+                vec![label, q.join(", ")],
+                vec![
+                    Cell::Text(steps.to_string()),
+                    stat(cs.iter().filter_map(|c| c.frac_neg_cos).collect()),
+                    stat(cs.iter().filter_map(|c| c.corr_dl).collect()),
+                ],
+            )
         })
         .collect();
     Some(Table {
@@ -490,7 +501,13 @@ fn delong_rows(ctx: &Ctx, baseline: &str) -> Vec<DeLongRow> {
                     }
                 }
                 let d = stats::delong(&sa, &sb, &l);
-                out.push(DeLongRow { group: g.clone(), seed: run.manifest.seed, test_set: ts.clone(), d, n_paired: l.len() });
+                out.push(DeLongRow {
+                    group: g.clone(),
+                    seed: run.manifest.seed,
+                    test_set: ts.clone(),
+                    d,
+                    n_paired: l.len(),
+                });
             }
         }
     }
@@ -505,8 +522,10 @@ fn delong_table(ctx: &Ctx, baseline: &str) -> Table {
     let rows = delong_rows(ctx, baseline)
         .into_iter()
         .map(|r| {
-            let q: Vec<&str> =
-                [r.group.backbone.as_str(), r.group.sweep.as_str(), r.group.fold.as_str()].into_iter().filter(|s| !s.is_empty()).collect();
+            let q: Vec<&str> = [r.group.backbone.as_str(), r.group.sweep.as_str(), r.group.fold.as_str()]
+                .into_iter()
+                .filter(|s| !s.is_empty())
+                .collect();
             let cells = match r.d {
                 Some(d) => vec![
                     Cell::Text(r.n_paired.to_string()),
@@ -550,7 +569,9 @@ fn delong_csv(ctx: &Ctx, baseline: &str) -> String {
         "method,display,baseline,backbone,sweep,fold,seed,test_set,level,n_pos,n_neg,auc,auc_baseline,var,var_baseline,cov,z,p\n",
     );
     for r in delong_rows(ctx, baseline) {
-        let f = |x: &str| if x.contains([',', '"']) { format!("\"{}\"", x.replace('"', "\"\"")) } else { x.to_string() };
+        let f = |x: &str| {
+            if x.contains([',', '"']) { format!("\"{}\"", x.replace('"', "\"\"")) } else { x.to_string() }
+        };
         let _ = write!(
             out,
             "{},{},{},{},{},{},{},{},{},",
@@ -584,7 +605,9 @@ fn boot_videos(runs: &[&Run], test_set: &str) -> Vec<stats::BootVideo> {
     let mut map: BTreeMap<VideoKey, Vec<Vec<f64>>> = BTreeMap::new();
     for (i, r) in runs.iter().enumerate() {
         for s in scores_of(r, test_set) {
-            let e = map.entry((s.dataset.clone(), s.label, s.video.clone())).or_insert_with(|| vec![Vec::new(); runs.len()]);
+            let e = map
+                .entry((s.dataset.clone(), s.label, s.video.clone()))
+                .or_insert_with(|| vec![Vec::new(); runs.len()]);
             e[i].push(s.score);
         }
     }
@@ -595,26 +618,30 @@ type CiMap = BTreeMap<(Group, String, Level), stats::Ci>;
 
 /// 95% bootstrap CIs of the seed-mean AUC for every group, test set and level that has an AUC.
 fn bootstrap_cis(ctx: &Ctx, n_boot: usize, seed: u64) -> CiMap {
-    let mut out = CiMap::new();
-    for k in ctx.agg.stats.keys().filter(|k| k.metric == "auc" && k.test_set != AVG) {
-        let runs: Vec<&Run> = ctx.loaded.runs.iter().filter(|r| r.group == k.group).collect();
-        let videos = boot_videos(&runs, &k.test_set);
-        // The stream depends only on --seed and the row's identity, not on iteration order.
-        let key = [
-            k.group.backbone.as_str(),
-            k.group.method.as_str(),
-            k.group.sweep.as_str(),
-            k.group.fold.as_str(),
-            k.test_set.as_str(),
-            k.level.as_str(),
-        ]
-        .join("\u{1f}");
-        let level = k.level == Level::Video;
-        if let Some(ci) = stats::bootstrap_auc_ci(&videos, level, n_boot, 0.95, stats::derive_seed(seed, &key)) {
-            out.insert((k.group.clone(), k.test_set.clone(), k.level), ci);
-        }
-    }
-    out
+    use rayon::prelude::*;
+    let keys: Vec<&aggregate::Key> =
+        ctx.agg.stats.keys().filter(|k| k.metric == "auc" && k.test_set != AVG).collect();
+    // Each key has its own seeded stream, so the parallel order cannot change the result.
+    keys.par_iter()
+        .filter_map(|k| {
+            let runs: Vec<&Run> = ctx.loaded.runs.iter().filter(|r| r.group == k.group).collect();
+            let videos = boot_videos(&runs, &k.test_set);
+            let key = [
+                k.group.backbone.as_str(),
+                k.group.method.as_str(),
+                k.group.sweep.as_str(),
+                k.group.fold.as_str(),
+                k.test_set.as_str(),
+                k.level.as_str(),
+            ]
+            .join("\u{1f}");
+            let level = k.level == Level::Video;
+            stats::bootstrap_auc_ci(&videos, level, n_boot, 0.95, stats::derive_seed(seed, &key))
+                .map(|ci| ((k.group.clone(), k.test_set.clone(), k.level), ci))
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .collect()
 }
 
 /// AUC with its bootstrap CI per row and test set, at the report's level.
@@ -626,12 +653,18 @@ fn ci_table(ctx: &Ctx, cis: &CiMap, n_boot: usize) -> Table {
         .map(|g| {
             let cells = columns
                 .iter()
-                .map(|ts| match (ctx.agg.get(g, ts, ctx.level, "auc"), cis.get(&(g.clone(), ts.clone(), ctx.level))) {
-                    (Some(s), Some(ci)) => {
-                        Cell::Text(format!("{:.2} [{:.2}, {:.2}]", s.mean * 100.0, ci.lo * 100.0, ci.hi * 100.0))
+                .map(|ts| {
+                    match (ctx.agg.get(g, ts, ctx.level, "auc"), cis.get(&(g.clone(), ts.clone(), ctx.level)))
+                    {
+                        (Some(s), Some(ci)) => Cell::Text(format!(
+                            "{:.2} [{:.2}, {:.2}]",
+                            s.mean * 100.0,
+                            ci.lo * 100.0,
+                            ci.hi * 100.0
+                        )),
+                        (Some(s), None) => Cell::Text(format!("{:.2}", s.mean * 100.0)),
+                        _ => Cell::Missing,
                     }
-                    (Some(s), None) => Cell::Text(format!("{:.2}", s.mean * 100.0)),
-                    _ => Cell::Missing,
                 })
                 .collect();
             (vec![ctx.label(g, &groups, true, true)], cells)
@@ -655,7 +688,9 @@ fn summary_csv(ctx: &Ctx, cis: &CiMap) -> String {
     let mut out = String::from(
         "backbone,method,display,sweep,fold,test_set,level,metric,mean,std,n_seeds,ci95_lo,ci95_hi\n",
     );
-    let f = |x: &str| if x.contains([',', '"']) { format!("\"{}\"", x.replace('"', "\"\"")) } else { x.to_string() };
+    let f = |x: &str| {
+        if x.contains([',', '"']) { format!("\"{}\"", x.replace('"', "\"\"")) } else { x.to_string() }
+    };
     for (k, s) in &ctx.agg.stats {
         let ci = cis.get(&(k.group.clone(), k.test_set.clone(), k.level)).filter(|_| k.metric == "auc");
         let _ = writeln!(

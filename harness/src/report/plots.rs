@@ -118,7 +118,9 @@ struct LinePanel {
 
 impl LinePanel {
     fn draw_on<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> Result<()> {
-        let xr = self.x_range.unwrap_or_else(|| range_of(self.series.iter().flat_map(|s| s.points.iter().map(|p| p.0))));
+        let xr = self
+            .x_range
+            .unwrap_or_else(|| range_of(self.series.iter().flat_map(|s| s.points.iter().map(|p| p.0))));
         let yr = self.y_range.unwrap_or_else(|| {
             range_of(self.series.iter().flat_map(|s| {
                 s.points.iter().flat_map(|p| [p.1 - p.2.unwrap_or(0.0), p.1 + p.2.unwrap_or(0.0)])
@@ -153,11 +155,16 @@ impl LinePanel {
                 .label(s.name.as_str())
                 .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], c.stroke_width(2)));
             if self.markers {
-                chart.draw_series(s.points.iter().map(|p| Circle::new((p.0, p.1), 3, c.filled()))).map_err(pe)?;
+                chart
+                    .draw_series(s.points.iter().map(|p| Circle::new((p.0, p.1), 3, c.filled())))
+                    .map_err(pe)?;
             }
             let bars: Vec<_> = s.points.iter().filter_map(|p| p.2.map(|e| (p.0, p.1, e))).collect();
             chart
-                .draw_series(bars.iter().map(|&(x, y, e)| PathElement::new([(x, y - e), (x, y + e)], c.stroke_width(1))))
+                .draw_series(
+                    bars.iter()
+                        .map(|&(x, y, e)| PathElement::new([(x, y - e), (x, y + e)], c.stroke_width(1))),
+                )
                 .map_err(pe)?;
         }
         chart
@@ -228,7 +235,11 @@ impl Figure for Bars {
             .x_labels(nc.max(1) * 2 + 1)
             .x_label_formatter(&move |x| {
                 let i = x.floor() as usize;
-                if (x - x.floor() - 0.5).abs() < 1e-6 && i < cats.len() { cats[i].clone() } else { String::new() }
+                if (x - x.floor() - 0.5).abs() < 1e-6 && i < cats.len() {
+                    cats[i].clone()
+                } else {
+                    String::new()
+                }
             })
             .y_desc(self.y_label.as_str())
             .label_style(font(12))
@@ -337,7 +348,9 @@ pub fn render(ctx: &Ctx, id: &str) -> Result<Option<Vec<(String, Vec<u8>)>>> {
                 .filter_map(|r| {
                     let pts: Vec<_> = aggregate_trace(r)
                         .iter()
-                        .filter_map(|x| x.cos_g1_g2.filter(|c| c.is_finite()).map(|c| (x.step as f64, c, None)))
+                        .filter_map(|x| {
+                            x.cos_g1_g2.filter(|c| c.is_finite()).map(|c| (x.step as f64, c, None))
+                        })
                         .collect();
                     (!pts.is_empty()).then(|| Series { name: name_of(ctx, &r.group, &groups), points: pts })
                 })
@@ -374,7 +387,8 @@ pub fn render(ctx: &Ctx, id: &str) -> Result<Option<Vec<(String, Vec<u8>)>>> {
                             }
                         }
                         Level::Video => {
-                            let mut m: std::collections::BTreeMap<(&str, u8, &str), (f64, usize)> = Default::default();
+                            let mut m: std::collections::BTreeMap<(&str, u8, &str), (f64, usize)> =
+                                Default::default();
                             for x in r.scores.iter().filter(|x| &x.test_set == ts) {
                                 let e = m.entry((x.dataset.as_str(), x.label, x.video.as_str())).or_default();
                                 e.0 += x.score;
@@ -479,7 +493,11 @@ pub fn render(ctx: &Ctx, id: &str) -> Result<Option<Vec<(String, Vec<u8>)>>> {
                 .map(|g| {
                     let vals = categories
                         .iter()
-                        .map(|c| ctx.agg.get(g, c, ctx.level, "auc").map(|s| (s.mean * 100.0, s.std.map(|v| v * 100.0))))
+                        .map(|c| {
+                            ctx.agg
+                                .get(g, c, ctx.level, "auc")
+                                .map(|s| (s.mean * 100.0, s.std.map(|v| v * 100.0)))
+                        })
                         .collect();
                     (name_of(ctx, g, &groups), vals)
                 })
@@ -499,5 +517,7 @@ pub fn render(ctx: &Ctx, id: &str) -> Result<Option<Vec<(String, Vec<u8>)>>> {
 
 /// A test-set name usable in a file name.
 fn file_safe(s: &str) -> String {
-    s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '_' }).collect()
+    s.chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '_' })
+        .collect()
 }

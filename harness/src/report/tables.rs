@@ -8,8 +8,15 @@ use super::load::{Group, Loaded, cmp_values};
 use crate::results::{Level, Role};
 
 /// Table ids `bench report` knows.
-pub const TABLE_IDS: [&str; 7] =
-    ["csdfd-table1", "csdfd-table2", "csdfd-table3", "roga-table2", "roga-table4", "sensitivity", "imbalance"];
+pub const TABLE_IDS: [&str; 7] = [
+    "csdfd-table1",
+    "csdfd-table2",
+    "csdfd-table3",
+    "roga-table2",
+    "roga-table4",
+    "sensitivity",
+    "imbalance",
+];
 
 #[derive(Debug, Clone)]
 pub enum Cell {
@@ -73,7 +80,8 @@ impl Ctx<'_> {
 
     /// Groups with the fold cleared (rows of the tables whose columns are folds).
     fn groups_without_fold(&self) -> Vec<Group> {
-        let mut v: Vec<Group> = self.groups().into_iter().map(|g| Group { fold: String::new(), ..g }).collect();
+        let mut v: Vec<Group> =
+            self.groups().into_iter().map(|g| Group { fold: String::new(), ..g }).collect();
         v.dedup();
         v.sort_by(|a, b| self.cmp_groups(a, b));
         v.dedup();
@@ -142,7 +150,10 @@ impl Ctx<'_> {
         let mut shown = BTreeSet::new();
         for (labels, _) in &t.rows {
             for (m, d) in &self.loaded.display {
-                if d.contains("reconstructed") && labels.iter().any(|l| l.contains(d.as_str())) && shown.insert(m) {
+                if d.contains("reconstructed")
+                    && labels.iter().any(|l| l.contains(d.as_str()))
+                    && shown.insert(m)
+                {
                     t.notes.push(format!(
                         "{d}: the update rule is reconstructed from the paper's description (no public \
                          code); its numbers are not the authors'."
@@ -152,14 +163,27 @@ impl Ctx<'_> {
         }
     }
 
-    fn sets_table(&self, id: &str, title: &str, rows: Vec<(Vec<String>, Group)>, label_header: Vec<String>) -> Table {
+    fn sets_table(
+        &self,
+        id: &str,
+        title: &str,
+        rows: Vec<(Vec<String>, Group)>,
+        label_header: Vec<String>,
+    ) -> Table {
         let columns = self.set_columns();
         let rows = rows
             .into_iter()
             .map(|(labels, g)| (labels, columns.iter().map(|c| self.stat(&g, c, "auc")).collect()))
             .collect();
-        let mut t =
-            Table { id: id.into(), title: title.into(), label_header, columns, rows, percent: true, notes: vec![] };
+        let mut t = Table {
+            id: id.into(),
+            title: title.into(),
+            label_header,
+            columns,
+            rows,
+            percent: true,
+            notes: vec![],
+        };
         self.common_notes(&mut t, "auc");
         t
     }
@@ -168,7 +192,8 @@ impl Ctx<'_> {
         let groups = self.groups();
         let t = match id {
             "csdfd-table1" | "csdfd-table3" => {
-                let rows = groups.iter().map(|g| (vec![self.label(g, &groups, true, true)], g.clone())).collect();
+                let rows =
+                    groups.iter().map(|g| (vec![self.label(g, &groups, true, true)], g.clone())).collect();
                 let title = if id == "csdfd-table1" {
                     "Cross-dataset AUC (CS-DFD Table I)"
                 } else {
@@ -179,11 +204,16 @@ impl Ctx<'_> {
             "csdfd-table2" => {
                 let rows = groups
                     .iter()
-                    .map(|g| (vec![format!("{} ({})", g.backbone, self.label(g, &groups, false, true))], g.clone()))
+                    .map(|g| {
+                        (vec![format!("{} ({})", g.backbone, self.label(g, &groups, false, true))], g.clone())
+                    })
                     .collect();
-                self.sets_table(id, "AUC per backbone and training strategy (CS-DFD Table II)", rows, vec![
-                    "Backbone (strategy)".into(),
-                ])
+                self.sets_table(
+                    id,
+                    "AUC per backbone and training strategy (CS-DFD Table II)",
+                    rows,
+                    vec!["Backbone (strategy)".into()],
+                )
             }
             "sensitivity" => {
                 let rows = groups
@@ -195,10 +225,12 @@ impl Ctx<'_> {
                         (vec![name, point], g.clone())
                     })
                     .collect();
-                self.sets_table(id, "Sensitivity to hyperparameters (CS-DFD Fig. 7, RoGA Table VI)", rows, vec![
-                    "Method".into(),
-                    "Setting".into(),
-                ])
+                self.sets_table(
+                    id,
+                    "Sensitivity to hyperparameters (CS-DFD Fig. 7, RoGA Table VI)",
+                    rows,
+                    vec!["Method".into(), "Setting".into()],
+                )
             }
             "roga-table2" | "roga-table4" => self.fold_table(id),
             "imbalance" => self.imbalance_table(),
@@ -282,7 +314,8 @@ impl Ctx<'_> {
     /// Rows: sweep point (the real:fake ratio); columns: methods; cells: AVG AUC.
     fn imbalance_table(&self) -> Table {
         let groups = self.groups();
-        let mut points: Vec<String> = groups.iter().map(|g| g.sweep.clone()).collect::<BTreeSet<_>>().into_iter().collect();
+        let mut points: Vec<String> =
+            groups.iter().map(|g| g.sweep.clone()).collect::<BTreeSet<_>>().into_iter().collect();
         points.sort_by(|a, b| self.cmp_sweeps(a, b));
         let mut methods: Vec<Group> =
             groups.iter().map(|g| Group { sweep: String::new(), ..g.clone() }).collect();
@@ -292,7 +325,10 @@ impl Ctx<'_> {
         let rows = points
             .iter()
             .map(|p| {
-                let cells = methods.iter().map(|m| self.stat(&Group { sweep: p.clone(), ..m.clone() }, AVG, "auc")).collect();
+                let cells = methods
+                    .iter()
+                    .map(|m| self.stat(&Group { sweep: p.clone(), ..m.clone() }, AVG, "auc"))
+                    .collect();
                 (vec![if p.is_empty() { "–".into() } else { p.clone() }], cells)
             })
             .collect();
