@@ -322,37 +322,40 @@ pub fn bootstrap_auc_ci(
         return None;
     }
     let n_runs = videos.first().map_or(0, |v| v.per_run.len());
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut picked = Vec::with_capacity(videos.len());
-    let (mut s, mut l) = (Vec::new(), Vec::new());
-    let mut scratch = AucScratch::default();
-    let mut reps = Vec::with_capacity(n_boot);
-    for _ in 0..n_boot {
-        picked.clear();
-        for class in [&pos, &neg] {
-            for _ in 0..class.len() {
-                picked.push(class[rng.random_range(0..class.len())]);
-            }
-        }
-        let mut sum = 0.0;
-        let mut k = 0usize;
-        for r in 0..n_runs {
-            s.clear();
-            l.clear();
-            for &v in &picked {
-                let frames = &videos[v].per_run[r];
+    // Each run's samples sorted once; a replicate is then a weighted O(N) sweep (weight of a
+    // sample = times its video was drawn), not a fresh sort of the resampled scores.
+    let sorted: Vec<SortedSamples> = (0..n_runs)
+        .map(|r| {
+            let mut items = Vec::new();
+            for (v, video) in videos.iter().enumerate() {
+                let frames = &video.per_run[r];
                 if frames.is_empty() {
                     continue;
                 }
                 if video_level {
-                    s.push(frames.iter().sum::<f64>() / frames.len() as f64);
-                    l.push(videos[v].label);
+                    items.push((frames.iter().sum::<f64>() / frames.len() as f64, v));
                 } else {
-                    s.extend_from_slice(frames);
-                    l.extend(std::iter::repeat_n(videos[v].label, frames.len()));
+                    items.extend(frames.iter().map(|&x| (x, v)));
                 }
             }
-            if let Some(a) = scratch.auc(&s, &l) {
+            SortedSamples::new(items)
+        })
+        .collect();
+    let is_pos: Vec<bool> = videos.iter().map(|v| v.label == 1).collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut weights = vec![0u32; videos.len()];
+    let mut reps = Vec::with_capacity(n_boot);
+    for _ in 0..n_boot {
+        weights.fill(0);
+        for class in [&pos, &neg] {
+            for _ in 0..class.len() {
+                weights[class[rng.random_range(0..class.len())]] += 1;
+            }
+        }
+        let mut sum = 0.0;
+        let mut k = 0usize;
+        for s in &sorted {
+            if let Some(a) = s.weighted_auc(&weights, &is_pos) {
                 sum += a;
                 k += 1;
             }
@@ -367,6 +370,45 @@ pub fn bootstrap_auc_ci(
     reps.sort_unstable_by(f64::total_cmp);
     let alpha = (1.0 - level) / 2.0;
     Some(Ci { lo: quantile_sorted(&reps, alpha), hi: quantile_sorted(&reps, 1.0 - alpha) })
+}
+
+/// Scores sorted ascending with the index of their video, and where each run of tied scores ends.
+pub struct SortedSamples {
+    items: Vec<(f64, usize)>,
+    tie_ends: Vec<usize>,
+}
+
+impl SortedSamples {
+    pub fn new(mut items: Vec<(f64, usize)>) -> Self {
+        items.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        let mut tie_ends = Vec::new();
+        for i in 0..items.len() {
+            if i + 1 == items.len() || items[i + 1].0 != items[i].0 {
+                tie_ends.push(i + 1);
+            }
+        }
+        Self { items, tie_ends }
+    }
+
+    /// Mann-Whitney AUC of the multiset in which sample i appears `weights[video_i]` times:
+    /// each positive scores 1 per lower negative and 1/2 per tied one. None if a class is empty.
+    pub fn weighted_auc(&self, weights: &[u32], is_pos: &[bool]) -> Option<f64> {
+        let (mut neg_below, mut num, mut m, mut n) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
+        let mut start = 0;
+        for &end in &self.tie_ends {
+            let (mut p, mut q) = (0.0, 0.0);
+            for &(_, v) in &self.items[start..end] {
+                let w = weights[v] as f64;
+                if is_pos[v] { p += w } else { q += w }
+            }
+            num += p * (neg_below + 0.5 * q);
+            neg_below += q;
+            m += p;
+            n += q;
+            start = end;
+        }
+        (m > 0.0 && n > 0.0).then(|| num / (m * n))
+    }
 }
 
 /// Pearson correlation; None with fewer than 3 pairs or zero variance.
@@ -407,6 +449,34 @@ mod tests {
     #[test]
     fn midranks_ties() {
         assert_eq!(midranks(&[3.0, 1.0, 3.0, 2.0]), vec![3.5, 1.0, 3.5, 2.0]);
+    }
+
+    #[test]
+    fn weighted_auc_equals_auc_of_the_expanded_multiset() {
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        for _ in 0..50 {
+            let nv = 12;
+            let is_pos: Vec<bool> = (0..nv).map(|v| v % 3 == 0).collect();
+            // Two frames per video, scores rounded so that ties occur.
+            let items: Vec<(f64, usize)> = (0..2 * nv)
+                .map(|i| {
+                    (((rng.random::<f64>() + is_pos[i / 2] as u8 as f64 * 0.3) * 8.0).round() / 8.0, i / 2)
+                })
+                .collect();
+            let w: Vec<u32> = (0..nv).map(|_| rng.random_range(0..3)).collect();
+            let (mut s, mut l) = (Vec::new(), Vec::new());
+            for &(x, v) in &items {
+                for _ in 0..w[v] {
+                    s.push(x);
+                    l.push(is_pos[v] as u8);
+                }
+            }
+            let fast = SortedSamples::new(items).weighted_auc(&w, &is_pos);
+            match (fast, auc(&s, &l)) {
+                (Some(a), Some(b)) => assert!((a - b).abs() < 1e-12, "{a} vs {b}"),
+                (a, b) => assert_eq!(a, b),
+            }
+        }
     }
 
     #[test]
