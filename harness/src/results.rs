@@ -139,6 +139,48 @@ pub struct Manifest {
     pub report: ReportSpec,
 }
 
+impl Manifest {
+    /// A manifest with status `running`, this build's dfbench version and empty optional fields;
+    /// the runner fills in the rest (fold, sweep, config, git, device, host, started, report).
+    pub fn new(
+        run_id: impl Into<String>,
+        protocol: impl Into<String>,
+        method: impl Into<String>,
+        method_kind: impl Into<String>,
+        display: impl Into<String>,
+        backbone: impl Into<String>,
+        seed: u64,
+    ) -> Self {
+        Self {
+            run_id: run_id.into(),
+            protocol: protocol.into(),
+            method: method.into(),
+            method_kind: method_kind.into(),
+            display: display.into(),
+            backbone: backbone.into(),
+            seed,
+            fold: None,
+            sweep: BTreeMap::new(),
+            config: serde_json::Value::Null,
+            status: RunStatus::Running,
+            failure: None,
+            git: GitInfo::default(),
+            versions: Versions { dfbench: env!("CARGO_PKG_VERSION").to_string(), candle: None, rustc: None },
+            device: String::new(),
+            host: String::new(),
+            started: None,
+            ended: None,
+            skipped_files: BTreeMap::new(),
+            notes: Vec::new(),
+            report: ReportSpec::default(),
+        }
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.status == RunStatus::Complete
+    }
+}
+
 /// One row of `trace.parquet`. `domain` None is the aggregate row of a step; per-domain methods
 /// (RoGA) add one row per domain with the same `step`. Quantities a method does not have are None.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -190,6 +190,15 @@ fn completeness_and_leftover_temporary_files() {
     assert!(err.contains("manifest.json") && err.contains("not a valid manifest"), "{err}");
     fs::remove_file(a.file("manifest.json")).unwrap();
     assert!(!a.is_complete());
+    // The constructor's defaults: running, not complete, this crate's version.
+    let fresh = Manifest::new("d", "p", "o", "erm", "O", "meso4", 0);
+    assert_eq!(fresh.status, RunStatus::Running);
+    assert!(!fresh.is_complete() && !fresh.versions.dfbench.is_empty());
+    let d = RunDir::create(root, "p", "d").unwrap();
+    d.write_manifest(&fresh).unwrap();
+    assert!(!d.is_complete());
+    d.write_manifest(&Manifest { status: RunStatus::Complete, ..fresh }).unwrap();
+    assert!(d.is_complete());
     // Bad names are refused instead of escaping the store.
     assert!(RunDir::create(root, "p", "../x").is_err());
     assert!(RunDir::create(root, "", "x").is_err());
