@@ -1,0 +1,523 @@
+//! Plots as PNG and SVG, drawn with plotters and the embedded DejaVu Sans (no system fonts), so
+//! the output is the same on every machine. Each figure is drawn twice (once per backend) from
+//! the same data; PNG bytes are encoded here so the files are written atomically like the rest.
+use std::sync::Once;
+
+use anyhow::{Result, anyhow};
+use plotters::coord::Shift;
+use plotters::prelude::*;
+
+use super::aggregate::AVG;
+use super::load::{Group, Run};
+use super::tables::Ctx;
+use crate::results::Level;
+use crate::stats;
+
+pub const PLOT_IDS: [&str; 5] = ["loss-conflict", "cosine", "roc", "sensitivity", "auc-bar"];
+
+static FONT: &[u8] = include_bytes!("../../../assets/fonts/DejaVuSans.ttf");
+static REGISTER: Once = Once::new();
+
+fn register_font() -> Result<()> {
+    let mut ok = true;
+    REGISTER.call_once(|| {
+        ok = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT).is_ok();
+    });
+    if ok { Ok(()) } else { Err(anyhow!("the embedded font DejaVuSans.ttf could not be loaded")) }
+}
+
+const COLORS: [RGBColor; 10] = [
+    RGBColor(31, 119, 180),
+    RGBColor(214, 39, 40),
+    RGBColor(44, 160, 44),
+    RGBColor(255, 127, 14),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+];
+
+fn color(i: usize) -> RGBColor {
+    COLORS[i % COLORS.len()]
+}
+
+fn pe<E: std::fmt::Debug>(e: E) -> anyhow::Error {
+    anyhow!("drawing failed: {e:?}")
+}
+
+trait Figure {
+    fn size(&self) -> (u32, u32);
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()>;
+}
+
+/// Draws `fig` to `<stem>.svg` and `<stem>.png` (returned as bytes).
+fn render_both<F: Figure>(fig: &F, stem: &str) -> Result<Vec<(String, Vec<u8>)>> {
+    let (w, h) = fig.size();
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (w, h)).into_drawing_area();
+        fig.draw(&root)?;
+        root.present().map_err(pe)?;
+    }
+    let mut rgb = vec![0u8; w as usize * h as usize * 3];
+    {
+        let root = BitMapBackend::with_buffer(&mut rgb, (w, h)).into_drawing_area();
+        fig.draw(&root)?;
+        root.present().map_err(pe)?;
+    }
+    let mut png = Vec::new();
+    {
+        use image::ImageEncoder;
+        image::codecs::png::PngEncoder::new(&mut png)
+            .write_image(&rgb, w, h, image::ColorType::Rgb8)
+            .map_err(|e| anyhow!("PNG encoding failed: {e}"))?;
+    }
+    Ok(vec![(format!("{stem}.png"), png), (format!("{stem}.svg"), svg.into_bytes())])
+}
+
+fn font(size: u32) -> TextStyle<'static> {
+    ("sans-serif", size).into_font().into()
+}
+
+fn range_of(values: impl Iterator<Item = f64>) -> (f64, f64) {
+    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+    for v in values.filter(|v| v.is_finite()) {
+        lo = lo.min(v);
+        hi = hi.max(v);
+    }
+    if !lo.is_finite() {
+        return (0.0, 1.0);
+    }
+    if hi - lo < 1e-12 {
+        return (lo - 0.5, hi + 0.5);
+    }
+    let pad = (hi - lo) * 0.05;
+    (lo - pad, hi + pad)
+}
+
+/// Points (x, y) with an optional symmetric error bar.
+struct Series {
+    name: String,
+    points: Vec<(f64, f64, Option<f64>)>,
+}
+
+struct LinePanel {
+    title: String,
+    x_label: String,
+    y_label: String,
+    series: Vec<Series>,
+    x_range: Option<(f64, f64)>,
+    y_range: Option<(f64, f64)>,
+    hline: Option<f64>,
+    diagonal: bool,
+    markers: bool,
+    legend: SeriesLabelPosition,
+}
+
+impl LinePanel {
+    fn draw_on<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> Result<()> {
+        let xr = self
+            .x_range
+            .unwrap_or_else(|| range_of(self.series.iter().flat_map(|s| s.points.iter().map(|p| p.0))));
+        let yr = self.y_range.unwrap_or_else(|| {
+            range_of(self.series.iter().flat_map(|s| {
+                s.points.iter().flat_map(|p| [p.1 - p.2.unwrap_or(0.0), p.1 + p.2.unwrap_or(0.0)])
+            }))
+        });
+        let mut chart = ChartBuilder::on(area)
+            .caption(&self.title, font(18))
+            .margin(10)
+            .x_label_area_size(40)
+            .y_label_area_size(55)
+            .build_cartesian_2d(xr.0..xr.1, yr.0..yr.1)
+            .map_err(pe)?;
+        chart
+            .configure_mesh()
+            .x_desc(self.x_label.as_str())
+            .y_desc(self.y_label.as_str())
+            .label_style(font(12))
+            .axis_desc_style(font(14))
+            .draw()
+            .map_err(pe)?;
+        if let Some(y) = self.hline {
+            chart.draw_series(LineSeries::new([(xr.0, y), (xr.1, y)], BLACK.mix(0.4))).map_err(pe)?;
+        }
+        if self.diagonal {
+            chart.draw_series(LineSeries::new([(0.0, 0.0), (1.0, 1.0)], BLACK.mix(0.3))).map_err(pe)?;
+        }
+        for (i, s) in self.series.iter().enumerate() {
+            let c = color(i);
+            chart
+                .draw_series(LineSeries::new(s.points.iter().map(|p| (p.0, p.1)), c.stroke_width(2)))
+                .map_err(pe)?
+                .label(s.name.as_str())
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], c.stroke_width(2)));
+            if self.markers {
+                chart
+                    .draw_series(s.points.iter().map(|p| Circle::new((p.0, p.1), 3, c.filled())))
+                    .map_err(pe)?;
+            }
+            let bars: Vec<_> = s.points.iter().filter_map(|p| p.2.map(|e| (p.0, p.1, e))).collect();
+            chart
+                .draw_series(
+                    bars.iter()
+                        .map(|&(x, y, e)| PathElement::new([(x, y - e), (x, y + e)], c.stroke_width(1))),
+                )
+                .map_err(pe)?;
+        }
+        chart
+            .configure_series_labels()
+            .label_font(font(12))
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK.mix(0.5))
+            .position(self.legend.clone())
+            .draw()
+            .map_err(pe)?;
+        Ok(())
+    }
+}
+
+/// One or more line panels side by side (at most three per row).
+struct Panels(Vec<LinePanel>);
+
+impl Figure for Panels {
+    fn size(&self) -> (u32, u32) {
+        let n = self.0.len().max(1) as u32;
+        let cols = n.min(3);
+        let rows = n.div_ceil(3);
+        (520 * cols, 400 * rows)
+    }
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()> {
+        root.fill(&WHITE).map_err(pe)?;
+        let n = self.0.len().max(1);
+        let areas = root.split_evenly((n.div_ceil(3), n.min(3)));
+        for (p, a) in self.0.iter().zip(&areas) {
+            p.draw_on(a)?;
+        }
+        Ok(())
+    }
+}
+
+/// Grouped bars: categories on x, one bar per series, with std whiskers.
+struct Bars {
+    title: String,
+    y_label: String,
+    categories: Vec<String>,
+    series: Vec<(String, Vec<Option<(f64, Option<f64>)>>)>,
+}
+
+impl Figure for Bars {
+    fn size(&self) -> (u32, u32) {
+        ((160 * self.categories.len() as u32).max(640), 460)
+    }
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()> {
+        root.fill(&WHITE).map_err(pe)?;
+        let nc = self.categories.len();
+        let ymax = self
+            .series
+            .iter()
+            .flat_map(|s| s.1.iter().flatten().map(|(m, sd)| m + sd.unwrap_or(0.0)))
+            .fold(1.0f64, f64::max)
+            * 1.08;
+        let cats = self.categories.clone();
+        let mut chart = ChartBuilder::on(root)
+            .caption(&self.title, font(18))
+            .margin(10)
+            .x_label_area_size(40)
+            .y_label_area_size(55)
+            .build_cartesian_2d(0.0..nc as f64, 0.0..ymax)
+            .map_err(pe)?;
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(nc.max(1) * 2 + 1)
+            .x_label_formatter(&move |x| {
+                let i = x.floor() as usize;
+                if (x - x.floor() - 0.5).abs() < 1e-6 && i < cats.len() {
+                    cats[i].clone()
+                } else {
+                    String::new()
+                }
+            })
+            .y_desc(self.y_label.as_str())
+            .label_style(font(12))
+            .axis_desc_style(font(14))
+            .draw()
+            .map_err(pe)?;
+        let ns = self.series.len().max(1) as f64;
+        let width = 0.8 / ns;
+        for (si, (name, vals)) in self.series.iter().enumerate() {
+            let c = color(si);
+            let rects: Vec<_> = vals
+                .iter()
+                .enumerate()
+                .filter_map(|(ci, v)| v.map(|(m, _)| (ci, m)))
+                .map(|(ci, m)| {
+                    let x0 = ci as f64 + 0.1 + si as f64 * width;
+                    Rectangle::new([(x0, 0.0), (x0 + width * 0.92, m)], c.filled())
+                })
+                .collect();
+            chart
+                .draw_series(rects)
+                .map_err(pe)?
+                .label(name.as_str())
+                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], c.filled()));
+            let whiskers: Vec<_> = vals
+                .iter()
+                .enumerate()
+                .filter_map(|(ci, v)| v.and_then(|(m, sd)| sd.map(|s| (ci, m, s))))
+                .map(|(ci, m, s)| {
+                    let x = ci as f64 + 0.1 + (si as f64 + 0.46) * width;
+                    PathElement::new([(x, m - s), (x, m + s)], BLACK.stroke_width(1))
+                })
+                .collect();
+            chart.draw_series(whiskers).map_err(pe)?;
+        }
+        chart
+            .configure_series_labels()
+            .label_font(font(12))
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK.mix(0.5))
+            .position(SeriesLabelPosition::LowerRight)
+            .draw()
+            .map_err(pe)?;
+        Ok(())
+    }
+}
+
+/// Series name of a group: display name plus what varies among `all`.
+fn name_of(ctx: &Ctx, g: &Group, all: &[Group]) -> String {
+    ctx.label(g, all, true, true)
+}
+
+/// The lowest-seed run of each group (runs are sorted by group, then seed).
+fn first_runs<'a>(ctx: &Ctx<'a>) -> Vec<&'a Run> {
+    let mut out: Vec<&Run> = Vec::new();
+    for g in ctx.groups() {
+        if let Some(r) = ctx.loaded.runs.iter().find(|r| r.group == g) {
+            out.push(r);
+        }
+    }
+    out
+}
+
+fn aggregate_trace(run: &Run) -> Vec<&crate::results::TraceRow> {
+    let mut rows: Vec<_> = run.trace.iter().filter(|t| t.domain.is_none()).collect();
+    rows.sort_by_key(|t| t.step);
+    rows
+}
+
+/// Renders plot `id`; None for an unknown id; Some(empty) when there is nothing to draw.
+pub fn render(ctx: &Ctx, id: &str) -> Result<Option<Vec<(String, Vec<u8>)>>> {
+    register_font()?;
+    let groups = ctx.groups();
+    let firsts = first_runs(ctx);
+    let files = match id {
+        "loss-conflict" => {
+            let mut panels = Vec::new();
+            for r in &firsts {
+                let t = aggregate_trace(r);
+                let l1: Vec<_> = t.iter().filter_map(|x| x.l1.map(|v| (x.step as f64, v, None))).collect();
+                let l2: Vec<_> = t.iter().filter_map(|x| x.l2.map(|v| (x.step as f64, v, None))).collect();
+                if l1.is_empty() || l2.is_empty() {
+                    continue;
+                }
+                panels.push(LinePanel {
+                    title: format!("{} (seed {})", name_of(ctx, &r.group, &groups), r.manifest.seed),
+                    x_label: "step".into(),
+                    y_label: "loss".into(),
+                    series: vec![
+                        Series { name: "L1 (original fakes)".into(), points: l1 },
+                        Series { name: "L2 (synthesized fakes)".into(), points: l2 },
+                    ],
+                    x_range: None,
+                    y_range: None,
+                    hline: None,
+                    diagonal: false,
+                    markers: false,
+                    legend: SeriesLabelPosition::UpperRight,
+                });
+            }
+            if panels.is_empty() { vec![] } else { render_both(&Panels(panels), "loss-conflict")? }
+        }
+        "cosine" => {
+            let series: Vec<Series> = firsts
+                .iter()
+                .filter_map(|r| {
+                    let pts: Vec<_> = aggregate_trace(r)
+                        .iter()
+                        .filter_map(|x| {
+                            x.cos_g1_g2.filter(|c| c.is_finite()).map(|c| (x.step as f64, c, None))
+                        })
+                        .collect();
+                    (!pts.is_empty()).then(|| Series { name: name_of(ctx, &r.group, &groups), points: pts })
+                })
+                .collect();
+            if series.is_empty() {
+                vec![]
+            } else {
+                let p = LinePanel {
+                    title: "cos(g1, g2) per step (lowest seed)".into(),
+                    x_label: "step".into(),
+                    y_label: "cosine".into(),
+                    series,
+                    x_range: None,
+                    y_range: Some((-1.05, 1.05)),
+                    hline: Some(0.0),
+                    diagonal: false,
+                    markers: false,
+                    legend: SeriesLabelPosition::UpperRight,
+                };
+                render_both(&Panels(vec![p]), "cosine")?
+            }
+        }
+        "roc" => {
+            let mut files = Vec::new();
+            for (ts, _) in &ctx.agg.test_sets {
+                let mut series = Vec::new();
+                for r in &firsts {
+                    let (mut s, mut l) = (Vec::new(), Vec::new());
+                    match ctx.level {
+                        Level::Frame => {
+                            for x in r.scores.iter().filter(|x| &x.test_set == ts) {
+                                s.push(x.score);
+                                l.push(x.label);
+                            }
+                        }
+                        Level::Video => {
+                            let mut m: std::collections::BTreeMap<(&str, u8, &str), (f64, usize)> =
+                                Default::default();
+                            for x in r.scores.iter().filter(|x| &x.test_set == ts) {
+                                let e = m.entry((x.dataset.as_str(), x.label, x.video.as_str())).or_default();
+                                e.0 += x.score;
+                                e.1 += 1;
+                            }
+                            for ((_, lab, _), (sum, n)) in m {
+                                s.push(sum / n as f64);
+                                l.push(lab);
+                            }
+                        }
+                    }
+                    if let Some(pts) = stats::roc_points(&s, &l) {
+                        series.push(Series {
+                            name: name_of(ctx, &r.group, &groups),
+                            points: pts.into_iter().map(|(x, y)| (x, y, None)).collect(),
+                        });
+                    }
+                }
+                if series.is_empty() {
+                    continue;
+                }
+                let p = LinePanel {
+                    title: format!("ROC, {ts} ({} level, lowest seed)", ctx.level.as_str()),
+                    x_label: "false positive rate".into(),
+                    y_label: "true positive rate".into(),
+                    series,
+                    x_range: Some((0.0, 1.0)),
+                    y_range: Some((0.0, 1.0)),
+                    hline: None,
+                    diagonal: true,
+                    markers: false,
+                    legend: SeriesLabelPosition::LowerRight,
+                };
+                files.extend(render_both(&Panels(vec![p]), &format!("roc-{}", file_safe(ts)))?);
+            }
+            files
+        }
+        "sensitivity" => {
+            // One line per (backbone, method, fold) over its sweep points.
+            let mut lines: Vec<(Group, Vec<&Group>)> = Vec::new();
+            for g in groups.iter().filter(|g| !g.sweep.is_empty()) {
+                let base = Group { sweep: String::new(), ..g.clone() };
+                match lines.iter_mut().find(|(b, _)| *b == base) {
+                    Some((_, v)) => v.push(g),
+                    None => lines.push((base, vec![g])),
+                }
+            }
+            let numeric_x = |g: &Group| -> Option<f64> {
+                let v = ctx.loaded.sweep_values.get(&g.sweep)?;
+                if v.len() == 1 { v[0].as_f64() } else { None }
+            };
+            let all_numeric = lines.iter().all(|(_, gs)| gs.iter().all(|g| numeric_x(g).is_some()));
+            let bases: Vec<Group> = lines.iter().map(|(b, _)| b.clone()).collect();
+            let series: Vec<Series> = lines
+                .iter()
+                .map(|(base, gs)| {
+                    let points = gs
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(i, g)| {
+                            let s = ctx.agg.get(g, AVG, ctx.level, "auc")?;
+                            let x = if all_numeric { numeric_x(g)? } else { i as f64 };
+                            Some((x, s.mean * 100.0, s.std.map(|v| v * 100.0)))
+                        })
+                        .collect();
+                    Series { name: name_of(ctx, base, &bases), points }
+                })
+                .filter(|s: &Series| !s.points.is_empty())
+                .collect();
+            if series.is_empty() {
+                vec![]
+            } else {
+                let keys: std::collections::BTreeSet<String> = groups
+                    .iter()
+                    .filter(|g| !g.sweep.is_empty())
+                    .map(|g| g.sweep.split('=').next().unwrap_or_default().to_string())
+                    .collect();
+                let p = LinePanel {
+                    title: "Sensitivity: AVG AUC (%) per setting".into(),
+                    x_label: if all_numeric {
+                        keys.into_iter().collect::<Vec<_>>().join(" / ")
+                    } else {
+                        "sweep point (index, see sensitivity table)".into()
+                    },
+                    y_label: "AVG AUC (%)".into(),
+                    series,
+                    x_range: None,
+                    y_range: None,
+                    hline: None,
+                    diagonal: false,
+                    markers: true,
+                    legend: SeriesLabelPosition::UpperRight,
+                };
+                render_both(&Panels(vec![p]), "sensitivity")?
+            }
+        }
+        "auc-bar" => {
+            let mut categories: Vec<String> = ctx.agg.test_sets.iter().map(|(t, _)| t.clone()).collect();
+            categories.push(AVG.into());
+            let series = groups
+                .iter()
+                .map(|g| {
+                    let vals = categories
+                        .iter()
+                        .map(|c| {
+                            ctx.agg
+                                .get(g, c, ctx.level, "auc")
+                                .map(|s| (s.mean * 100.0, s.std.map(|v| v * 100.0)))
+                        })
+                        .collect();
+                    (name_of(ctx, g, &groups), vals)
+                })
+                .collect();
+            let fig = Bars {
+                title: format!("{} AUC (%), mean ± std over seeds", ctx.level.as_str()),
+                y_label: "AUC (%)".into(),
+                categories,
+                series,
+            };
+            render_both(&fig, "auc-bar")?
+        }
+        _ => return Ok(None),
+    };
+    Ok(Some(files))
+}
+
+/// A test-set name usable in a file name.
+fn file_safe(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '_' })
+        .collect()
+}
