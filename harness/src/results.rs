@@ -74,6 +74,9 @@ pub struct Versions {
     pub candle: Option<String>,
     #[serde(default)]
     pub rustc: Option<String>,
+    /// Versions of the other crates that shape the numbers (candle-nn, polars, image, ...).
+    #[serde(default)]
+    pub crates: BTreeMap<String, String>,
 }
 
 /// The protocol's `[report]` section, copied into every manifest so that a results directory
@@ -165,7 +168,7 @@ impl Manifest {
             status: RunStatus::Running,
             failure: None,
             git: GitInfo::default(),
-            versions: Versions { dfbench: env!("CARGO_PKG_VERSION").to_string(), candle: None, rustc: None },
+            versions: Versions { dfbench: env!("CARGO_PKG_VERSION").to_string(), candle: None, rustc: None, crates: BTreeMap::new() },
             device: String::new(),
             host: String::new(),
             started: None,

@@ -25,7 +25,7 @@ fn manifest(id: &str, status: RunStatus) -> Manifest {
         failure: (status == RunStatus::Failed)
             .then(|| Failure { step: Some(7), reason: "loss is NaN".into() }),
         git: GitInfo { commit: Some("abc123".into()), dirty: Some(false) },
-        versions: Versions { dfbench: "0.1.0".into(), candle: Some("0.11.1".into()), rustc: None },
+        versions: Versions { dfbench: "0.1.0".into(), candle: Some("0.11.1".into()), rustc: None, crates: Default::default() },
         device: "cpu".into(),
         host: "test-host".into(),
         started: Some("2026-11-22T20:00:00Z".into()),

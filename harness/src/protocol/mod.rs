@@ -17,6 +17,7 @@ use detectors::config::{OptimizerConfig, ScheduleConfig};
 use serde::{Deserialize, Serialize};
 
 pub use datasets::DatasetInfo;
+pub use reader::suggest;
 
 /// A hyperparameter value, typed by the method registry (`detectors::methods::spec`).
 /// Floats written as integers (`c = 1`) are stored as floats, so they hash like `c = 1.0`.

@@ -1,18 +1,216 @@
-//! `bench run`: plan -> training runs -> stored results. (Filled by the `bench run` issue.)
-use std::path::PathBuf;
+//! `bench run`: protocol -> plan -> for each pending run: train with periodic validation, select
+//! the model by the protocol's rule (never on a test set), score every test set, store results.
+//!
+//! A run directory counts as complete only when its manifest says so; complete runs are skipped
+//! on a re-run (so a crash or kill loses at most the run in progress), `--force` redoes them.
+pub mod env;
+pub mod progress;
+pub mod train;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::SystemTime;
+
+use anyhow::Context;
 
 use crate::exit::{CliError, Verbosity};
+use crate::plan::{self, Run};
+use crate::results::{self, Failure, GitInfo, Manifest, ReportSpec, ResultsStore, RunStatus, Versions};
+use progress::Progress;
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
     /// Protocol file.
     pub protocol: PathBuf,
+    /// Run only this method (by its name in the protocol); repeatable.
+    #[arg(long = "only", value_name = "METHOD")]
+    pub only: Vec<String>,
+    /// Seeds to run instead of the protocol's, comma-separated (e.g. `--seeds 0` or `--seeds 0,1`).
+    #[arg(long, value_delimiter = ',', value_name = "SEEDS")]
+    pub seeds: Vec<u64>,
+    /// Device instead of the protocol's: `cpu`, `cuda` or `cuda:N`.
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Results root; runs go to `<out>/<protocol>/<run-id>/`.
+    #[arg(long, default_value = "results/runs")]
+    pub out: PathBuf,
+    /// Where the embedded synthetic benchmark is generated and cached.
+    #[arg(long, default_value = "data-cache", value_name = "DIR")]
+    pub data_cache: PathBuf,
+    /// Print the plan with each run's status and exit without training.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Redo runs that are already complete.
+    #[arg(long)]
+    pub force: bool,
+    /// Also store each run's trained weights (`weights.safetensors`).
+    #[arg(long)]
+    pub save_weights: bool,
 }
 
-pub fn cmd_run(args: RunArgs, _v: Verbosity) -> anyhow::Result<ExitCode> {
-    Err(CliError::config(format!("{}: `bench run` is not available in this build yet", args.protocol.display())).into())
+/// Everything a run needs that is shared across the runs of one invocation.
+pub struct RunContext {
+    pub data_cache: PathBuf,
+    pub verbosity: Verbosity,
+    pub save_weights: bool,
+    /// Dataset indexes and decoded-frame caches, built on first use and reused by every run.
+    pub data: train::DataCache,
 }
 
-pub mod env;
-pub mod progress;
+pub fn cmd_run(args: RunArgs, verbosity: Verbosity) -> anyhow::Result<ExitCode> {
+    let mut protocol = plan::load_or_report(&args.protocol)?;
+    if !args.seeds.is_empty() {
+        protocol.seeds = args.seeds.clone();
+    }
+    if let Some(device) = &args.device {
+        protocol.device = device.clone();
+    }
+    let known: BTreeSet<&str> = protocol.methods.iter().map(|m| m.method.name.as_str()).collect();
+    for name in &args.only {
+        if !known.contains(name.as_str()) {
+            let names: Vec<&str> = known.iter().copied().collect();
+            let hint = crate::protocol::suggest(name, names.iter().copied())
+                .first()
+                .map(|s| format!("; did you mean `{s}`?"))
+                .unwrap_or_default();
+            return Err(CliError::config(format!(
+                "--only {name}: no method of that name in {} (methods: {}){hint}",
+                args.protocol.display(),
+                names.join(", ")
+            ))
+            .into());
+        }
+    }
+    let runs: Vec<Run> = plan::expand(&protocol)
+        .into_iter()
+        .filter(|r| args.only.is_empty() || args.only.contains(&r.config.method.name))
+        .collect();
+    let store = ResultsStore::new(&args.out);
+    let pending: Vec<&Run> = runs
+        .iter()
+        .filter(|r| args.force || !results::is_complete(&store.protocol_dir(&protocol.name).join(&r.id)))
+        .collect();
+
+    if args.dry_run {
+        println!("{:<40} {:<12} {:<6} {:<10} status", "run", "method", "seed", "fold");
+        for r in &runs {
+            let done = results::is_complete(&store.protocol_dir(&protocol.name).join(&r.id));
+            let status = if done && !args.force { "complete (skipped)" } else { "pending" };
+            let fold = r.config.fold.as_deref().unwrap_or("-");
+            println!("{:<40} {:<12} {:<6} {:<10} {status}", r.id, r.config.method.name, r.config.seed, fold);
+        }
+        println!("{} runs, {} to do", runs.len(), pending.len());
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    // The device is opened once up front so that asking for CUDA from a CPU build is a
+    // configuration error (exit 2), not a failure of every run.
+    let device = detectors::device::open(&protocol.device)
+        .map_err(|e| CliError::config(format!("{}: device: {e}", args.protocol.display())))?;
+
+    let mut ctx = RunContext {
+        data_cache: args.data_cache.clone(),
+        verbosity,
+        save_weights: args.save_weights,
+        data: train::DataCache::default(),
+    };
+    let mut progress = Progress::new(pending.len(), verbosity);
+    progress.println(&format!(
+        "{}: {} runs, {} complete, {} to do -> {}",
+        protocol.name,
+        runs.len(),
+        runs.len() - pending.len(),
+        pending.len(),
+        store.protocol_dir(&protocol.name).display()
+    ));
+    let report = ReportSpec {
+        baseline: protocol.report.baseline.clone(),
+        tables: protocol.report.tables.clone(),
+        plots: protocol.report.plots.clone(),
+    };
+    let repo_dir = args.protocol.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let git = env::git_state(repo_dir);
+    let mut failed = Vec::new();
+    for run in pending {
+        let run_dir = store.create(&protocol.name, &run.id)?;
+        let mut manifest = new_manifest(run, &report, &device, git.as_ref())?;
+        run_dir.write_manifest(&manifest)?;
+        let outcome = train::execute(run, &run_dir, &device, &mut ctx, &mut progress);
+        manifest.ended = Some(now());
+        match outcome {
+            Ok(out) => {
+                manifest.status = RunStatus::Complete;
+                manifest.skipped_files = out.skipped_files;
+                manifest.notes.extend(out.notes);
+                run_dir.write_manifest(&manifest)?;
+                progress.finish_run("complete");
+            }
+            Err(failure) => {
+                progress.println(&format!(
+                    "run {} failed{}: {}",
+                    run.id,
+                    failure.step.map(|s| format!(" at step {s}")).unwrap_or_default(),
+                    failure.reason
+                ));
+                manifest.status = RunStatus::Failed;
+                manifest.failure = Some(failure);
+                run_dir.write_manifest(&manifest)?;
+                progress.finish_run("failed");
+                failed.push(run.id.clone());
+            }
+        }
+    }
+    progress.finish();
+    if failed.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        Err(CliError::failed(format!("{} run(s) failed: {}", failed.len(), failed.join(", "))).into())
+    }
+}
+
+fn new_manifest(
+    run: &Run,
+    report: &ReportSpec,
+    device: &candle_core::Device,
+    git: Option<&(String, bool)>,
+) -> anyhow::Result<Manifest> {
+    let c = &run.config;
+    let mut m = Manifest::new(
+        run.id.clone(),
+        c.protocol.clone(),
+        c.method.name.clone(),
+        c.method.kind.clone(),
+        c.method.display.clone(),
+        c.model.backbone.clone(),
+        c.seed,
+    );
+    m.fold = c.fold.clone();
+    m.sweep = c.sweep.iter().map(|(k, v)| Ok((k.clone(), serde_json::to_value(v)?))).collect::<serde_json::Result<_>>()?;
+    m.config = serde_json::to_value(c).context("serialising the run configuration")?;
+    m.git = GitInfo { commit: git.map(|g| g.0.clone()), dirty: git.map(|g| g.1) };
+    let mut crates = env::versions();
+    m.versions = Versions {
+        dfbench: crates.remove("dfbench").unwrap_or_default(),
+        candle: crates.remove("candle-core"),
+        rustc: crates.remove("rustc"),
+        crates,
+    };
+    m.device = detectors::device::describe(device);
+    m.host = env::host();
+    m.started = Some(now());
+    m.report = report.clone();
+    if let Some(note) = &c.method.note {
+        m.notes.push(note.clone());
+    }
+    Ok(m)
+}
+
+fn now() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+/// Converts any error of a run into a failure record (the step is unknown here).
+pub fn failure(step: Option<u64>, err: impl std::fmt::Display) -> Failure {
+    Failure { step, reason: err.to_string() }
+}
