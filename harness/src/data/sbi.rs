@@ -285,21 +285,21 @@ fn downscale(x: &mut [f32], w: usize, h: usize, f: usize) {
 fn sharpen(x: &mut [f32], w: usize, h: usize, a: f32, l: f32) {
     let src = x.to_vec();
     let centre = (1.0 - a) + a * (8.0 + l);
+    let xm: Vec<usize> = (0..w).map(|i| reflect101(i as isize - 1, w)).collect();
+    let xp: Vec<usize> = (0..w).map(|i| reflect101(i as isize + 1, w)).collect();
     for y in 0..h {
+        let rows = [reflect101(y as isize - 1, h), y, reflect101(y as isize + 1, h)];
         for xx in 0..w {
+            let cols = [xm[xx], xx, xp[xx]];
             for c in 0..3 {
-                let mut acc = centre * src[3 * (y * w + xx) + c];
-                for dy in -1isize..=1 {
-                    for dx in -1isize..=1 {
-                        if dx == 0 && dy == 0 {
-                            continue;
-                        }
-                        let yy = reflect101(y as isize + dy, h);
-                        let xq = reflect101(xx as isize + dx, w);
-                        acc -= a * src[3 * (yy * w + xq) + c];
+                let mut s9 = 0.0;
+                for &r in &rows {
+                    for &q in &cols {
+                        s9 += src[3 * (r * w + q) + c];
                     }
                 }
-                x[3 * (y * w + xx) + c] = acc.clamp(0.0, 255.0);
+                let v = src[3 * (y * w + xx) + c];
+                x[3 * (y * w + xx) + c] = (centre * v - a * (s9 - v)).clamp(0.0, 255.0);
             }
         }
     }
@@ -325,7 +325,8 @@ fn jpeg_roundtrip(x: &mut [f32], w: usize, h: usize, q: u8) {
 
 /// Rounds and clamps an f32 RGB buffer to an 8-bit image.
 pub fn to_rgb(x: &[f32], w: usize, h: usize) -> RgbImage {
-    let data: Vec<u8> = x.iter().map(|v| v.round().clamp(0.0, 255.0) as u8).collect();
+    // `+ 0.5` then truncation rounds (values are non-negative after the clamp) without libm.
+    let data: Vec<u8> = x.iter().map(|v| (v.clamp(0.0, 255.0) + 0.5) as u8).collect();
     RgbImage::from_raw(w as u32, h as u32, data).expect("buffer size matches")
 }
 
@@ -551,6 +552,67 @@ fn blur_with_kernel(x: &[f32], w: usize, h: usize, g: &[f32]) -> Vec<f32> {
     out
 }
 
+/// Gaussian approximation by three box blurs whose widths give variance sigma^2 (Kovesi 2010),
+/// replicate borders.
+fn box_gauss(x: &[f32], w: usize, h: usize, sigma: f32) -> Vec<f32> {
+    let n = 3.0f32;
+    let ideal = (12.0 * sigma * sigma / n + 1.0).sqrt();
+    let mut wl = ideal.floor() as i64;
+    if wl % 2 == 0 {
+        wl -= 1;
+    }
+    let wl = wl.max(1);
+    let wu = wl + 2;
+    let m = ((12.0 * sigma * sigma - n * (wl * wl) as f32 - 4.0 * n * wl as f32 - 3.0 * n) / (-4.0 * wl as f32 - 4.0))
+        .round()
+        .clamp(0.0, 3.0) as usize;
+    let mut cur = x.to_vec();
+    let mut tmp = vec![0f32; w * h];
+    for pass in 0..3 {
+        let r = (if pass < m { wl } else { wu } as usize) / 2;
+        box_pass(&cur, &mut tmp, w, h, r);
+        std::mem::swap(&mut cur, &mut tmp);
+    }
+    cur
+}
+
+/// One 2-D box blur of radius r (running sums, replicate borders): `src` -> `dst`.
+fn box_pass(src: &[f32], dst: &mut [f32], w: usize, h: usize, r: usize) {
+    if r == 0 {
+        dst.copy_from_slice(src);
+        return;
+    }
+    let inv = 1.0 / (2 * r + 1) as f32;
+    let clamp = |i: isize, n: usize| i.clamp(0, n as isize - 1) as usize;
+    let mut rows = vec![0f32; w * h];
+    for y in 0..h {
+        let row = &src[y * w..(y + 1) * w];
+        let out = &mut rows[y * w..(y + 1) * w];
+        let mut acc: f32 = (-(r as isize)..=r as isize).map(|j| row[clamp(j, w)]).sum();
+        for (xx, o) in out.iter_mut().enumerate() {
+            *o = acc * inv;
+            acc += row[clamp(xx as isize + r as isize + 1, w)] - row[clamp(xx as isize - r as isize, w)];
+        }
+    }
+    let mut acc = vec![0f32; w];
+    for j in -(r as isize)..=r as isize {
+        let yy = clamp(j, h);
+        for (a, v) in acc.iter_mut().zip(&rows[yy * w..(yy + 1) * w]) {
+            *a += v;
+        }
+    }
+    for y in 0..h {
+        for (o, a) in dst[y * w..(y + 1) * w].iter_mut().zip(&acc) {
+            *o = a * inv;
+        }
+        let add = clamp(y as isize + r as isize + 1, h);
+        let sub = clamp(y as isize - r as isize, h);
+        for i in 0..w {
+            acc[i] += rows[add * w + i] - rows[sub * w + i];
+        }
+    }
+}
+
 /// Bilinear resize with half-pixel centres (OpenCV INTER_LINEAR), `c` interleaved channels.
 pub fn resize_bilinear(x: &[f32], w: usize, h: usize, c: usize, nw: usize, nh: usize) -> Vec<f32> {
     if nw == w && nh == h {
@@ -561,13 +623,13 @@ pub fn resize_bilinear(x: &[f32], w: usize, h: usize, c: usize, nw: usize, nh: u
     let xs: Vec<(usize, usize, f32)> = (0..nw)
         .map(|i| {
             let sx = ((i as f32 + 0.5) * fx - 0.5).max(0.0);
-            let x0 = (sx.floor() as usize).min(w - 1);
+            let x0 = (sx as usize).min(w - 1); // sx >= 0: truncation is floor
             (x0, (x0 + 1).min(w - 1), sx - x0 as f32)
         })
         .collect();
     for j in 0..nh {
         let sy = ((j as f32 + 0.5) * fy - 0.5).max(0.0);
-        let y0 = (sy.floor() as usize).min(h - 1);
+        let y0 = (sy as usize).min(h - 1);
         let y1 = (y0 + 1).min(h - 1);
         let ty = sy - y0 as f32;
         for (i, &(x0, x1, tx)) in xs.iter().enumerate() {
@@ -585,24 +647,28 @@ pub fn resize_bilinear(x: &[f32], w: usize, h: usize, c: usize, nw: usize, nh: u
     out
 }
 
-fn sample_bilinear(x: &[f32], w: usize, h: usize, c: usize, sx: f32, sy: f32, ch: usize, replicate: bool) -> f32 {
+/// Bilinear sample of all `c` channels at (sx, sy) into `out`; outside the image: replicate
+/// the border or give 0.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn sample_bilinear(x: &[f32], w: usize, h: usize, c: usize, sx: f32, sy: f32, replicate: bool, out: &mut [f32]) {
     if !replicate && (sx < -0.5 || sy < -0.5 || sx > w as f32 - 0.5 || sy > h as f32 - 0.5) {
-        return 0.0;
+        out.fill(0.0);
+        return;
     }
     let sx = sx.clamp(0.0, (w - 1) as f32);
     let sy = sy.clamp(0.0, (h - 1) as f32);
-    let x0 = sx.floor() as usize;
-    let y0 = sy.floor() as usize;
+    let x0 = sx as usize; // clamped to >= 0: truncation is floor
+    let y0 = sy as usize;
     let x1 = (x0 + 1).min(w - 1);
     let y1 = (y0 + 1).min(h - 1);
     let (tx, ty) = (sx - x0 as f32, sy - y0 as f32);
-    let a = x[(y0 * w + x0) * c + ch];
-    let b = x[(y0 * w + x1) * c + ch];
-    let cc = x[(y1 * w + x0) * c + ch];
-    let d = x[(y1 * w + x1) * c + ch];
-    let top = a + (b - a) * tx;
-    let bot = cc + (d - cc) * tx;
-    top + (bot - top) * ty
+    let (i00, i01, i10, i11) = ((y0 * w + x0) * c, (y0 * w + x1) * c, (y1 * w + x0) * c, (y1 * w + x1) * c);
+    for (ch, o) in out.iter_mut().enumerate() {
+        let top = x[i00 + ch] + (x[i01 + ch] - x[i00 + ch]) * tx;
+        let bot = x[i10 + ch] + (x[i11 + ch] - x[i10 + ch]) * tx;
+        *o = top + (bot - top) * ty;
+    }
 }
 
 /// Scale `sc` about the centre then translate by (tx, ty); replicate or zero borders.
@@ -614,27 +680,28 @@ fn warp_affine(x: &[f32], w: usize, h: usize, c: usize, sc: f32, tx: f32, ty: f3
         let sy = (y as f32 - cy - ty) / sc + cy;
         for xx in 0..w {
             let sx = (xx as f32 - cx - tx) / sc + cx;
-            for ch in 0..c {
-                out[(y * w + xx) * c + ch] = sample_bilinear(x, w, h, c, sx, sy, ch, replicate);
-            }
+            let i = (y * w + xx) * c;
+            sample_bilinear(x, w, h, c, sx, sy, replicate, &mut out[i..i + c]);
         }
     }
     out
 }
 
 /// Elastic deformation: displacement fields of U(-1, 1) noise, Gaussian-smoothed, times alpha.
+/// The smoothing of the noise fields uses three box passes matched to sigma (cost independent of
+/// sigma; the fields are random, so the small difference to a true Gaussian does not matter).
 fn elastic<R: Rng>(mask: &[f32], w: usize, h: usize, alpha: f32, sigma: f32, rng: &mut R) -> Vec<f32> {
-    let k = 2 * (2.5 * sigma).ceil() as usize + 1;
     let mut noise = vec![0f32; w * h];
     noise.iter_mut().for_each(|v| *v = rng.random_range(-1.0f32..=1.0));
-    let dx = gaussian_blur(&noise, w, h, k, sigma);
+    let dx = box_gauss(&noise, w, h, sigma);
     noise.iter_mut().for_each(|v| *v = rng.random_range(-1.0f32..=1.0));
-    let dy = gaussian_blur(&noise, w, h, k, sigma);
+    let dy = box_gauss(&noise, w, h, sigma);
     let mut out = vec![0f32; w * h];
     for y in 0..h {
         for x in 0..w {
             let i = y * w + x;
-            out[i] = sample_bilinear(mask, w, h, 1, x as f32 + alpha * dx[i], y as f32 + alpha * dy[i], 0, false);
+            let (sx, sy) = (x as f32 + alpha * dx[i], y as f32 + alpha * dy[i]);
+            sample_bilinear(mask, w, h, 1, sx, sy, false, &mut out[i..i + 1]);
         }
     }
     out
@@ -673,6 +740,35 @@ mod tests {
         let b = blur_with_kernel(&imp, 11, 11, &opencv_default_kernel(5));
         assert!((b[5 * 11 + 5] - 0.375 * 0.375).abs() < 1e-6);
         assert!((b[3 * 11 + 6] - 0.0625 * 0.25).abs() < 1e-6);
+    }
+
+    #[test]
+    fn box_gauss_matches_gaussian_variance() {
+        for sigma in [3.5f32, 7.0] {
+            let n = 81;
+            let mut imp = vec![0f32; n * n];
+            imp[40 * n + 40] = 1.0;
+            let b = box_gauss(&imp, n, n, sigma);
+            let mass: f32 = b.iter().sum();
+            assert!((mass - 1.0).abs() < 1e-4);
+            let var: f32 = (0..n).map(|x| (x as f32 - 40.0).powi(2) * b[40 * n + x]).sum::<f32>()
+                / (0..n).map(|x| b[40 * n + x]).sum::<f32>();
+            assert!((var.sqrt() - sigma).abs() / sigma < 0.06, "sigma {sigma}: got {}", var.sqrt());
+            assert!(box_gauss(&vec![2.0; 40 * 30], 40, 30, sigma).iter().all(|v| (v - 2.0).abs() < 1e-4));
+        }
+    }
+
+    #[test]
+    fn sharpen_matches_direct_kernel() {
+        let (w, h) = (5, 4);
+        let x: Vec<f32> = (0..w * h * 3).map(|i| ((i * 37) % 251) as f32).collect();
+        let mut y = x.clone();
+        sharpen(&mut y, w, h, 0.3, 0.7);
+        // Interior pixel (2, 1), channel 1, by hand: (1 - a) v + a ((8 + l) v - sum of 8 neighbours).
+        let at = |xx: usize, yy: usize| x[3 * (yy * w + xx) + 1];
+        let nb: f32 = [(1, 0), (2, 0), (3, 0), (1, 1), (3, 1), (1, 2), (2, 2), (3, 2)].iter().map(|&(a, b)| at(a, b)).sum();
+        let want = (0.7 * at(2, 1) + 0.3 * (8.7 * at(2, 1) - nb)).clamp(0.0, 255.0);
+        assert!((y[3 * (w + 2) + 1] - want).abs() < 1e-3);
     }
 
     #[test]
