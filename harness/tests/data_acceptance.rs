@@ -609,3 +609,81 @@ fn data_check_exit_codes() {
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("--root"), "{out}");
 }
+
+// ------------------------------------------------------------------------------------------
+// Landmark files
+
+fn write_npy<T: npyz::AutoSerialize + Copy>(path: &Path, shape: &[u64], vals: &[T]) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let f = std::fs::File::create(path).unwrap();
+    let mut w = npyz::WriteOptions::new().default_dtype().shape(shape).writer(f).begin_nd().unwrap();
+    for v in vals {
+        w.push(v).unwrap();
+    }
+    w.finish().unwrap();
+}
+
+#[test]
+fn landmark_dtypes_shapes_and_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let pts: Vec<(i32, i32)> = (0..81).map(|i| (i, 100 + i)).collect();
+    let i32s: Vec<i32> = pts.iter().flat_map(|p| [p.0, p.1]).collect();
+    write_npy(&d.join("a.npy"), &[81, 2], &i32s);
+    let f64s: Vec<f64> = i32s.iter().map(|&v| v as f64 + 0.5).collect();
+    write_npy(&d.join("b.npy"), &[81, 2], &f64s);
+    write_npy(&d.join("c.npy"), &[68, 2], &i32s[..136].iter().map(|&v| v as i64).collect::<Vec<_>>());
+    write_npy(&d.join("bad_shape.npy"), &[54, 3], &i32s[..162]);
+    write_npy(&d.join("bad_type.npy"), &[81, 2], &i32s.iter().map(|&v| v as u8).collect::<Vec<_>>());
+    std::fs::write(d.join("garbage.npy"), b"not an npy file at all").unwrap();
+
+    let a = load_landmarks(&d.join("a.npy")).unwrap();
+    assert_eq!((a.len(), a[3], a[80]), (81, [3.0, 103.0], [80.0, 180.0]));
+    assert_eq!(load_landmarks(&d.join("b.npy")).unwrap()[5], [5.5, 105.5]);
+    let c = load_landmarks(&d.join("c.npy")).unwrap();
+    assert_eq!((c.len(), c[67]), (68, [67.0, 167.0]));
+    for (name, what) in [("bad_shape.npy", "shape"), ("bad_type.npy", "not supported"), ("garbage.npy", "npy")] {
+        let e = format!("{:#}", load_landmarks(&d.join(name)).unwrap_err());
+        assert!(e.contains(name) && e.contains(what), "{e}");
+    }
+}
+
+#[test]
+fn unreadable_landmarks_fall_back_and_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = dir.path();
+    write_png(&r.join("D/real/v/0.png"), &face_image(64, 1));
+    std::fs::create_dir_all(r.join("landmarks/D/real/v")).unwrap();
+    std::fs::write(r.join("landmarks/D/real/v/0.npy"), b"broken").unwrap();
+    let idx = Index::from_root(r, &IndexOptions::default()).unwrap().select(&Selection::new().split(Split::Train));
+    assert!(idx.entries[0].landmark_path.is_some());
+    let store = FrameStore::new(cfg(32, FailurePolicy::Fail)).unwrap();
+    let mut s = TrainStream::sbi(store.clone(), &idx, 2, 4).unwrap();
+    for _ in 0..3 {
+        let (x, y) = tensor_bytes(&s.next_batch().unwrap());
+        assert_eq!(y, vec![0.0, 1.0]);
+        assert!(x.iter().all(|v| v.is_finite()));
+    }
+    let st = store.stats();
+    assert_eq!((st.sbi_samples, st.sbi_fallbacks, st.landmark_errors), (3, 3, 3));
+    // `bench data check` reports the file.
+    let (code, out) = bench(&["data", "check", r.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("unreadable landmark files") && out.contains("0.npy"), "{out}");
+}
+
+#[test]
+fn check_reports_a_short_video_once_across_splits() {
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..2 {
+        write_png(&dir.path().join(format!("U/real/v/{i}.png")), &face_image(16, i));
+    }
+    let idx = Index::from_root(dir.path(), &IndexOptions::default()).unwrap();
+    let rep = harness::data::check::check_index(&idx, Some(3), true);
+    assert_eq!(rep.short_videos.len(), 1);
+    assert_eq!(rep.short_videos[0].2, Split::ALL.to_vec());
+    assert_eq!(rep.short_videos[0].3, 2);
+    assert!(rep.unreadable.is_empty());
+    assert_eq!(rep.missing_landmarks.len(), 2); // each frame once, not once per split
+    assert_eq!(rep.problems(), 1);
+}

@@ -38,8 +38,10 @@ pub struct CheckArgs {
 pub struct CheckReport {
     /// (dataset, label, split) -> (videos, frames).
     pub counts: BTreeMap<(String, String, Split), (usize, usize)>,
-    /// Videos with fewer frames than asked: (video, split, frames found).
-    pub short_videos: Vec<(VideoKey, Split, usize)>,
+    /// Videos with fewer frames than asked: (video, compression, the splits listing it, frames
+    /// found). A video listed in several splits (DFD, UADFV, folder trees without split
+    /// folders) is reported once.
+    pub short_videos: Vec<(VideoKey, Option<String>, Vec<Split>, usize)>,
     /// Frames that are missing or do not decode, with the reason.
     pub unreadable: Vec<(PathBuf, String)>,
     /// Frames without a landmark file (frame paths).
@@ -79,12 +81,17 @@ impl CheckReport {
 pub fn check_index(index: &Index, frames: Option<usize>, allow_missing_landmarks: bool) -> CheckReport {
     let mut rep = CheckReport { counts: index.counts(), allow_missing_landmarks, ..Default::default() };
     if let Some(n) = frames {
-        let mut per_video: BTreeMap<(VideoKey, Split, Option<String>), usize> = BTreeMap::new();
+        let mut per_video: BTreeMap<(VideoKey, Option<String>), BTreeMap<Split, usize>> = BTreeMap::new();
         for e in &index.entries {
-            *per_video.entry((e.video_key(), e.split, e.compression.clone())).or_default() += 1;
+            *per_video.entry((e.video_key(), e.compression.clone())).or_default().entry(e.split).or_default() += 1;
         }
-        rep.short_videos =
-            per_video.into_iter().filter(|(_, c)| *c < n).map(|((k, s, _), c)| (k, s, c)).collect();
+        for ((k, comp), splits) in per_video {
+            // The same video in several splits has the same frames; report the smallest count.
+            let found = splits.values().copied().min().unwrap_or(0);
+            if found < n {
+                rep.short_videos.push((k, comp, splits.into_keys().collect(), found));
+            }
+        }
     }
     // A frame listed in several splits is decoded once.
     let paths: Vec<&Path> =
@@ -202,7 +209,14 @@ fn render(rep: &CheckReport, v: Verbosity) -> String {
     list("missing or unreadable frames", rep.unreadable.iter().map(|(p, w)| format!("{}: {w}", p.display())).collect());
     list(
         "videos with too few frames",
-        rep.short_videos.iter().map(|(k, sp, n)| format!("{k} [{}]: {n} frames", sp.as_str())).collect(),
+        rep.short_videos
+            .iter()
+            .map(|(k, comp, sp, n)| {
+                let sp: Vec<&str> = sp.iter().map(|s| s.as_str()).collect();
+                let comp = comp.as_deref().map(|c| format!(" {c}")).unwrap_or_default();
+                format!("{k}{comp} [{}]: {n} frames", sp.join(", "))
+            })
+            .collect(),
     );
     let title = if rep.allow_missing_landmarks { "frames without landmarks (allowed)" } else { "frames without landmarks" };
     list(title, rep.missing_landmarks

@@ -47,7 +47,7 @@ pub enum FailurePolicy {
 /// Loader settings.
 #[derive(Debug, Clone)]
 pub struct LoaderConfig {
-    /// Frames are resized to `resolution x resolution` (bilinear) when they differ.
+    /// Frames are resized to `resolution x resolution` (bilinear) when they differ (16..=4096).
     pub resolution: u32,
     /// Per-channel normalisation `(x / 255 - mean) / std`, RGB order.
     pub mean: [f32; 3],
@@ -114,8 +114,8 @@ pub struct FrameStore {
 
 impl FrameStore {
     pub fn new(cfg: LoaderConfig) -> Result<Arc<FrameStore>> {
-        if cfg.resolution == 0 {
-            bail!("loader: resolution must be at least 1 pixel");
+        if !(16..=4096).contains(&cfg.resolution) {
+            bail!("loader: resolution must be between 16 and 4096 pixels (got {})", cfg.resolution);
         }
         if cfg.std.iter().any(|s| !(s.is_finite() && *s > 0.0)) || cfg.mean.iter().any(|m| !m.is_finite()) {
             bail!("loader: normalisation std must be finite and positive, mean finite (got mean {:?}, std {:?})", cfg.mean, cfg.std);

@@ -81,6 +81,7 @@ pub struct SbiSample {
 pub const RATIOS: [f32; 6] = [0.25, 0.5, 0.75, 1.0, 1.0, 1.0];
 
 /// Full SBI pipeline (steps 1-7). `landmarks` are (x, y) in the image's pixel coordinates.
+/// Panics on an image smaller than 8x8 (a caller bug; the loader enforces 16 px at least).
 pub fn self_blend<R: Rng>(img: &RgbImage, landmarks: Option<&[[f32; 2]]>, rng: &mut R) -> SbiSample {
     let st = blend_stage(img, landmarks, rng);
     let (w, h) = (st.width, st.height);
@@ -100,6 +101,8 @@ pub fn self_blend<R: Rng>(img: &RgbImage, landmarks: Option<&[[f32; 2]]>, rng: &
 /// Steps 1-6.
 pub fn blend_stage<R: Rng>(img: &RgbImage, landmarks: Option<&[[f32; 2]]>, rng: &mut R) -> BlendStage {
     let (w, h) = (img.width() as usize, img.height() as usize);
+    // Precondition (the loader guarantees it: resolution >= 16): masks and kernels need room.
+    assert!(w >= 8 && h >= 8, "SBI needs an image of at least 8x8 pixels, got {w}x{h}");
     let s = (w.min(h) as f32 / 256.0).max(1e-3);
     let mut target: Vec<f32> = img.as_raw().iter().map(|&v| v as f32).collect();
 
