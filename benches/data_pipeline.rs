@@ -40,7 +40,9 @@ fn bench(c: &mut Criterion) {
         let img = face(size);
         let png = dir.join(format!("{size}.png"));
         img.save(&png).unwrap();
-        g.bench_function(format!("decode_png_{size}"), |b| b.iter(|| black_box(decode_frame(&png, size).unwrap())));
+        g.bench_function(format!("decode_png_{size}"), |b| {
+            b.iter(|| black_box(decode_frame(&png, size).unwrap()))
+        });
         let lm = landmarks(size as f32);
         let mut seed = 0u64;
         g.bench_function(format!("sbi_{size}"), |b| {

@@ -4,7 +4,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use harness::data::index::{Index, IndexOptions, Selection, Split, is_real_label, linspace_indices};
-use harness::data::loader::{EvalStream, FailurePolicy, FrameStore, LoaderConfig, TrainStream, load_landmarks};
+use harness::data::loader::{
+    EvalStream, FailurePolicy, FrameStore, LoaderConfig, TrainStream, load_landmarks,
+};
 use harness::data::sbi::{self, HullVariant, RATIOS};
 use image::{Rgb, RgbImage};
 use npyz::WriterBuilder;
@@ -83,7 +85,8 @@ fn write_png(path: &Path, img: &RgbImage) {
 fn write_npy_i64(path: &Path, pts: &[[f32; 2]]) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     let f = std::fs::File::create(path).unwrap();
-    let mut w = npyz::WriteOptions::new().default_dtype().shape(&[pts.len() as u64, 2]).writer(f).begin_nd().unwrap();
+    let mut w =
+        npyz::WriteOptions::new().default_dtype().shape(&[pts.len() as u64, 2]).writer(f).begin_nd().unwrap();
     for p in pts {
         w.push(&(p[0].round() as i64)).unwrap();
         w.push(&(p[1].round() as i64)).unwrap();
@@ -94,7 +97,8 @@ fn write_npy_i64(path: &Path, pts: &[[f32; 2]]) {
 fn write_npy_f32(path: &Path, pts: &[[f32; 2]]) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     let f = std::fs::File::create(path).unwrap();
-    let mut w = npyz::WriteOptions::new().default_dtype().shape(&[pts.len() as u64, 2]).writer(f).begin_nd().unwrap();
+    let mut w =
+        npyz::WriteOptions::new().default_dtype().shape(&[pts.len() as u64, 2]).writer(f).begin_nd().unwrap();
     for p in pts {
         w.push(&p[0]).unwrap();
         w.push(&p[1]).unwrap();
@@ -117,29 +121,36 @@ fn ff_fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_path_buf();
     let lm = face_landmarks(FRAME_PX as f32);
-    let write_video = |base: &str, video: &str, n: usize, tint: u8, with_mask: bool, missing_lm: Option<usize>| {
-        let mut frames = Vec::new();
-        let mut masks = Vec::new();
-        for i in 0..n {
-            let name = format!("{:03}", i * 7);
-            let rel = format!("{base}\\frames\\{video}\\{name}.png");
-            write_png(&root.join(rel.replace('\\', "/")), &face_image(FRAME_PX, tint.wrapping_add(i as u8 * 3)));
-            if missing_lm != Some(i * 7) {
-                let b = base.replace('\\', "/");
-                write_npy_i64(&root.join(format!("{b}/landmarks/{video}/{name}.npy")), &lm);
+    let write_video =
+        |base: &str, video: &str, n: usize, tint: u8, with_mask: bool, missing_lm: Option<usize>| {
+            let mut frames = Vec::new();
+            let mut masks = Vec::new();
+            for i in 0..n {
+                let name = format!("{:03}", i * 7);
+                let rel = format!("{base}\\frames\\{video}\\{name}.png");
+                write_png(
+                    &root.join(rel.replace('\\', "/")),
+                    &face_image(FRAME_PX, tint.wrapping_add(i as u8 * 3)),
+                );
+                if missing_lm != Some(i * 7) {
+                    let b = base.replace('\\', "/");
+                    write_npy_i64(&root.join(format!("{b}/landmarks/{video}/{name}.npy")), &lm);
+                }
+                if with_mask {
+                    let mrel = format!("{base}\\masks\\{video}\\{name}.png");
+                    write_png(
+                        &root.join(mrel.replace('\\', "/")),
+                        &RgbImage::from_pixel(FRAME_PX, FRAME_PX, Rgb([255; 3])),
+                    );
+                    masks.push(mrel);
+                }
+                frames.push(rel);
             }
-            if with_mask {
-                let mrel = format!("{base}\\masks\\{video}\\{name}.png");
-                write_png(&root.join(mrel.replace('\\', "/")), &RgbImage::from_pixel(FRAME_PX, FRAME_PX, Rgb([255; 3])));
-                masks.push(mrel);
-            }
-            frames.push(rel);
-        }
-        // Listed out of order: the index must sort naturally before spreading.
-        frames.reverse();
-        masks.reverse();
-        (frames, masks)
-    };
+            // Listed out of order: the index must sort naturally before spreading.
+            frames.reverse();
+            masks.reverse();
+            (frames, masks)
+        };
     let real = "FaceForensics++\\original_sequences\\youtube\\c23";
     let fake = "FaceForensics++\\manipulated_sequences\\Deepfakes\\c23";
     let (f1, _) = write_video(real, "001", 10, 10, false, Some(21));
@@ -187,7 +198,8 @@ fn json_index_counts_labels_spreading_and_side_paths() {
     // 001: 4 of 10 spread; 002: 2 (short); 001_002: 4 of 10.
     assert_eq!(train.len(), 10);
     assert_eq!(idx.select(&Selection::new().split(Split::Test)).len(), 3);
-    let v001: Vec<&str> = train.entries.iter().filter(|e| e.video == "001").map(|e| e.frame.as_str()).collect();
+    let v001: Vec<&str> =
+        train.entries.iter().filter(|e| e.video == "001").map(|e| e.frame.as_str()).collect();
     // linspace(0, 9, 4) = [0, 3, 6, 9] over frames named 7 * i.
     assert_eq!(v001, ["000.png", "021.png", "042.png", "063.png"]);
     assert_eq!(linspace_indices(10, 4), vec![0, 3, 6, 9]);
@@ -200,7 +212,10 @@ fn json_index_counts_labels_spreading_and_side_paths() {
         assert_eq!(e.dataset, "FaceForensics++");
         assert_eq!(e.compression.as_deref(), Some("c23"));
         if e.video == "001_002" {
-            assert_eq!((e.label, e.label_name.as_str(), e.manipulation.as_deref()), (1, "FF-DF", Some("FF-DF")));
+            assert_eq!(
+                (e.label, e.label_name.as_str(), e.manipulation.as_deref()),
+                (1, "FF-DF", Some("FF-DF"))
+            );
             let m = e.mask_path.as_ref().expect("fake has a mask");
             assert!(m.ends_with("Deepfakes/c23/masks/001_002/".to_string() + &e.frame));
         } else {
@@ -242,7 +257,10 @@ fn json_errors_name_file_and_key_path() {
     )
     .unwrap();
     let e = format!("{:#}", Index::from_json(&p, dir.path(), &IndexOptions::default()).unwrap_err());
-    assert!(e.contains("bad.json") && e.contains(r#"["v1"]["frames"][1]"#) && e.contains("expected a string"), "{e}");
+    assert!(
+        e.contains("bad.json") && e.contains(r#"["v1"]["frames"][1]"#) && e.contains("expected a string"),
+        "{e}"
+    );
 
     std::fs::write(&p, r#"{"X": {"X_real": {"training": {}}}}"#).unwrap();
     let e = format!("{:#}", Index::from_json(&p, dir.path(), &IndexOptions::default()).unwrap_err());
@@ -255,7 +273,10 @@ fn json_errors_name_file_and_key_path() {
     )
     .unwrap();
     let e = format!("{:#}", Index::from_json(&p, dir.path(), &IndexOptions::default()).unwrap_err());
-    assert!(e.contains("bad.json") && e.contains("escapes the data root") && e.contains("[\"frames\"][0]"), "{e}");
+    assert!(
+        e.contains("bad.json") && e.contains("escapes the data root") && e.contains("[\"frames\"][0]"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -282,10 +303,21 @@ fn folder_tree_index() {
         // 2 of a, 2 of b, 1 of c.
         assert_eq!(sub.len(), 5, "{s}");
     }
-    let a: Vec<&str> = uadfv.entries.iter().filter(|e| e.video == "a" && e.split == Split::Train).map(|e| e.frame.as_str()).collect();
+    let a: Vec<&str> = uadfv
+        .entries
+        .iter()
+        .filter(|e| e.video == "a" && e.split == Split::Train)
+        .map(|e| e.frame.as_str())
+        .collect();
     assert_eq!(a, ["000.png", "002.png"]); // linspace(0, 2, 2) = [0, 2]
     assert!(uadfv.entries.iter().filter(|e| e.video == "c").all(|e| e.label == 0));
-    assert!(uadfv.entries.iter().filter(|e| e.video == "b").all(|e| e.label == 1 && e.manipulation.as_deref() == Some("fake")));
+    assert!(
+        uadfv
+            .entries
+            .iter()
+            .filter(|e| e.video == "b")
+            .all(|e| e.label == 1 && e.manipulation.as_deref() == Some("fake"))
+    );
     assert_eq!(uadfv.entries.iter().filter(|e| e.landmark_path.is_some()).count(), 0); // 001 not kept for a
     let idx_all = Index::from_root(r, &IndexOptions::default()).unwrap();
     assert_eq!(idx_all.entries.iter().filter(|e| e.landmark_path.is_some()).count(), 3); // once per split
@@ -307,7 +339,9 @@ fn tensors_have_shape_and_normalisation() {
     for (i, c) in [[255u8, 0, 128], [0, 255, 64]].iter().enumerate() {
         write_png(&dir.path().join(format!("D/real/v{i}/000.png")), &RgbImage::from_pixel(24, 24, Rgb(*c)));
     }
-    let idx = Index::from_root(dir.path(), &IndexOptions::default()).unwrap().select(&Selection::new().split(Split::Test));
+    let idx = Index::from_root(dir.path(), &IndexOptions::default())
+        .unwrap()
+        .select(&Selection::new().split(Split::Test));
     let mut c = cfg(16, FailurePolicy::Fail);
     c.mean = [0.5, 0.4, 0.3];
     c.std = [0.5, 0.25, 0.2];
@@ -340,7 +374,9 @@ fn truncated_fixture() -> (tempfile::TempDir, Index, PathBuf) {
     let bad = dir.path().join("D/real/v/002.png");
     let bytes = std::fs::read(&bad).unwrap();
     std::fs::write(&bad, &bytes[..bytes.len() / 2]).unwrap();
-    let idx = Index::from_root(dir.path(), &IndexOptions::default()).unwrap().select(&Selection::new().split(Split::Test));
+    let idx = Index::from_root(dir.path(), &IndexOptions::default())
+        .unwrap()
+        .select(&Selection::new().split(Split::Test));
     (dir, idx, bad)
 }
 
@@ -426,7 +462,9 @@ fn sbi_stream_counts_fallbacks() {
     for i in 0..3 {
         write_png(&dir.path().join(format!("D/real/v/{i}.png")), &face_image(64, i * 20));
     }
-    let idx = Index::from_root(dir.path(), &IndexOptions::default()).unwrap().select(&Selection::new().split(Split::Train));
+    let idx = Index::from_root(dir.path(), &IndexOptions::default())
+        .unwrap()
+        .select(&Selection::new().split(Split::Train));
     let store = FrameStore::new(cfg(32, FailurePolicy::Fail)).unwrap();
     let mut s = TrainStream::sbi(store.clone(), &idx, 4, 0).unwrap();
     let b = s.next_batch().unwrap();
@@ -551,7 +589,8 @@ fn sbi_fallback_and_never_empty_mask() {
             jpeg_seen |= s.jpeg_quality.is_some_and(|q| (40..=100).contains(&q));
         }
         // A tiny but valid hull never yields an empty mask either.
-        let tiny: Vec<[f32; 2]> = face_landmarks(48.0).iter().map(|p| [20.0 + p[0] * 0.05, 20.0 + p[1] * 0.05]).collect();
+        let tiny: Vec<[f32; 2]> =
+            face_landmarks(48.0).iter().map(|p| [20.0 + p[0] * 0.05, 20.0 + p[1] * 0.05]).collect();
         let st = sbi::blend_stage(&img, Some(&tiny), &mut ChaCha8Rng::seed_from_u64(seed));
         assert!(st.mask.iter().sum::<f32>() > 0.0);
     }
@@ -596,7 +635,8 @@ fn data_check_exit_codes() {
     assert_eq!(code, 0, "{out}");
     let bad = fx.root.join("FaceForensics++/original_sequences/youtube/c23/frames/002/007.png");
     std::fs::write(&bad, b"\x89PNG\r\n\x1a\n trunc").unwrap();
-    let (code, out) = bench(&["data", "check", fx.json.to_str().unwrap(), "--root", r, "--allow-missing-landmarks"]);
+    let (code, out) =
+        bench(&["data", "check", fx.json.to_str().unwrap(), "--root", r, "--allow-missing-landmarks"]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("unreadable") && out.contains("002/007.png"), "{out}");
 
@@ -642,7 +682,9 @@ fn landmark_dtypes_shapes_and_errors() {
     assert_eq!(load_landmarks(&d.join("b.npy")).unwrap()[5], [5.5, 105.5]);
     let c = load_landmarks(&d.join("c.npy")).unwrap();
     assert_eq!((c.len(), c[67]), (68, [67.0, 167.0]));
-    for (name, what) in [("bad_shape.npy", "shape"), ("bad_type.npy", "not supported"), ("garbage.npy", "npy")] {
+    for (name, what) in
+        [("bad_shape.npy", "shape"), ("bad_type.npy", "not supported"), ("garbage.npy", "npy")]
+    {
         let e = format!("{:#}", load_landmarks(&d.join(name)).unwrap_err());
         assert!(e.contains(name) && e.contains(what), "{e}");
     }
@@ -655,7 +697,8 @@ fn unreadable_landmarks_fall_back_and_are_counted() {
     write_png(&r.join("D/real/v/0.png"), &face_image(64, 1));
     std::fs::create_dir_all(r.join("landmarks/D/real/v")).unwrap();
     std::fs::write(r.join("landmarks/D/real/v/0.npy"), b"broken").unwrap();
-    let idx = Index::from_root(r, &IndexOptions::default()).unwrap().select(&Selection::new().split(Split::Train));
+    let idx =
+        Index::from_root(r, &IndexOptions::default()).unwrap().select(&Selection::new().split(Split::Train));
     assert!(idx.entries[0].landmark_path.is_some());
     let store = FrameStore::new(cfg(32, FailurePolicy::Fail)).unwrap();
     let mut s = TrainStream::sbi(store.clone(), &idx, 2, 4).unwrap();

@@ -73,7 +73,11 @@ impl CheckReport {
         if !self.bad_landmarks.is_empty() {
             parts.push(format!("{} unreadable landmark files", self.bad_landmarks.len()));
         }
-        if parts.is_empty() { "no problems found".into() } else { format!("data check failed: {}", parts.join(", ")) }
+        if parts.is_empty() {
+            "no problems found".into()
+        } else {
+            format!("data check failed: {}", parts.join(", "))
+        }
     }
 }
 
@@ -83,7 +87,11 @@ pub fn check_index(index: &Index, frames: Option<usize>, allow_missing_landmarks
     if let Some(n) = frames {
         let mut per_video: BTreeMap<(VideoKey, Option<String>), BTreeMap<Split, usize>> = BTreeMap::new();
         for e in &index.entries {
-            *per_video.entry((e.video_key(), e.compression.clone())).or_default().entry(e.split).or_default() += 1;
+            *per_video
+                .entry((e.video_key(), e.compression.clone()))
+                .or_default()
+                .entry(e.split)
+                .or_default() += 1;
         }
         for ((k, comp), splits) in per_video {
             // The same video in several splits has the same frames; report the smallest count.
@@ -99,9 +107,9 @@ pub fn check_index(index: &Index, frames: Option<usize>, allow_missing_landmarks
     let mut unreadable: Vec<(PathBuf, String)> = paths
         .par_iter()
         .filter_map(|p| {
-            let r = std::fs::read(p)
-                .map_err(|e| format!("cannot read: {e}"))
-                .and_then(|b| image::load_from_memory(&b).map(|_| ()).map_err(|e| format!("cannot decode: {e}")));
+            let r = std::fs::read(p).map_err(|e| format!("cannot read: {e}")).and_then(|b| {
+                image::load_from_memory(&b).map(|_| ()).map_err(|e| format!("cannot decode: {e}"))
+            });
             r.err().map(|why| (p.to_path_buf(), why))
         })
         .collect();
@@ -121,8 +129,10 @@ pub fn check_index(index: &Index, frames: Option<usize>, allow_missing_landmarks
     }
     rep.missing_landmarks = missing.into_iter().collect();
     let lms: Vec<&Path> = lms.into_iter().collect();
-    let mut bad: Vec<(PathBuf, String)> =
-        lms.par_iter().filter_map(|p| load_landmarks(p).err().map(|e| (p.to_path_buf(), format!("{e:#}")))).collect();
+    let mut bad: Vec<(PathBuf, String)> = lms
+        .par_iter()
+        .filter_map(|p| load_landmarks(p).err().map(|e| (p.to_path_buf(), format!("{e:#}"))))
+        .collect();
     bad.sort();
     rep.bad_landmarks = bad;
     rep
@@ -164,8 +174,11 @@ pub fn index_target(target: &Path, root: Option<&Path>) -> anyhow::Result<Index>
         }
         return Index::from_json(target, &root, &opts).map_err(|e| CliError::failed(format!("{e:#}")).into());
     }
-    Err(CliError::config(format!("{}: no such file or directory (expected a data root or a dataset JSON)", target.display()))
-        .into())
+    Err(CliError::config(format!(
+        "{}: no such file or directory (expected a data root or a dataset JSON)",
+        target.display()
+    ))
+    .into())
 }
 
 pub fn cmd_check(args: CheckArgs, v: Verbosity) -> anyhow::Result<ExitCode> {
@@ -206,7 +219,10 @@ fn render(rep: &CheckReport, v: Verbosity) -> String {
             let _ = writeln!(s, "  ... and {} more (-v lists all)", items.len() - limit);
         }
     };
-    list("missing or unreadable frames", rep.unreadable.iter().map(|(p, w)| format!("{}: {w}", p.display())).collect());
+    list(
+        "missing or unreadable frames",
+        rep.unreadable.iter().map(|(p, w)| format!("{}: {w}", p.display())).collect(),
+    );
     list(
         "videos with too few frames",
         rep.short_videos
@@ -218,14 +234,24 @@ fn render(rep: &CheckReport, v: Verbosity) -> String {
             })
             .collect(),
     );
-    let title = if rep.allow_missing_landmarks { "frames without landmarks (allowed)" } else { "frames without landmarks" };
-    list(title, rep.missing_landmarks
+    let title = if rep.allow_missing_landmarks {
+        "frames without landmarks (allowed)"
+    } else {
+        "frames without landmarks"
+    };
+    list(
+        title,
+        rep.missing_landmarks
             .iter()
             .map(|p| match landmark_path_for(p) {
                 Some(l) => format!("{} (no {})", p.display(), l.display()),
                 None => p.display().to_string(),
             })
-            .collect());
-    list("unreadable landmark files", rep.bad_landmarks.iter().map(|(p, w)| format!("{}: {w}", p.display())).collect());
+            .collect(),
+    );
+    list(
+        "unreadable landmark files",
+        rep.bad_landmarks.iter().map(|(p, w)| format!("{}: {w}", p.display())).collect(),
+    );
     s
 }

@@ -115,7 +115,11 @@ pub struct FrameEntry {
 
 impl FrameEntry {
     pub fn video_key(&self) -> VideoKey {
-        VideoKey { dataset: self.dataset.clone(), label_name: self.label_name.clone(), video: self.video.clone() }
+        VideoKey {
+            dataset: self.dataset.clone(),
+            label_name: self.label_name.clone(),
+            video: self.video.clone(),
+        }
     }
 }
 
@@ -233,7 +237,8 @@ impl Index {
 
     /// Reads one DeepfakeBench dataset JSON; relative frame paths resolve against `root`.
     pub fn from_json(json: &Path, root: &Path, opts: &IndexOptions) -> Result<Index> {
-        let text = std::fs::read_to_string(json).with_context(|| format!("{}: cannot read", json.display()))?;
+        let text =
+            std::fs::read_to_string(json).with_context(|| format!("{}: cannot read", json.display()))?;
         let value: Value =
             serde_json::from_str(&text).map_err(|e| anyhow!("{}: invalid JSON: {e}", json.display()))?;
         Index::from_json_value(&value, json, root, opts)
@@ -246,7 +251,8 @@ impl Index {
         let mut out = Index::default();
         for (dataset, labels) in top {
             let kp = format!("$[{dataset:?}]");
-            let labels = labels.as_object().ok_or_else(|| err(&kp, "expected an object {label: {...}}".into()))?;
+            let labels =
+                labels.as_object().ok_or_else(|| err(&kp, "expected an object {label: {...}}".into()))?;
             for (label_key, splits) in labels {
                 let kp = format!("{kp}[{label_key:?}]");
                 let splits =
@@ -281,13 +287,17 @@ impl Index {
                             let label_name = match vobj.get("label") {
                                 None => label_key.clone(),
                                 Some(Value::String(s)) => s.clone(),
-                                Some(_) => return Err(err(&format!("{kp}[\"label\"]"), "expected a string".into())),
+                                Some(_) => {
+                                    return Err(err(&format!("{kp}[\"label\"]"), "expected a string".into()));
+                                }
                             };
                             let frames = vobj
                                 .get("frames")
                                 .ok_or_else(|| err(&kp, "missing key \"frames\"".into()))?
                                 .as_array()
-                                .ok_or_else(|| err(&format!("{kp}[\"frames\"]"), "expected an array".into()))?;
+                                .ok_or_else(|| {
+                                    err(&format!("{kp}[\"frames\"]"), "expected an array".into())
+                                })?;
                             let masks = match vobj.get("masks") {
                                 None | Some(Value::Null) => None,
                                 Some(Value::Array(a)) => Some(a),
@@ -298,10 +308,14 @@ impl Index {
                             let mut items = Vec::with_capacity(frames.len());
                             for (i, f) in frames.iter().enumerate() {
                                 let fkp = format!("{kp}[\"frames\"][{i}]");
-                                let s = f.as_str().ok_or_else(|| err(&fkp, "expected a string path".into()))?;
+                                let s =
+                                    f.as_str().ok_or_else(|| err(&fkp, "expected a string path".into()))?;
                                 let (path, parts) = resolve(root, s).map_err(|e| err(&fkp, e))?;
                                 if parts.len() < 2 {
-                                    return Err(err(&fkp, format!("{s:?}: expected <video>/<frame> at least")));
+                                    return Err(err(
+                                        &fkp,
+                                        format!("{s:?}: expected <video>/<frame> at least"),
+                                    ));
                                 }
                                 let mask = match masks.and_then(|m| m.get(i)) {
                                     Some(Value::String(m)) => Some(
@@ -371,7 +385,8 @@ impl Index {
         let mut out = Index::default();
         for dataset_dir in sorted_dirs(root)? {
             let dataset = file_name(&dataset_dir);
-            if matches!(dataset.as_str(), "landmarks" | "masks" | "dataset_json") || dataset.starts_with('.') {
+            if matches!(dataset.as_str(), "landmarks" | "masks" | "dataset_json") || dataset.starts_with('.')
+            {
                 continue;
             }
             let split_dirs: Vec<PathBuf> = sorted_dirs(&dataset_dir)?
@@ -381,7 +396,10 @@ impl Index {
             let groups: Vec<(PathBuf, Vec<Split>)> = if split_dirs.is_empty() {
                 vec![(dataset_dir.clone(), Split::ALL.to_vec())]
             } else {
-                split_dirs.into_iter().map(|d| (d.clone(), vec![Split::parse(&file_name(&d)).unwrap()])).collect()
+                split_dirs
+                    .into_iter()
+                    .map(|d| (d.clone(), vec![Split::parse(&file_name(&d)).unwrap()]))
+                    .collect()
             };
             for (base, splits) in groups {
                 for label_dir in sorted_dirs(&base)? {
@@ -479,7 +497,10 @@ impl Index {
 
     /// The entries for which `keep` is true.
     pub fn filter(&self, keep: impl Fn(&FrameEntry) -> bool) -> Index {
-        Index { entries: self.entries.iter().filter(|e| keep(e)).cloned().collect(), short_videos: Vec::new() }
+        Index {
+            entries: self.entries.iter().filter(|e| keep(e)).cloned().collect(),
+            short_videos: Vec::new(),
+        }
     }
 
     pub fn reals(&self) -> Index {
@@ -495,7 +516,12 @@ impl Index {
     }
     /// Distinct manipulations (fake label names), sorted.
     pub fn manipulations(&self) -> Vec<String> {
-        self.entries.iter().filter_map(|e| e.manipulation.clone()).collect::<BTreeSet<_>>().into_iter().collect()
+        self.entries
+            .iter()
+            .filter_map(|e| e.manipulation.clone())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect()
     }
 
     /// Entry indices per video, keyed on (dataset, label, video), in index order within a video.
@@ -510,7 +536,8 @@ impl Index {
 
     /// Frame counts per (dataset, label name, split).
     pub fn counts(&self) -> BTreeMap<(String, String, Split), (usize, usize)> {
-        let mut videos: BTreeMap<(String, String, Split), BTreeSet<(Option<String>, String)>> = BTreeMap::new();
+        let mut videos: BTreeMap<(String, String, Split), BTreeSet<(Option<String>, String)>> =
+            BTreeMap::new();
         let mut frames: BTreeMap<(String, String, Split), usize> = BTreeMap::new();
         for e in &self.entries {
             let k = (e.dataset.clone(), e.label_name.clone(), e.split);
@@ -558,7 +585,9 @@ fn resolve(root: &Path, raw: &str) -> std::result::Result<(PathBuf, Vec<String>)
     let absolute = raw.starts_with('/') || raw.starts_with('\\');
     let bytes = raw.as_bytes();
     if bytes.len() >= 2 && bytes[1] == b':' && bytes[0].is_ascii_alphabetic() {
-        return Err(format!("{raw:?}: a Windows drive path cannot be resolved here; make it relative to the data root"));
+        return Err(format!(
+            "{raw:?}: a Windows drive path cannot be resolved here; make it relative to the data root"
+        ));
     }
     let parts: Vec<String> =
         raw.split(['\\', '/']).filter(|s| !s.is_empty() && *s != ".").map(str::to_string).collect();
@@ -659,7 +688,10 @@ mod tests {
         let (p, parts) = resolve(Path::new("/r"), "A\\frames/v\\000.png").unwrap();
         assert_eq!(p, Path::new("/r/A/frames/v/000.png"));
         assert_eq!(parts.len(), 4);
-        assert_eq!(resolve(Path::new("/r"), "/abs/frames/v/0.png").unwrap().0, Path::new("/abs/frames/v/0.png"));
+        assert_eq!(
+            resolve(Path::new("/r"), "/abs/frames/v/0.png").unwrap().0,
+            Path::new("/abs/frames/v/0.png")
+        );
     }
 
     #[test]

@@ -118,7 +118,11 @@ impl FrameStore {
             bail!("loader: resolution must be between 16 and 4096 pixels (got {})", cfg.resolution);
         }
         if cfg.std.iter().any(|s| !(s.is_finite() && *s > 0.0)) || cfg.mean.iter().any(|m| !m.is_finite()) {
-            bail!("loader: normalisation std must be finite and positive, mean finite (got mean {:?}, std {:?})", cfg.mean, cfg.std);
+            bail!(
+                "loader: normalisation std must be finite and positive, mean finite (got mean {:?}, std {:?})",
+                cfg.mean,
+                cfg.std
+            );
         }
         Ok(Arc::new(FrameStore {
             cfg,
@@ -171,7 +175,8 @@ impl FrameStore {
                 let bytes = c.img.as_raw().len();
                 if self.cache_used.load(Ordering::Relaxed) + bytes <= self.cfg.cache_bytes {
                     let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
-                    if !cache.contains_key(path) && self.cache_used.load(Ordering::Relaxed) + bytes <= self.cfg.cache_bytes
+                    if !cache.contains_key(path)
+                        && self.cache_used.load(Ordering::Relaxed) + bytes <= self.cfg.cache_bytes
                     {
                         self.cache_used.fetch_add(bytes, Ordering::Relaxed);
                         cache.insert(path.to_path_buf(), c.clone());
@@ -197,7 +202,11 @@ impl FrameStore {
 
     /// Landmarks of `entry` scaled to the loaded resolution; `Ok(None)` when there is no file,
     /// `Err` when it exists but cannot be read (the caller counts it and falls back).
-    fn landmarks_for(&self, entry: &FrameEntry, orig: (u32, u32)) -> std::result::Result<Option<Vec<[f32; 2]>>, ()> {
+    fn landmarks_for(
+        &self,
+        entry: &FrameEntry,
+        orig: (u32, u32),
+    ) -> std::result::Result<Option<Vec<[f32; 2]>>, ()> {
         let Some(p) = entry.landmark_path.as_ref() else { return Ok(None) };
         match load_landmarks(p) {
             Ok(mut lm) => {
@@ -247,7 +256,9 @@ impl FrameStore {
 pub fn decode_frame(path: &Path, res: u32) -> Result<(RgbImage, (u32, u32))> {
     let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read frame", path.display()))?;
     let img = image::load_from_memory(&bytes)
-        .map_err(|e| anyhow!("{}: cannot decode image (missing, truncated or not PNG/JPEG): {e}", path.display()))?
+        .map_err(|e| {
+            anyhow!("{}: cannot decode image (missing, truncated or not PNG/JPEG): {e}", path.display())
+        })?
         .to_rgb8();
     let orig = img.dimensions();
     if orig.0 == 0 || orig.1 == 0 {
@@ -263,7 +274,8 @@ pub fn decode_frame(path: &Path, res: u32) -> Result<(RgbImage, (u32, u32))> {
 
 /// Reads an `(N, 2)` landmark array (N = 68 or 81; int32/int64/float32/float64), (x, y).
 pub fn load_landmarks(path: &Path) -> Result<Vec<[f32; 2]>> {
-    let f = std::fs::File::open(path).with_context(|| format!("{}: cannot open landmarks", path.display()))?;
+    let f =
+        std::fs::File::open(path).with_context(|| format!("{}: cannot open landmarks", path.display()))?;
     let npy = npyz::NpyFile::new(std::io::BufReader::new(f))
         .with_context(|| format!("{}: not an npy file", path.display()))?;
     let shape = npy.shape().to_vec();
@@ -276,19 +288,31 @@ pub fn load_landmarks(path: &Path) -> Result<Vec<[f32; 2]>> {
             let size = ts.size_field();
             let ctx = || format!("{}: cannot read landmark values", path.display());
             match (ts.type_char(), size) {
-                (npyz::TypeChar::Int, 4) => npy.into_vec::<i32>().with_context(ctx)?.into_iter().map(|v| v as f32).collect(),
-                (npyz::TypeChar::Int, 8) => npy.into_vec::<i64>().with_context(ctx)?.into_iter().map(|v| v as f32).collect(),
-                (npyz::TypeChar::Uint, 2) => npy.into_vec::<u16>().with_context(ctx)?.into_iter().map(|v| v as f32).collect(),
+                (npyz::TypeChar::Int, 4) => {
+                    npy.into_vec::<i32>().with_context(ctx)?.into_iter().map(|v| v as f32).collect()
+                }
+                (npyz::TypeChar::Int, 8) => {
+                    npy.into_vec::<i64>().with_context(ctx)?.into_iter().map(|v| v as f32).collect()
+                }
+                (npyz::TypeChar::Uint, 2) => {
+                    npy.into_vec::<u16>().with_context(ctx)?.into_iter().map(|v| v as f32).collect()
+                }
                 (npyz::TypeChar::Float, 4) => npy.into_vec::<f32>().with_context(ctx)?,
-                (npyz::TypeChar::Float, 8) => npy.into_vec::<f64>().with_context(ctx)?.into_iter().map(|v| v as f32).collect(),
-                (c, s) => bail!("{}: landmark dtype {c:?}{s} not supported (int32, int64, float32, float64)", path.display()),
+                (npyz::TypeChar::Float, 8) => {
+                    npy.into_vec::<f64>().with_context(ctx)?.into_iter().map(|v| v as f32).collect()
+                }
+                (c, s) => bail!(
+                    "{}: landmark dtype {c:?}{s} not supported (int32, int64, float32, float64)",
+                    path.display()
+                ),
             }
         }
         other => bail!("{}: landmark dtype {other:?} not supported", path.display()),
     };
     let n = shape[0] as usize;
-    let pts: Vec<[f32; 2]> =
-        (0..n).map(|i| if order_f { [flat[i], flat[n + i]] } else { [flat[2 * i], flat[2 * i + 1]] }).collect();
+    let pts: Vec<[f32; 2]> = (0..n)
+        .map(|i| if order_f { [flat[i], flat[n + i]] } else { [flat[2 * i], flat[2 * i + 1]] })
+        .collect();
     if pts.iter().any(|p| !p[0].is_finite() || !p[1].is_finite()) {
         bail!("{}: landmarks contain a non-finite value", path.display());
     }
@@ -365,20 +389,33 @@ impl Cycle {
         self.pos += 1;
         Some(self.order[self.pos - 1])
     }
-    /// Drops an unreadable item for good (it stays in the current epoch's order but is skipped).
+    /// Drops an unreadable item for good (from the pool and from the current pass's order).
     fn remove(&mut self, item: usize) {
         self.items.retain(|&i| i != item);
-        self.order.retain(|&i| i != item);
-        self.pos = self.pos.min(self.order.len());
+        if let Some(k) = self.order.iter().position(|&i| i == item) {
+            self.order.remove(k);
+            // Keep pointing at the same next item.
+            if k < self.pos {
+                self.pos -= 1;
+            }
+        }
     }
 }
 
 enum Plan {
     /// One pool with mixed labels (the data's own real:fake ratio).
-    Pooled { all: Cycle, n: usize },
+    Pooled {
+        all: Cycle,
+        n: usize,
+    },
     /// Pools of entry indices with a number of slots each, label per pool.
-    Original { pools: Vec<(Cycle, usize, f32)> },
-    Sbi { reals: Cycle, pairs: usize },
+    Original {
+        pools: Vec<(Cycle, usize, f32)>,
+    },
+    Sbi {
+        reals: Cycle,
+        pairs: usize,
+    },
 }
 
 /// A prepared batch with the SBI counts it carries; counted when consumed, not when prefetched.
@@ -417,7 +454,11 @@ impl Producer {
         while got.len() < n {
             let want = n - got.len();
             let picks: Vec<usize> = (0..want)
-                .map(|_| cycle.next().ok_or_else(|| anyhow!("stream {name}: every frame of the pool is unreadable (see skipped frames)")))
+                .map(|_| {
+                    cycle.next().ok_or_else(|| {
+                        anyhow!("stream {name}: every frame of the pool is unreadable (see skipped frames)")
+                    })
+                })
                 .collect::<Result<_>>()?;
             let loaded: Vec<Result<Option<Arc<Cached>>>> =
                 picks.par_iter().map(|&i| store.load_cached(&entries[i].frame_path)).collect();
@@ -463,7 +504,8 @@ impl Producer {
                     .enumerate()
                     .map(|(slot, (i, c))| {
                         let lm = store.landmarks_for(&entries[*i], c.orig);
-                        let mut rng = ChaCha8Rng::seed_from_u64(mix_seed(mix_seed(seed, batch_no), slot as u64));
+                        let mut rng =
+                            ChaCha8Rng::seed_from_u64(mix_seed(mix_seed(seed, batch_no), slot as u64));
                         let lm_ref = lm.as_ref().ok().and_then(|l| l.as_deref());
                         (sbi::self_blend(&c.img, lm_ref, &mut rng), lm.is_err())
                     })
@@ -475,7 +517,12 @@ impl Producer {
                 refs.extend(made.iter().map(|s| &s.fake));
                 let mut labels = vec![0f32; made.len()];
                 labels.extend(std::iter::repeat_n(1f32, made.len()));
-                Ok(Produced { batch: store.to_batch(&refs, &labels)?, sbi_samples: made.len(), sbi_fallbacks: fallbacks, landmark_errors })
+                Ok(Produced {
+                    batch: store.to_batch(&refs, &labels)?,
+                    sbi_samples: made.len(),
+                    sbi_fallbacks: fallbacks,
+                    landmark_errors,
+                })
             }
         }
     }
@@ -492,7 +539,8 @@ pub struct TrainStream {
 
 impl TrainStream {
     fn spawn(mut producer: Producer, prefetch: usize) -> TrainStream {
-        let (tx, rx): (SyncSender<Result<Produced>>, Receiver<Result<Produced>>) = sync_channel(prefetch.max(1));
+        let (tx, rx): (SyncSender<Result<Produced>>, Receiver<Result<Produced>>) =
+            sync_channel(prefetch.max(1));
         let name = producer.name.clone();
         let store = producer.store.clone();
         let handle = std::thread::Builder::new()
@@ -612,7 +660,14 @@ impl TrainStream {
             if !sub.entries.iter().any(|e| e.label == 1) {
                 bail!("domain stream {m}: no fake frames of this manipulation in the selection");
             }
-            let s = Self::original_named(store.clone(), &sub, batch_size, real_fraction, seed, &format!("domain:{m}"))?;
+            let s = Self::original_named(
+                store.clone(),
+                &sub,
+                batch_size,
+                real_fraction,
+                seed,
+                &format!("domain:{m}"),
+            )?;
             out.push((m, s));
         }
         Ok(out)
@@ -694,7 +749,8 @@ impl EvalStream {
     }
 
     fn make(store: &FrameStore, chunk: &[FrameEntry]) -> Result<Option<EvalBatch>> {
-        let loaded: Vec<Result<Option<Arc<RgbImage>>>> = chunk.par_iter().map(|e| store.load(&e.frame_path)).collect();
+        let loaded: Vec<Result<Option<Arc<RgbImage>>>> =
+            chunk.par_iter().map(|e| store.load(&e.frame_path)).collect();
         let mut imgs = Vec::with_capacity(chunk.len());
         let mut frames = Vec::with_capacity(chunk.len());
         let mut labels = Vec::with_capacity(chunk.len());
@@ -739,5 +795,34 @@ impl Drop for EvalStream {
         if let Some(h) = self.handle.take() {
             let _ = h.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cycle_remove_keeps_the_next_item_and_passes_cover_the_pool() {
+        let mut c = Cycle::new((0..6).collect(), 1);
+        let first: Vec<usize> = (0..3).map(|_| c.next().unwrap()).collect();
+        let rest_expected = c.order[3..].to_vec();
+        c.remove(first[1]);
+        let rest: Vec<usize> = (0..3).map(|_| c.next().unwrap()).collect();
+        assert_eq!(rest, rest_expected);
+        let mut next: Vec<usize> = (0..5).map(|_| c.next().unwrap()).collect();
+        next.sort_unstable();
+        assert_eq!(next, (0..6).filter(|&i| i != first[1]).collect::<Vec<_>>());
+        let mut empty = Cycle::new(vec![3], 0);
+        empty.remove(3);
+        assert!(empty.next().is_none());
+    }
+
+    #[test]
+    fn seeds_and_names_mix_apart() {
+        assert_ne!(mix_seed(1, 2), mix_seed(2, 1));
+        assert_ne!(name_hash("domain:FF-DF"), name_hash("domain:FF-F2F"));
+        // FNV-1a reference: fnv1a64("a") = 0xaf63dc4c8601ec8c.
+        assert_eq!(name_hash("a"), 0xaf63_dc4c_8601_ec8c);
     }
 }

@@ -107,14 +107,18 @@ pub fn blend_stage<R: Rng>(img: &RgbImage, landmarks: Option<&[[f32; 2]]>, rng: 
     let mut target: Vec<f32> = img.as_raw().iter().map(|&v| v as f32).collect();
 
     // Steps 1-2.
-    let usable = landmarks.filter(|l| (l.len() == 68 || l.len() == 81) && l.iter().all(|p| p[0].is_finite() && p[1].is_finite()));
+    let usable = landmarks.filter(|l| {
+        (l.len() == 68 || l.len() == 81) && l.iter().all(|p| p[0].is_finite() && p[1].is_finite())
+    });
     let mut hull = vec![0f32; w * h];
     let mut variant = HullVariant::FallbackEllipse;
     let mut landmarks_used = 0;
     if let Some(lm) = usable {
         let n = if lm.len() == 81 && rng.random_bool(0.25) { 68 } else { lm.len() };
-        let pts: Vec<[f32; 2]> =
-            lm[..n].iter().map(|p| [p[0].clamp(0.0, (w - 1) as f32), p[1].clamp(0.0, (h - 1) as f32)]).collect();
+        let pts: Vec<[f32; 2]> = lm[..n]
+            .iter()
+            .map(|p| [p[0].clamp(0.0, (w - 1) as f32), p[1].clamp(0.0, (h - 1) as f32)])
+            .collect();
         let v = match rng.random_range(0..3) {
             0 => HullVariant::FaceHull,
             1 => HullVariant::Components,
@@ -164,9 +168,19 @@ pub fn blend_stage<R: Rng>(img: &RgbImage, landmarks: Option<&[[f32; 2]]>, rng: 
 }
 
 /// Step 7 on a fake and its real twin with the same drawn parameters. Returns the JPEG quality.
-pub fn post_augment_pair<R: Rng>(a: &mut [f32], b: &mut [f32], w: usize, h: usize, rng: &mut R) -> Option<u8> {
+pub fn post_augment_pair<R: Rng>(
+    a: &mut [f32],
+    b: &mut [f32],
+    w: usize,
+    h: usize,
+    rng: &mut R,
+) -> Option<u8> {
     if rng.random_bool(0.3) {
-        let d = [rng.random_range(-20f32..=20.0), rng.random_range(-20f32..=20.0), rng.random_range(-20f32..=20.0)];
+        let d = [
+            rng.random_range(-20f32..=20.0),
+            rng.random_range(-20f32..=20.0),
+            rng.random_range(-20f32..=20.0),
+        ];
         rgb_shift(a, d);
         rgb_shift(b, d);
     }
@@ -192,7 +206,11 @@ pub fn post_augment_pair<R: Rng>(a: &mut [f32], b: &mut [f32], w: usize, h: usiz
 
 fn source_augment<R: Rng>(x: &mut [f32], w: usize, h: usize, rng: &mut R) {
     if rng.random_bool(0.3) {
-        let d = [rng.random_range(-20f32..=20.0), rng.random_range(-20f32..=20.0), rng.random_range(-20f32..=20.0)];
+        let d = [
+            rng.random_range(-20f32..=20.0),
+            rng.random_range(-20f32..=20.0),
+            rng.random_range(-20f32..=20.0),
+        ];
         rgb_shift(x, d);
     }
     if rng.random_bool(0.3) {
@@ -277,7 +295,8 @@ fn downscale(x: &mut [f32], w: usize, h: usize, f: usize) {
         for xq in 0..sw {
             let xx = ((xq as f32 + 0.5) * w as f32 / sw as f32) as usize;
             let (yy, xx) = (yy.min(h - 1), xx.min(w - 1));
-            small[3 * (y * sw + xq)..3 * (y * sw + xq) + 3].copy_from_slice(&x[3 * (yy * w + xx)..3 * (yy * w + xx) + 3]);
+            small[3 * (y * sw + xq)..3 * (y * sw + xq) + 3]
+                .copy_from_slice(&x[3 * (yy * w + xx)..3 * (yy * w + xx) + 3]);
         }
     }
     let up = resize_bilinear(&small, sw, sh, 3, w, h);
@@ -350,9 +369,13 @@ fn ellipse_mask(w: usize, h: usize, out: &mut [f32]) {
 
 fn hull_mask(pts: &[[f32; 2]], v: HullVariant, w: usize, h: usize, out: &mut [f32]) {
     out.fill(0.0);
-    let idx = |r: std::ops::RangeInclusive<usize>| -> Vec<[f32; 2]> { r.filter_map(|i| pts.get(i).copied()).collect() };
+    let idx = |r: std::ops::RangeInclusive<usize>| -> Vec<[f32; 2]> {
+        r.filter_map(|i| pts.get(i).copied()).collect()
+    };
     match v {
-        HullVariant::FaceHull | HullVariant::FallbackEllipse => fill_convex(&convex_hull(pts.to_vec()), w, h, out),
+        HullVariant::FaceHull | HullVariant::FallbackEllipse => {
+            fill_convex(&convex_hull(pts.to_vec()), w, h, out)
+        }
         HullVariant::Components | HullVariant::ComponentsBrowsUp => {
             let mut jaw_mouth = idx(0..=16);
             jaw_mouth.extend(idx(48..=67));
@@ -383,7 +406,8 @@ fn convex_hull(mut p: Vec<[f32; 2]>) -> Vec<[f32; 2]> {
     if p.len() < 3 {
         return p;
     }
-    let cross = |o: [f32; 2], a: [f32; 2], b: [f32; 2]| (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0]);
+    let cross =
+        |o: [f32; 2], a: [f32; 2], b: [f32; 2]| (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0]);
     let mut hull: Vec<[f32; 2]> = Vec::with_capacity(2 * p.len());
     for &q in &p {
         while hull.len() >= 2 && cross(hull[hull.len() - 2], hull[hull.len() - 1], q) <= 0.0 {
@@ -566,7 +590,8 @@ fn box_gauss(x: &[f32], w: usize, h: usize, sigma: f32) -> Vec<f32> {
     }
     let wl = wl.max(1);
     let wu = wl + 2;
-    let m = ((12.0 * sigma * sigma - n * (wl * wl) as f32 - 4.0 * n * wl as f32 - 3.0 * n) / (-4.0 * wl as f32 - 4.0))
+    let m = ((12.0 * sigma * sigma - n * (wl * wl) as f32 - 4.0 * n * wl as f32 - 3.0 * n)
+        / (-4.0 * wl as f32 - 4.0))
         .round()
         .clamp(0.0, 3.0) as usize;
     let mut cur = x.to_vec();
@@ -654,7 +679,16 @@ pub fn resize_bilinear(x: &[f32], w: usize, h: usize, c: usize, nw: usize, nh: u
 /// the border or give 0.
 #[allow(clippy::too_many_arguments)]
 #[inline]
-fn sample_bilinear(x: &[f32], w: usize, h: usize, c: usize, sx: f32, sy: f32, replicate: bool, out: &mut [f32]) {
+fn sample_bilinear(
+    x: &[f32],
+    w: usize,
+    h: usize,
+    c: usize,
+    sx: f32,
+    sy: f32,
+    replicate: bool,
+    out: &mut [f32],
+) {
     if !replicate && (sx < -0.5 || sy < -0.5 || sx > w as f32 - 0.5 || sy > h as f32 - 0.5) {
         out.fill(0.0);
         return;
@@ -676,7 +710,16 @@ fn sample_bilinear(x: &[f32], w: usize, h: usize, c: usize, sx: f32, sy: f32, re
 
 /// Scale `sc` about the centre then translate by (tx, ty); replicate or zero borders.
 #[allow(clippy::too_many_arguments)]
-fn warp_affine(x: &[f32], w: usize, h: usize, c: usize, sc: f32, tx: f32, ty: f32, replicate: bool) -> Vec<f32> {
+fn warp_affine(
+    x: &[f32],
+    w: usize,
+    h: usize,
+    c: usize,
+    sc: f32,
+    tx: f32,
+    ty: f32,
+    replicate: bool,
+) -> Vec<f32> {
     let (cx, cy) = ((w as f32 - 1.0) * 0.5, (h as f32 - 1.0) * 0.5);
     let mut out = vec![0f32; w * h * c];
     for y in 0..h {
@@ -769,7 +812,10 @@ mod tests {
         sharpen(&mut y, w, h, 0.3, 0.7);
         // Interior pixel (2, 1), channel 1, by hand: (1 - a) v + a ((8 + l) v - sum of 8 neighbours).
         let at = |xx: usize, yy: usize| x[3 * (yy * w + xx) + 1];
-        let nb: f32 = [(1, 0), (2, 0), (3, 0), (1, 1), (3, 1), (1, 2), (2, 2), (3, 2)].iter().map(|&(a, b)| at(a, b)).sum();
+        let nb: f32 = [(1, 0), (2, 0), (3, 0), (1, 1), (3, 1), (1, 2), (2, 2), (3, 2)]
+            .iter()
+            .map(|&(a, b)| at(a, b))
+            .sum();
         let want = (0.7 * at(2, 1) + 0.3 * (8.7 * at(2, 1) - nb)).clamp(0.0, 255.0);
         assert!((y[3 * (w + 2) + 1] - want).abs() < 1e-3);
     }
