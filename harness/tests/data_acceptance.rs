@@ -730,3 +730,22 @@ fn check_reports_a_short_video_once_across_splits() {
     assert_eq!(rep.missing_landmarks.len(), 2); // each frame once, not once per split
     assert_eq!(rep.problems(), 1);
 }
+
+#[test]
+fn load_named_datasets() {
+    let fx = ff_fixture();
+    write_png(&fx.root.join("Extra/test/fake/v/0.png"), &face_image(16, 0));
+    let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let ff = Index::load_datasets(&fx.root, &names(&["FaceForensics++"]), &IndexOptions::default()).unwrap();
+    assert_eq!(ff.len(), 25);
+    let both =
+        Index::load_datasets(&fx.root, &names(&["FaceForensics++", "Extra"]), &IndexOptions::default())
+            .unwrap();
+    assert_eq!(both.datasets(), names(&["Extra", "FaceForensics++"]));
+    assert_eq!(both.len(), 26);
+    let e = format!(
+        "{:#}",
+        Index::load_datasets(&fx.root, &names(&["Celeb-DF-v2"]), &IndexOptions::default()).unwrap_err()
+    );
+    assert!(e.contains("Celeb-DF-v2") && e.contains("available: Extra, FaceForensics++"), "{e}");
+}

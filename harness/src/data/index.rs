@@ -385,76 +385,10 @@ impl Index {
         let mut out = Index::default();
         for dataset_dir in sorted_dirs(root)? {
             let dataset = file_name(&dataset_dir);
-            if matches!(dataset.as_str(), "landmarks" | "masks" | "dataset_json") || dataset.starts_with('.')
-            {
+            if is_reserved_dir(&dataset) {
                 continue;
             }
-            let split_dirs: Vec<PathBuf> = sorted_dirs(&dataset_dir)?
-                .into_iter()
-                .filter(|d| Split::parse(&file_name(d)).is_some())
-                .collect();
-            let groups: Vec<(PathBuf, Vec<Split>)> = if split_dirs.is_empty() {
-                vec![(dataset_dir.clone(), Split::ALL.to_vec())]
-            } else {
-                split_dirs
-                    .into_iter()
-                    .map(|d| (d.clone(), vec![Split::parse(&file_name(&d)).unwrap()]))
-                    .collect()
-            };
-            for (base, splits) in groups {
-                for label_dir in sorted_dirs(&base)? {
-                    let label_name = file_name(&label_dir);
-                    let label = if is_real_label(&label_name) { 0 } else { 1 };
-                    for video_dir in sorted_dirs(&label_dir)? {
-                        let video = file_name(&video_dir);
-                        let mut frames: Vec<(String, PathBuf)> = std::fs::read_dir(&video_dir)
-                            .with_context(|| format!("{}: cannot list", video_dir.display()))?
-                            .filter_map(|e| e.ok().map(|e| e.path()))
-                            .filter(|p| p.is_file() && is_image_path(p))
-                            .map(|p| (file_name(&p), p))
-                            .collect();
-                        let found = frames.len();
-                        if found == 0 {
-                            continue;
-                        }
-                        frames = spread_sorted(frames, opts.frames_per_video, |f| f.0.as_str());
-                        for &split in &splits {
-                            if let Some(w) = opts.frames_per_video
-                                && found < w
-                            {
-                                out.short_videos.push(ShortVideo {
-                                    key: VideoKey {
-                                        dataset: dataset.clone(),
-                                        label_name: label_name.clone(),
-                                        video: video.clone(),
-                                    },
-                                    split,
-                                    found,
-                                    wanted: w,
-                                });
-                            }
-                            for (frame, path) in &frames {
-                                let rel = path.strip_prefix(root).unwrap_or(path);
-                                let lm = root.join("landmarks").join(rel).with_extension("npy");
-                                let mk = root.join("masks").join(rel);
-                                out.entries.push(FrameEntry {
-                                    dataset: dataset.clone(),
-                                    label_name: label_name.clone(),
-                                    label,
-                                    manipulation: (label == 1).then(|| label_name.clone()),
-                                    split,
-                                    compression: None,
-                                    video: video.clone(),
-                                    frame: frame.clone(),
-                                    frame_path: path.clone(),
-                                    landmark_path: lm.is_file().then_some(lm),
-                                    mask_path: (label == 1 && mk.is_file()).then_some(mk),
-                                });
-                            }
-                        }
-                    }
-                }
-            }
+            out.index_dataset_dir(root, &dataset_dir, opts)?;
         }
         if out.entries.is_empty() {
             bail!(
@@ -463,6 +397,105 @@ impl Index {
             );
         }
         Ok(out)
+    }
+
+    /// Only the named datasets of a root: `dataset_json/<name>.json` when it exists, else the
+    /// folder `<root>/<name>`. Errors list what the root offers.
+    pub fn load_datasets(root: &Path, names: &[String], opts: &IndexOptions) -> Result<Index> {
+        if !root.is_dir() {
+            bail!("{}: not a directory (expected a data root)", root.display());
+        }
+        let mut out = Index::default();
+        for name in names {
+            let json = root.join("dataset_json").join(format!("{name}.json"));
+            let dir = root.join(name);
+            if json.is_file() {
+                out.extend(Index::from_json(&json, root, opts)?);
+            } else if dir.is_dir() && !is_reserved_dir(name) {
+                let before = out.entries.len();
+                out.index_dataset_dir(root, &dir, opts)?;
+                if out.entries.len() == before {
+                    bail!(
+                        "{}: no frames found (expected [<split>/]<label>/<video>/<frame>.png)",
+                        dir.display()
+                    );
+                }
+            } else {
+                bail!(
+                    "dataset {name:?} not found under {}: no dataset_json/{name}.json and no {name}/ folder (available: {})",
+                    root.display(),
+                    available_datasets(root).join(", ")
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    fn index_dataset_dir(&mut self, root: &Path, dataset_dir: &Path, opts: &IndexOptions) -> Result<()> {
+        let out = self;
+        let dataset = file_name(dataset_dir);
+        let split_dirs: Vec<PathBuf> =
+            sorted_dirs(dataset_dir)?.into_iter().filter(|d| Split::parse(&file_name(d)).is_some()).collect();
+        let groups: Vec<(PathBuf, Vec<Split>)> = if split_dirs.is_empty() {
+            vec![(dataset_dir.to_path_buf(), Split::ALL.to_vec())]
+        } else {
+            split_dirs.into_iter().map(|d| (d.clone(), vec![Split::parse(&file_name(&d)).unwrap()])).collect()
+        };
+        for (base, splits) in groups {
+            for label_dir in sorted_dirs(&base)? {
+                let label_name = file_name(&label_dir);
+                let label = if is_real_label(&label_name) { 0 } else { 1 };
+                for video_dir in sorted_dirs(&label_dir)? {
+                    let video = file_name(&video_dir);
+                    let mut frames: Vec<(String, PathBuf)> = std::fs::read_dir(&video_dir)
+                        .with_context(|| format!("{}: cannot list", video_dir.display()))?
+                        .filter_map(|e| e.ok().map(|e| e.path()))
+                        .filter(|p| p.is_file() && is_image_path(p))
+                        .map(|p| (file_name(&p), p))
+                        .collect();
+                    let found = frames.len();
+                    if found == 0 {
+                        continue;
+                    }
+                    frames = spread_sorted(frames, opts.frames_per_video, |f| f.0.as_str());
+                    for &split in &splits {
+                        if let Some(w) = opts.frames_per_video
+                            && found < w
+                        {
+                            out.short_videos.push(ShortVideo {
+                                key: VideoKey {
+                                    dataset: dataset.clone(),
+                                    label_name: label_name.clone(),
+                                    video: video.clone(),
+                                },
+                                split,
+                                found,
+                                wanted: w,
+                            });
+                        }
+                        for (frame, path) in &frames {
+                            let rel = path.strip_prefix(root).unwrap_or(path);
+                            let lm = root.join("landmarks").join(rel).with_extension("npy");
+                            let mk = root.join("masks").join(rel);
+                            out.entries.push(FrameEntry {
+                                dataset: dataset.clone(),
+                                label_name: label_name.clone(),
+                                label,
+                                manipulation: (label == 1).then(|| label_name.clone()),
+                                split,
+                                compression: None,
+                                video: video.clone(),
+                                frame: frame.clone(),
+                                frame_path: path.clone(),
+                                landmark_path: lm.is_file().then_some(lm),
+                                mask_path: (label == 1 && mk.is_file()).then_some(mk),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Appends another index (e.g. several dataset JSONs).
@@ -637,6 +670,29 @@ pub fn linspace_indices(n: usize, k: usize) -> Vec<usize> {
         1 => vec![0],
         _ => (0..k).map(|i| ((i * (n - 1)) as f64 / (k - 1) as f64).floor() as usize).collect(),
     }
+}
+
+fn is_reserved_dir(name: &str) -> bool {
+    matches!(name, "landmarks" | "masks" | "dataset_json") || name.starts_with('.')
+}
+
+/// Dataset names a root offers: JSON file stems and dataset folders.
+pub fn available_datasets(root: &Path) -> Vec<String> {
+    let mut v: BTreeSet<String> = BTreeSet::new();
+    if let Ok(rd) = std::fs::read_dir(root.join("dataset_json")) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "json")
+                && let Some(stem) = p.file_stem()
+            {
+                v.insert(stem.to_string_lossy().into_owned());
+            }
+        }
+    }
+    if let Ok(dirs) = sorted_dirs(root) {
+        v.extend(dirs.iter().map(|d| file_name(d)).filter(|n| !is_reserved_dir(n)));
+    }
+    v.into_iter().collect()
 }
 
 pub(crate) fn is_image_path(p: &Path) -> bool {
