@@ -1,1 +1,840 @@
-//! (to be written)
+//! Self-blended images (SBI, Shiohara & Yamasaki, CVPR 2022), following
+//! `shared/spec/data-and-metrics.md` section 2. Every random choice comes from the caller's
+//! generator, so one seed gives one image.
+//!
+//! Pipeline for one real aligned face `img` with landmarks (dlib 68-point order: 0-16 jaw,
+//! 17-26 brows, 27-35 nose, 36-47 eyes, 48-67 mouth, plus 13 forehead points 68-80):
+//! 1. 81 points: with p = 0.25 keep only the first 68.
+//! 2. Hull mask, one of three variants chosen uniformly ([`HullVariant`]): the convex hull of
+//!    all points; the union of the component hulls jaw+mouth / nose / eyes+brows(+forehead); the
+//!    same components with the brows pushed up by their distance to the eyes.
+//! 3. Source = copy of the target; with p = 0.5 the source is augmented, else the target (the
+//!    target is then also the real twin): RGB shift (+-20, p 0.3), HSV shift (p 0.3),
+//!    brightness/contrast (+-0.1, p 1), then one of: down-scale by 2 or 4 (nearest down, bilinear
+//!    up) or sharpen (alpha 0.2..0.5, lightness 0.5..1).
+//! 4. Affine of source and mask together (translate x +-3 %, y +-1.5 %, scale 0.95..1/0.95 about
+//!    the centre), then an elastic deformation of the mask only (alpha 50, sigma 7 at 256 px).
+//! 5. Blend mask: resize to a random size in [192, 256]^2, Gaussian blur (odd kernel 5..25,
+//!    OpenCV's default sigma for that kernel), normalise to max 1, keep the saturated core
+//!    (`>= 1`, all else 0), blur again (odd kernel 5..25, sigma 5..45), normalise, resize back.
+//! 6. Ratio r from {0.25, 0.5, 0.75, 1, 1, 1}; `fake = r m source + (1 - r m) target`.
+//! 7. Post-augmentation with the same parameters on the fake and its real twin: RGB shift (+-20,
+//!    p 0.3), HSV shift (p 0.3), brightness/contrast (+-0.3, p 0.3), JPEG quality 40..100 (p 0.5).
+//!
+//! All pixel constants are for 256 px crops and scale with `s = min(H, W) / 256` (kernel sizes
+//! stay odd and at least 3). HSV limits are ours (hue +-10 degrees, saturation and value +-0.1):
+//! the original's +-0.3 on uint8 images rounds to no change at all.
+//!
+//! **Fallback mask.** Without usable landmarks (none, a count other than 68/81, a non-finite
+//! value, or a hull smaller than 1 % of the image) the hull is an ellipse centred at
+//! (0.5 W, 0.52 H) with semi-axes (0.33 W, 0.42 H), the face region of a DeepfakeBench-style
+//! aligned crop; [`SbiSample::fallback`] says so and the loader counts it. If a mask would come
+//! out empty (a hull thinner than the blur kernel) the un-thresholded blurred mask is used, so
+//! every sample has a non-empty blend mask and label 1.
+use image::RgbImage;
+use rand::Rng;
+
+/// The hull variant used for a sample.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HullVariant {
+    FaceHull,
+    Components,
+    ComponentsBrowsUp,
+    /// The documented ellipse (no usable landmarks).
+    FallbackEllipse,
+}
+
+/// Result of the blend stage (before post-augmentation), in f32 RGB interleaved 0..255.
+#[derive(Debug, Clone)]
+pub struct BlendStage {
+    pub width: usize,
+    pub height: usize,
+    /// Hull mask before affine/elastic (0/1).
+    pub hull: Vec<f32>,
+    /// Final blend mask m in [0, 1] (max 1), without the ratio.
+    pub mask: Vec<f32>,
+    pub ratio: f32,
+    pub source: Vec<f32>,
+    /// The target, which is also the real twin.
+    pub target: Vec<f32>,
+    pub fake: Vec<f32>,
+    pub variant: HullVariant,
+    pub landmarks_used: usize,
+}
+
+/// One SBI pair after post-augmentation.
+#[derive(Debug, Clone)]
+pub struct SbiSample {
+    /// Self-blended image, label 1.
+    pub fake: RgbImage,
+    /// Its real twin (same post-augmentation), label 0.
+    pub real: RgbImage,
+    pub variant: HullVariant,
+    /// True when the fallback ellipse replaced missing or unusable landmarks.
+    pub fallback: bool,
+    pub ratio: f32,
+    /// JPEG quality applied to both, if any.
+    pub jpeg_quality: Option<u8>,
+}
+
+/// The blend ratios of step 6.
+pub const RATIOS: [f32; 6] = [0.25, 0.5, 0.75, 1.0, 1.0, 1.0];
+
+/// Full SBI pipeline (steps 1-7). `landmarks` are (x, y) in the image's pixel coordinates.
+/// Panics on an image smaller than 8x8 (a caller bug; the loader enforces 16 px at least).
+pub fn self_blend<R: Rng>(img: &RgbImage, landmarks: Option<&[[f32; 2]]>, rng: &mut R) -> SbiSample {
+    let st = blend_stage(img, landmarks, rng);
+    let (w, h) = (st.width, st.height);
+    let mut fake = st.fake;
+    let mut real = st.target;
+    let q = post_augment_pair(&mut fake, &mut real, w, h, rng);
+    SbiSample {
+        fake: to_rgb(&fake, w, h),
+        real: to_rgb(&real, w, h),
+        variant: st.variant,
+        fallback: st.variant == HullVariant::FallbackEllipse,
+        ratio: st.ratio,
+        jpeg_quality: q,
+    }
+}
+
+/// Steps 1-6.
+pub fn blend_stage<R: Rng>(img: &RgbImage, landmarks: Option<&[[f32; 2]]>, rng: &mut R) -> BlendStage {
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    // Precondition (the loader guarantees it: resolution >= 16): masks and kernels need room.
+    assert!(w >= 8 && h >= 8, "SBI needs an image of at least 8x8 pixels, got {w}x{h}");
+    let s = (w.min(h) as f32 / 256.0).max(1e-3);
+    let mut target: Vec<f32> = img.as_raw().iter().map(|&v| v as f32).collect();
+
+    // Steps 1-2.
+    let usable = landmarks.filter(|l| {
+        (l.len() == 68 || l.len() == 81) && l.iter().all(|p| p[0].is_finite() && p[1].is_finite())
+    });
+    let mut hull = vec![0f32; w * h];
+    let mut variant = HullVariant::FallbackEllipse;
+    let mut landmarks_used = 0;
+    if let Some(lm) = usable {
+        let n = if lm.len() == 81 && rng.random_bool(0.25) { 68 } else { lm.len() };
+        let pts: Vec<[f32; 2]> = lm[..n]
+            .iter()
+            .map(|p| [p[0].clamp(0.0, (w - 1) as f32), p[1].clamp(0.0, (h - 1) as f32)])
+            .collect();
+        let v = match rng.random_range(0..3) {
+            0 => HullVariant::FaceHull,
+            1 => HullVariant::Components,
+            _ => HullVariant::ComponentsBrowsUp,
+        };
+        hull_mask(&pts, v, w, h, &mut hull);
+        let area: f32 = hull.iter().sum();
+        if area >= 0.01 * (w * h) as f32 {
+            variant = v;
+            landmarks_used = n;
+        }
+    }
+    if variant == HullVariant::FallbackEllipse {
+        ellipse_mask(w, h, &mut hull);
+    }
+
+    // Step 3.
+    let mut source = target.clone();
+    if rng.random_bool(0.5) {
+        source_augment(&mut source, w, h, rng);
+    } else {
+        source_augment(&mut target, w, h, rng);
+    }
+
+    // Step 4.
+    let tx = rng.random_range(-0.03f32..=0.03) * w as f32;
+    let ty = rng.random_range(-0.015f32..=0.015) * h as f32;
+    let sc = rng.random_range(0.95f32..=1.0 / 0.95);
+    let source = warp_affine(&source, w, h, 3, sc, tx, ty, true);
+    let mask = warp_affine(&hull, w, h, 1, sc, tx, ty, false);
+    let mask = elastic(&mask, w, h, 50.0 * s, 7.0 * s, rng);
+
+    // Step 5.
+    let mask = blend_mask(&mask, &hull, w, h, s, rng);
+
+    // Step 6.
+    let ratio = RATIOS[rng.random_range(0..RATIOS.len())];
+    let mut fake = vec![0f32; w * h * 3];
+    for i in 0..w * h {
+        let m = ratio * mask[i];
+        for c in 0..3 {
+            let k = 3 * i + c;
+            fake[k] = m * source[k] + (1.0 - m) * target[k];
+        }
+    }
+    BlendStage { width: w, height: h, hull, mask, ratio, source, target, fake, variant, landmarks_used }
+}
+
+/// Step 7 on a fake and its real twin with the same drawn parameters. Returns the JPEG quality.
+pub fn post_augment_pair<R: Rng>(
+    a: &mut [f32],
+    b: &mut [f32],
+    w: usize,
+    h: usize,
+    rng: &mut R,
+) -> Option<u8> {
+    if rng.random_bool(0.3) {
+        let d = [
+            rng.random_range(-20f32..=20.0),
+            rng.random_range(-20f32..=20.0),
+            rng.random_range(-20f32..=20.0),
+        ];
+        rgb_shift(a, d);
+        rgb_shift(b, d);
+    }
+    if rng.random_bool(0.3) {
+        let p = hsv_params(rng);
+        hsv_shift(a, p);
+        hsv_shift(b, p);
+    }
+    if rng.random_bool(0.3) {
+        let alpha = 1.0 + rng.random_range(-0.3f32..=0.3);
+        let beta = rng.random_range(-0.3f32..=0.3) * 255.0;
+        brightness_contrast(a, alpha, beta);
+        brightness_contrast(b, alpha, beta);
+    }
+    if rng.random_bool(0.5) {
+        let q = rng.random_range(40u8..=100);
+        jpeg_roundtrip(a, w, h, q);
+        jpeg_roundtrip(b, w, h, q);
+        return Some(q);
+    }
+    None
+}
+
+fn source_augment<R: Rng>(x: &mut [f32], w: usize, h: usize, rng: &mut R) {
+    if rng.random_bool(0.3) {
+        let d = [
+            rng.random_range(-20f32..=20.0),
+            rng.random_range(-20f32..=20.0),
+            rng.random_range(-20f32..=20.0),
+        ];
+        rgb_shift(x, d);
+    }
+    if rng.random_bool(0.3) {
+        hsv_shift(x, hsv_params(rng));
+    }
+    let alpha = 1.0 + rng.random_range(-0.1f32..=0.1);
+    let beta = rng.random_range(-0.1f32..=0.1) * 255.0;
+    brightness_contrast(x, alpha, beta);
+    if rng.random_bool(0.5) {
+        let f = if rng.random_bool(0.5) { 2 } else { 4 };
+        // The factor is relative (a 4x down-scale loses the same share of detail at any size).
+        downscale(x, w, h, f);
+    } else {
+        let alpha = rng.random_range(0.2f32..=0.5);
+        let light = rng.random_range(0.5f32..=1.0);
+        sharpen(x, w, h, alpha, light);
+    }
+}
+
+fn hsv_params<R: Rng>(rng: &mut R) -> [f32; 3] {
+    [rng.random_range(-10f32..=10.0), rng.random_range(-0.1f32..=0.1), rng.random_range(-0.1f32..=0.1)]
+}
+
+fn rgb_shift(x: &mut [f32], d: [f32; 3]) {
+    for px in x.chunks_exact_mut(3) {
+        for c in 0..3 {
+            px[c] = (px[c] + d[c]).clamp(0.0, 255.0);
+        }
+    }
+}
+
+fn brightness_contrast(x: &mut [f32], alpha: f32, beta: f32) {
+    for v in x.iter_mut() {
+        *v = (*v * alpha + beta).clamp(0.0, 255.0);
+    }
+}
+
+/// Hue shift in degrees, saturation and value shifts in [0, 1] units.
+fn hsv_shift(x: &mut [f32], p: [f32; 3]) {
+    for px in x.chunks_exact_mut(3) {
+        let (r, g, b) = (px[0] / 255.0, px[1] / 255.0, px[2] / 255.0);
+        let mx = r.max(g).max(b);
+        let mn = r.min(g).min(b);
+        let d = mx - mn;
+        let mut hh = if d <= 0.0 {
+            0.0
+        } else if mx == r {
+            60.0 * ((g - b) / d).rem_euclid(6.0)
+        } else if mx == g {
+            60.0 * ((b - r) / d + 2.0)
+        } else {
+            60.0 * ((r - g) / d + 4.0)
+        };
+        let sat = if mx <= 0.0 { 0.0 } else { d / mx };
+        hh = (hh + p[0]).rem_euclid(360.0);
+        let sat = (sat + p[1]).clamp(0.0, 1.0);
+        let val = (mx + p[2]).clamp(0.0, 1.0);
+        let c = val * sat;
+        let hp = hh / 60.0;
+        let xx = c * (1.0 - ((hp % 2.0) - 1.0).abs());
+        let (r1, g1, b1) = match hp as u32 {
+            0 => (c, xx, 0.0),
+            1 => (xx, c, 0.0),
+            2 => (0.0, c, xx),
+            3 => (0.0, xx, c),
+            4 => (xx, 0.0, c),
+            _ => (c, 0.0, xx),
+        };
+        let m = val - c;
+        px[0] = ((r1 + m) * 255.0).clamp(0.0, 255.0);
+        px[1] = ((g1 + m) * 255.0).clamp(0.0, 255.0);
+        px[2] = ((b1 + m) * 255.0).clamp(0.0, 255.0);
+    }
+}
+
+/// Nearest down-scale by `f`, bilinear back up.
+fn downscale(x: &mut [f32], w: usize, h: usize, f: usize) {
+    let (sw, sh) = ((w / f).max(1), (h / f).max(1));
+    let mut small = vec![0f32; sw * sh * 3];
+    for y in 0..sh {
+        let yy = ((y as f32 + 0.5) * h as f32 / sh as f32) as usize;
+        for xq in 0..sw {
+            let xx = ((xq as f32 + 0.5) * w as f32 / sw as f32) as usize;
+            let (yy, xx) = (yy.min(h - 1), xx.min(w - 1));
+            small[3 * (y * sw + xq)..3 * (y * sw + xq) + 3]
+                .copy_from_slice(&x[3 * (yy * w + xx)..3 * (yy * w + xx) + 3]);
+        }
+    }
+    let up = resize_bilinear(&small, sw, sh, 3, w, h);
+    x.copy_from_slice(&up);
+}
+
+/// 3x3 sharpen: `(1 - a) I + a [[-1,-1,-1],[-1,8+l,-1],[-1,-1,-1]]`.
+fn sharpen(x: &mut [f32], w: usize, h: usize, a: f32, l: f32) {
+    let src = x.to_vec();
+    let centre = (1.0 - a) + a * (8.0 + l);
+    let xm: Vec<usize> = (0..w).map(|i| reflect101(i as isize - 1, w)).collect();
+    let xp: Vec<usize> = (0..w).map(|i| reflect101(i as isize + 1, w)).collect();
+    for y in 0..h {
+        let rows = [reflect101(y as isize - 1, h), y, reflect101(y as isize + 1, h)];
+        for xx in 0..w {
+            let cols = [xm[xx], xx, xp[xx]];
+            for c in 0..3 {
+                let mut s9 = 0.0;
+                for &r in &rows {
+                    for &q in &cols {
+                        s9 += src[3 * (r * w + q) + c];
+                    }
+                }
+                let v = src[3 * (y * w + xx) + c];
+                x[3 * (y * w + xx) + c] = (centre * v - a * (s9 - v)).clamp(0.0, 255.0);
+            }
+        }
+    }
+}
+
+fn jpeg_roundtrip(x: &mut [f32], w: usize, h: usize, q: u8) {
+    let img = to_rgb(x, w, h);
+    let mut buf = Vec::new();
+    let enc = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut buf, q);
+    let ok = img.write_with_encoder(enc).is_ok();
+    if !ok {
+        return;
+    }
+    if let Ok(dec) = image::load_from_memory_with_format(&buf, image::ImageFormat::Jpeg) {
+        let dec = dec.to_rgb8();
+        if dec.width() as usize == w && dec.height() as usize == h {
+            for (d, s) in x.iter_mut().zip(dec.as_raw()) {
+                *d = *s as f32;
+            }
+        }
+    }
+}
+
+/// Rounds and clamps an f32 RGB buffer to an 8-bit image.
+pub fn to_rgb(x: &[f32], w: usize, h: usize) -> RgbImage {
+    // `+ 0.5` then truncation rounds (values are non-negative after the clamp) without libm.
+    let data: Vec<u8> = x.iter().map(|v| (v.clamp(0.0, 255.0) + 0.5) as u8).collect();
+    RgbImage::from_raw(w as u32, h as u32, data).expect("buffer size matches")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Masks
+
+fn ellipse_mask(w: usize, h: usize, out: &mut [f32]) {
+    let (cx, cy) = (0.5 * w as f32, 0.52 * h as f32);
+    let (ax, ay) = (0.33 * w as f32, 0.42 * h as f32);
+    for y in 0..h {
+        for x in 0..w {
+            let dx = (x as f32 + 0.5 - cx) / ax;
+            let dy = (y as f32 + 0.5 - cy) / ay;
+            out[y * w + x] = if dx * dx + dy * dy <= 1.0 { 1.0 } else { 0.0 };
+        }
+    }
+}
+
+fn hull_mask(pts: &[[f32; 2]], v: HullVariant, w: usize, h: usize, out: &mut [f32]) {
+    out.fill(0.0);
+    let idx = |r: std::ops::RangeInclusive<usize>| -> Vec<[f32; 2]> {
+        r.filter_map(|i| pts.get(i).copied()).collect()
+    };
+    match v {
+        HullVariant::FaceHull | HullVariant::FallbackEllipse => {
+            fill_convex(&convex_hull(pts.to_vec()), w, h, out)
+        }
+        HullVariant::Components | HullVariant::ComponentsBrowsUp => {
+            let mut jaw_mouth = idx(0..=16);
+            jaw_mouth.extend(idx(48..=67));
+            let nose = idx(27..=35);
+            let mut brows = idx(17..=26);
+            if v == HullVariant::ComponentsBrowsUp {
+                let eye_y = idx(36..=47).iter().map(|p| p[1]).sum::<f32>() / 12.0;
+                let brow_y = brows.iter().map(|p| p[1]).sum::<f32>() / brows.len().max(1) as f32;
+                let push = (eye_y - brow_y).max(0.0);
+                for p in &mut brows {
+                    p[1] = (p[1] - push).max(0.0);
+                }
+            }
+            let mut eyes_brows = brows;
+            eyes_brows.extend(idx(36..=47));
+            eyes_brows.extend(idx(68..=80));
+            for part in [jaw_mouth, nose, eyes_brows] {
+                fill_convex(&convex_hull(part), w, h, out);
+            }
+        }
+    }
+}
+
+/// Andrew's monotone chain; counter-clockwise in image coordinates' orientation sign.
+fn convex_hull(mut p: Vec<[f32; 2]>) -> Vec<[f32; 2]> {
+    p.sort_by(|a, b| a[0].total_cmp(&b[0]).then(a[1].total_cmp(&b[1])));
+    p.dedup();
+    if p.len() < 3 {
+        return p;
+    }
+    let cross =
+        |o: [f32; 2], a: [f32; 2], b: [f32; 2]| (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0]);
+    let mut hull: Vec<[f32; 2]> = Vec::with_capacity(2 * p.len());
+    for &q in &p {
+        while hull.len() >= 2 && cross(hull[hull.len() - 2], hull[hull.len() - 1], q) <= 0.0 {
+            hull.pop();
+        }
+        hull.push(q);
+    }
+    let lower = hull.len() + 1;
+    for &q in p.iter().rev().skip(1) {
+        while hull.len() >= lower && cross(hull[hull.len() - 2], hull[hull.len() - 1], q) <= 0.0 {
+            hull.pop();
+        }
+        hull.push(q);
+    }
+    hull.pop();
+    hull
+}
+
+/// Sets to 1 every pixel (at integer coordinates, as OpenCV's fillConvexPoly) inside the hull.
+fn fill_convex(hull: &[[f32; 2]], w: usize, h: usize, out: &mut [f32]) {
+    if hull.len() < 3 {
+        return;
+    }
+    let (mut x0, mut x1, mut y0, mut y1) = (f32::MAX, f32::MIN, f32::MAX, f32::MIN);
+    for p in hull {
+        x0 = x0.min(p[0]);
+        x1 = x1.max(p[0]);
+        y0 = y0.min(p[1]);
+        y1 = y1.max(p[1]);
+    }
+    let n = hull.len();
+    for y in (y0.floor().max(0.0) as usize)..=(y1.ceil() as usize).min(h - 1) {
+        for x in (x0.floor().max(0.0) as usize)..=(x1.ceil() as usize).min(w - 1) {
+            let (px, py) = (x as f32, y as f32);
+            let inside = (0..n).all(|i| {
+                let a = hull[i];
+                let b = hull[(i + 1) % n];
+                (b[0] - a[0]) * (py - a[1]) - (b[1] - a[1]) * (px - a[0]) >= -1e-3
+            });
+            if inside {
+                out[y * w + x] = 1.0;
+            }
+        }
+    }
+}
+
+/// Step 5. `hull` is only used if the thresholded core comes out empty.
+fn blend_mask<R: Rng>(mask: &[f32], hull: &[f32], w: usize, h: usize, s: f32, rng: &mut R) -> Vec<f32> {
+    let lo_w = ((192.0 * s).round() as usize).clamp(1, w);
+    let lo_h = ((192.0 * s).round() as usize).clamp(1, h);
+    let (sw, sh) = (rng.random_range(lo_w..=w), rng.random_range(lo_h..=h));
+    let k1 = scaled_odd(2 * rng.random_range(2..=12) + 1, s);
+    let k2 = scaled_odd(2 * rng.random_range(2..=12) + 1, s);
+    let sigma2 = rng.random_range(5.0f32..=45.0) * s;
+    let small = resize_bilinear(mask, w, h, 1, sw, sh);
+    let mut b1 = blur_with_kernel(&small, sw, sh, &opencv_default_kernel(k1));
+    normalise_max(&mut b1);
+    let mut core: Vec<f32> = b1.iter().map(|&v| if v >= 1.0 - 1e-4 { 1.0 } else { 0.0 }).collect();
+    if core.iter().all(|&v| v == 0.0) {
+        // A region thinner than the kernel has no saturated core: keep the blurred mask instead.
+        core = b1;
+        if core.iter().all(|&v| v <= 0.0) {
+            core = resize_bilinear(hull, w, h, 1, sw, sh);
+        }
+    }
+    let mut b2 = gaussian_blur(&core, sw, sh, k2, sigma2);
+    normalise_max(&mut b2);
+    let mut out = resize_bilinear(&b2, sw, sh, 1, w, h);
+    normalise_max(&mut out);
+    if out.iter().all(|&v| v <= 0.0) {
+        // Unreachable in practice (the ellipse/hull is never empty); never emit an empty mask.
+        let mut e = vec![0f32; w * h];
+        ellipse_mask(w, h, &mut e);
+        return e;
+    }
+    out
+}
+
+fn normalise_max(x: &mut [f32]) {
+    let m = x.iter().copied().fold(0.0f32, f32::max);
+    if m > 0.0 {
+        let inv = 1.0 / m;
+        x.iter_mut().for_each(|v| *v = (*v * inv).min(1.0));
+    }
+}
+
+fn scaled_odd(k256: usize, s: f32) -> usize {
+    let k = (k256 as f32 * s).round() as usize;
+    let k = if k % 2 == 0 { k + 1 } else { k };
+    k.max(3)
+}
+
+/// OpenCV's kernel for `sigma = 0`: its fixed tables up to 7 taps, else a Gaussian with
+/// `sigma = 0.3 ((k - 1) / 2 - 1) + 0.8`.
+fn opencv_default_kernel(k: usize) -> Vec<f32> {
+    match k {
+        3 => vec![0.25, 0.5, 0.25],
+        5 => vec![0.0625, 0.25, 0.375, 0.25, 0.0625],
+        7 => vec![0.03125, 0.109375, 0.21875, 0.28125, 0.21875, 0.109375, 0.03125],
+        _ => gaussian_kernel(k, 0.3 * ((k as f32 - 1.0) * 0.5 - 1.0) + 0.8),
+    }
+}
+
+fn gaussian_kernel(k: usize, sigma: f32) -> Vec<f32> {
+    let r = (k / 2) as isize;
+    let mut g: Vec<f32> = (-r..=r).map(|i| (-((i * i) as f32) / (2.0 * sigma * sigma)).exp()).collect();
+    let sum: f32 = g.iter().sum();
+    g.iter_mut().for_each(|v| *v /= sum);
+    g
+}
+
+fn reflect101(i: isize, n: usize) -> usize {
+    let n = n as isize;
+    if n == 1 {
+        return 0;
+    }
+    let mut i = i;
+    // Reflect about the edge pixels (OpenCV BORDER_REFLECT_101), repeated for large radii.
+    loop {
+        if i < 0 {
+            i = -i;
+        } else if i >= n {
+            i = 2 * n - 2 - i;
+        } else {
+            return i as usize;
+        }
+    }
+}
+
+/// Separable Gaussian blur of a single-channel plane with reflect-101 borders.
+pub fn gaussian_blur(x: &[f32], w: usize, h: usize, k: usize, sigma: f32) -> Vec<f32> {
+    blur_with_kernel(x, w, h, &gaussian_kernel(k, sigma.max(1e-3)))
+}
+
+/// Separable blur with an odd-length normalised kernel, reflect-101 borders.
+fn blur_with_kernel(x: &[f32], w: usize, h: usize, g: &[f32]) -> Vec<f32> {
+    let k = g.len();
+    let r = (k / 2) as isize;
+    let mut tmp = vec![0f32; w * h];
+    for y in 0..h {
+        let row = &x[y * w..(y + 1) * w];
+        let out = &mut tmp[y * w..(y + 1) * w];
+        for (xx, o) in out.iter_mut().enumerate() {
+            let mut acc = 0.0;
+            if xx as isize >= r && (xx as isize + r) < w as isize {
+                let base = xx - r as usize;
+                for (j, gv) in g.iter().enumerate() {
+                    acc += gv * row[base + j];
+                }
+            } else {
+                for (j, gv) in g.iter().enumerate() {
+                    acc += gv * row[reflect101(xx as isize + j as isize - r, w)];
+                }
+            }
+            *o = acc;
+        }
+    }
+    let mut out = vec![0f32; w * h];
+    for (j, gv) in g.iter().enumerate() {
+        for y in 0..h {
+            let yy = reflect101(y as isize + j as isize - r, h);
+            let src = &tmp[yy * w..(yy + 1) * w];
+            let dst = &mut out[y * w..(y + 1) * w];
+            for (d, s) in dst.iter_mut().zip(src) {
+                *d += gv * s;
+            }
+        }
+    }
+    out
+}
+
+/// Gaussian approximation by three box blurs whose widths give variance sigma^2 (Kovesi 2010),
+/// replicate borders.
+fn box_gauss(x: &[f32], w: usize, h: usize, sigma: f32) -> Vec<f32> {
+    let n = 3.0f32;
+    let ideal = (12.0 * sigma * sigma / n + 1.0).sqrt();
+    let mut wl = ideal.floor() as i64;
+    if wl % 2 == 0 {
+        wl -= 1;
+    }
+    let wl = wl.max(1);
+    let wu = wl + 2;
+    let m = ((12.0 * sigma * sigma - n * (wl * wl) as f32 - 4.0 * n * wl as f32 - 3.0 * n)
+        / (-4.0 * wl as f32 - 4.0))
+        .round()
+        .clamp(0.0, 3.0) as usize;
+    let mut cur = x.to_vec();
+    let mut tmp = vec![0f32; w * h];
+    for pass in 0..3 {
+        let r = (if pass < m { wl } else { wu } as usize) / 2;
+        box_pass(&cur, &mut tmp, w, h, r);
+        std::mem::swap(&mut cur, &mut tmp);
+    }
+    cur
+}
+
+/// One 2-D box blur of radius r (running sums, replicate borders): `src` -> `dst`.
+fn box_pass(src: &[f32], dst: &mut [f32], w: usize, h: usize, r: usize) {
+    if r == 0 {
+        dst.copy_from_slice(src);
+        return;
+    }
+    let inv = 1.0 / (2 * r + 1) as f32;
+    let clamp = |i: isize, n: usize| i.clamp(0, n as isize - 1) as usize;
+    let mut rows = vec![0f32; w * h];
+    for y in 0..h {
+        let row = &src[y * w..(y + 1) * w];
+        let out = &mut rows[y * w..(y + 1) * w];
+        let mut acc: f32 = (-(r as isize)..=r as isize).map(|j| row[clamp(j, w)]).sum();
+        for (xx, o) in out.iter_mut().enumerate() {
+            *o = acc * inv;
+            acc += row[clamp(xx as isize + r as isize + 1, w)] - row[clamp(xx as isize - r as isize, w)];
+        }
+    }
+    let mut acc = vec![0f32; w];
+    for j in -(r as isize)..=r as isize {
+        let yy = clamp(j, h);
+        for (a, v) in acc.iter_mut().zip(&rows[yy * w..(yy + 1) * w]) {
+            *a += v;
+        }
+    }
+    for y in 0..h {
+        for (o, a) in dst[y * w..(y + 1) * w].iter_mut().zip(&acc) {
+            *o = a * inv;
+        }
+        let add = clamp(y as isize + r as isize + 1, h);
+        let sub = clamp(y as isize - r as isize, h);
+        for i in 0..w {
+            acc[i] += rows[add * w + i] - rows[sub * w + i];
+        }
+    }
+}
+
+/// Bilinear resize with half-pixel centres (OpenCV INTER_LINEAR), `c` interleaved channels.
+pub fn resize_bilinear(x: &[f32], w: usize, h: usize, c: usize, nw: usize, nh: usize) -> Vec<f32> {
+    if nw == w && nh == h {
+        return x.to_vec();
+    }
+    let mut out = vec![0f32; nw * nh * c];
+    let (fx, fy) = (w as f32 / nw as f32, h as f32 / nh as f32);
+    let xs: Vec<(usize, usize, f32)> = (0..nw)
+        .map(|i| {
+            let sx = ((i as f32 + 0.5) * fx - 0.5).max(0.0);
+            let x0 = (sx as usize).min(w - 1); // sx >= 0: truncation is floor
+            (x0, (x0 + 1).min(w - 1), sx - x0 as f32)
+        })
+        .collect();
+    for j in 0..nh {
+        let sy = ((j as f32 + 0.5) * fy - 0.5).max(0.0);
+        let y0 = (sy as usize).min(h - 1);
+        let y1 = (y0 + 1).min(h - 1);
+        let ty = sy - y0 as f32;
+        for (i, &(x0, x1, tx)) in xs.iter().enumerate() {
+            for ch in 0..c {
+                let a = x[(y0 * w + x0) * c + ch];
+                let b = x[(y0 * w + x1) * c + ch];
+                let cc = x[(y1 * w + x0) * c + ch];
+                let d = x[(y1 * w + x1) * c + ch];
+                let top = a + (b - a) * tx;
+                let bot = cc + (d - cc) * tx;
+                out[(j * nw + i) * c + ch] = top + (bot - top) * ty;
+            }
+        }
+    }
+    out
+}
+
+/// Bilinear sample of all `c` channels at (sx, sy) into `out`; outside the image: replicate
+/// the border or give 0.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn sample_bilinear(
+    x: &[f32],
+    w: usize,
+    h: usize,
+    c: usize,
+    sx: f32,
+    sy: f32,
+    replicate: bool,
+    out: &mut [f32],
+) {
+    if !replicate && (sx < -0.5 || sy < -0.5 || sx > w as f32 - 0.5 || sy > h as f32 - 0.5) {
+        out.fill(0.0);
+        return;
+    }
+    let sx = sx.clamp(0.0, (w - 1) as f32);
+    let sy = sy.clamp(0.0, (h - 1) as f32);
+    let x0 = sx as usize; // clamped to >= 0: truncation is floor
+    let y0 = sy as usize;
+    let x1 = (x0 + 1).min(w - 1);
+    let y1 = (y0 + 1).min(h - 1);
+    let (tx, ty) = (sx - x0 as f32, sy - y0 as f32);
+    let (i00, i01, i10, i11) = ((y0 * w + x0) * c, (y0 * w + x1) * c, (y1 * w + x0) * c, (y1 * w + x1) * c);
+    for (ch, o) in out.iter_mut().enumerate() {
+        let top = x[i00 + ch] + (x[i01 + ch] - x[i00 + ch]) * tx;
+        let bot = x[i10 + ch] + (x[i11 + ch] - x[i10 + ch]) * tx;
+        *o = top + (bot - top) * ty;
+    }
+}
+
+/// Scale `sc` about the centre then translate by (tx, ty); replicate or zero borders.
+#[allow(clippy::too_many_arguments)]
+fn warp_affine(
+    x: &[f32],
+    w: usize,
+    h: usize,
+    c: usize,
+    sc: f32,
+    tx: f32,
+    ty: f32,
+    replicate: bool,
+) -> Vec<f32> {
+    let (cx, cy) = ((w as f32 - 1.0) * 0.5, (h as f32 - 1.0) * 0.5);
+    let mut out = vec![0f32; w * h * c];
+    for y in 0..h {
+        let sy = (y as f32 - cy - ty) / sc + cy;
+        for xx in 0..w {
+            let sx = (xx as f32 - cx - tx) / sc + cx;
+            let i = (y * w + xx) * c;
+            sample_bilinear(x, w, h, c, sx, sy, replicate, &mut out[i..i + c]);
+        }
+    }
+    out
+}
+
+/// Elastic deformation: displacement fields of U(-1, 1) noise, Gaussian-smoothed, times alpha.
+/// The smoothing of the noise fields uses three box passes matched to sigma (cost independent of
+/// sigma; the fields are random, so the small difference to a true Gaussian does not matter).
+fn elastic<R: Rng>(mask: &[f32], w: usize, h: usize, alpha: f32, sigma: f32, rng: &mut R) -> Vec<f32> {
+    let mut noise = vec![0f32; w * h];
+    noise.iter_mut().for_each(|v| *v = rng.random_range(-1.0f32..=1.0));
+    let dx = box_gauss(&noise, w, h, sigma);
+    noise.iter_mut().for_each(|v| *v = rng.random_range(-1.0f32..=1.0));
+    let dy = box_gauss(&noise, w, h, sigma);
+    let mut out = vec![0f32; w * h];
+    for y in 0..h {
+        for x in 0..w {
+            let i = y * w + x;
+            let (sx, sy) = (x as f32 + alpha * dx[i], y as f32 + alpha * dy[i]);
+            sample_bilinear(mask, w, h, 1, sx, sy, false, &mut out[i..i + 1]);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hull_of_square() {
+        let h = convex_hull(vec![[0.0, 0.0], [2.0, 0.0], [2.0, 2.0], [0.0, 2.0], [1.0, 1.0]]);
+        assert_eq!(h.len(), 4);
+        let mut m = vec![0f32; 16];
+        fill_convex(&h, 4, 4, &mut m);
+        // 3x3 integer points inside [0,2]^2.
+        assert_eq!(m.iter().sum::<f32>(), 9.0);
+    }
+
+    #[test]
+    fn blur_preserves_constant_and_mass() {
+        let x = vec![3.0f32; 20 * 10];
+        let y = gaussian_blur(&x, 20, 10, 7, 2.0);
+        assert!(y.iter().all(|v| (v - 3.0).abs() < 1e-4));
+        // OpenCV: getGaussianKernel(9, 0) has sigma 1.7; its centre tap is 0.2364 (hand-computed:
+        // 1 / sum_{i=-4..4} exp(-i^2 / (2 * 1.7^2)) = 1 / 4.2304).
+        let g = opencv_default_kernel(9);
+        assert!((g.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert!((g[4] - 1.0 / 4.2304).abs() < 1e-4, "{g:?}");
+        for k in [3, 5, 7, 9, 25] {
+            assert!((opencv_default_kernel(k).iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        }
+        // A one-pixel impulse spreads as the kernel (separable: outer product).
+        let mut imp = vec![0f32; 11 * 11];
+        imp[5 * 11 + 5] = 1.0;
+        let b = blur_with_kernel(&imp, 11, 11, &opencv_default_kernel(5));
+        assert!((b[5 * 11 + 5] - 0.375 * 0.375).abs() < 1e-6);
+        assert!((b[3 * 11 + 6] - 0.0625 * 0.25).abs() < 1e-6);
+    }
+
+    #[test]
+    fn box_gauss_matches_gaussian_variance() {
+        for sigma in [3.5f32, 7.0] {
+            let n = 81;
+            let mut imp = vec![0f32; n * n];
+            imp[40 * n + 40] = 1.0;
+            let b = box_gauss(&imp, n, n, sigma);
+            let mass: f32 = b.iter().sum();
+            assert!((mass - 1.0).abs() < 1e-4);
+            let var: f32 = (0..n).map(|x| (x as f32 - 40.0).powi(2) * b[40 * n + x]).sum::<f32>()
+                / (0..n).map(|x| b[40 * n + x]).sum::<f32>();
+            assert!((var.sqrt() - sigma).abs() / sigma < 0.06, "sigma {sigma}: got {}", var.sqrt());
+            assert!(box_gauss(&vec![2.0; 40 * 30], 40, 30, sigma).iter().all(|v| (v - 2.0).abs() < 1e-4));
+        }
+    }
+
+    #[test]
+    fn sharpen_matches_direct_kernel() {
+        let (w, h) = (5, 4);
+        let x: Vec<f32> = (0..w * h * 3).map(|i| ((i * 37) % 251) as f32).collect();
+        let mut y = x.clone();
+        sharpen(&mut y, w, h, 0.3, 0.7);
+        // Interior pixel (2, 1), channel 1, by hand: (1 - a) v + a ((8 + l) v - sum of 8 neighbours).
+        let at = |xx: usize, yy: usize| x[3 * (yy * w + xx) + 1];
+        let nb: f32 = [(1, 0), (2, 0), (3, 0), (1, 1), (3, 1), (1, 2), (2, 2), (3, 2)]
+            .iter()
+            .map(|&(a, b)| at(a, b))
+            .sum();
+        let want = (0.7 * at(2, 1) + 0.3 * (8.7 * at(2, 1) - nb)).clamp(0.0, 255.0);
+        assert!((y[3 * (w + 2) + 1] - want).abs() < 1e-3);
+    }
+
+    #[test]
+    fn resize_identity_and_constant() {
+        let x: Vec<f32> = (0..12).map(|v| v as f32).collect();
+        assert_eq!(resize_bilinear(&x, 4, 3, 1, 4, 3), x);
+        let c = vec![7.0f32; 30 * 3];
+        assert!(resize_bilinear(&c, 10, 3, 3, 17, 9).iter().all(|v| (v - 7.0).abs() < 1e-5));
+    }
+
+    #[test]
+    fn hsv_zero_shift_is_identity() {
+        let mut x = vec![10.0, 200.0, 90.0, 255.0, 0.0, 0.0, 30.0, 30.0, 30.0];
+        let y = x.clone();
+        hsv_shift(&mut x, [0.0, 0.0, 0.0]);
+        for (a, b) in x.iter().zip(&y) {
+            assert!((a - b).abs() < 1e-3);
+        }
+    }
+}
