@@ -22,7 +22,8 @@ pub struct Linear {
 impl Linear {
     pub fn new(pb: &ParamBuilder, in_dim: usize, out_dim: usize, bias: bool) -> Result<Self> {
         let weight = pb.param("weight", (out_dim, in_dim), Init::TorchDefault { fan_in: in_dim })?;
-        let bias = if bias { Some(pb.param("bias", out_dim, Init::TorchDefault { fan_in: in_dim })?) } else { None };
+        let bias =
+            if bias { Some(pb.param("bias", out_dim, Init::TorchDefault { fan_in: in_dim })?) } else { None };
         Ok(Self { weight, bias })
     }
 
@@ -207,7 +208,10 @@ impl BatchNorm2d {
             Mode::Train | Mode::TrainFrozenStats => {
                 let n = b * h * w;
                 if n < 2 {
-                    candle_core::bail!("batch norm in training mode needs more than one value per channel, got {:?}", x.dims());
+                    candle_core::bail!(
+                        "batch norm in training mode needs more than one value per channel, got {:?}",
+                        x.dims()
+                    );
                 }
                 let mean = x.mean_keepdim((0, 2, 3))?;
                 let xc = x.broadcast_sub(&mean)?;
@@ -275,7 +279,11 @@ pub struct LayerNorm {
 
 impl LayerNorm {
     pub fn new(pb: &ParamBuilder, dim: usize, eps: f64) -> Result<Self> {
-        Ok(Self { weight: pb.param("weight", dim, Init::Ones)?, bias: pb.param("bias", dim, Init::Zeros)?, eps })
+        Ok(Self {
+            weight: pb.param("weight", dim, Init::Ones)?,
+            bias: pb.param("bias", dim, Init::Zeros)?,
+            eps,
+        })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -326,7 +334,13 @@ pub struct SqueezeExcite {
 }
 
 impl SqueezeExcite {
-    pub fn new(pb: &ParamBuilder, channels: usize, reduced: usize, act: Activation, init: ConvInit) -> Result<Self> {
+    pub fn new(
+        pb: &ParamBuilder,
+        channels: usize,
+        reduced: usize,
+        act: Activation,
+        init: ConvInit,
+    ) -> Result<Self> {
         let cfg = ConvCfg::default().bias(true);
         Ok(Self {
             conv_reduce: Conv2d::new(&pb.pp("conv_reduce"), channels, reduced, 1, cfg, init)?,

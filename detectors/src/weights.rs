@@ -78,10 +78,15 @@ fn map_name(name: &str, opts: &LoadOptions) -> String {
 /// All-or-nothing: names and shapes are checked first; any missing store entry (not allowed),
 /// unexpected file tensor (not ignored) or shape mismatch returns an error listing all of them,
 /// and nothing is copied. Tensors are converted to the store's dtype (f32) and device.
-pub fn load_safetensors(store: &ParamStore, path: impl AsRef<Path>, opts: &LoadOptions) -> Result<LoadReport> {
+pub fn load_safetensors(
+    store: &ParamStore,
+    path: impl AsRef<Path>,
+    opts: &LoadOptions,
+) -> Result<LoadReport> {
     let path = path.as_ref();
-    let file = candle_core::safetensors::load(path, &Device::Cpu)
-        .map_err(|e| candle_core::Error::Msg(format!("{}: cannot read safetensors file: {e}", path.display())))?;
+    let file = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| {
+        candle_core::Error::Msg(format!("{}: cannot read safetensors file: {e}", path.display()))
+    })?;
 
     let mut targets: BTreeMap<&str, &candle_core::Var> = BTreeMap::new();
     for (n, v) in store.trainable().chain(store.buffers()) {
@@ -98,7 +103,9 @@ pub fn load_safetensors(store: &ParamStore, path: impl AsRef<Path>, opts: &LoadO
     for fname in file_names {
         let tensor = &file[fname];
         let name = map_name(fname, opts);
-        if name.ends_with("num_batches_tracked") || opts.ignore_prefixes.iter().any(|p| name.starts_with(p.as_str())) {
+        if name.ends_with("num_batches_tracked")
+            || opts.ignore_prefixes.iter().any(|p| name.starts_with(p.as_str()))
+        {
             report.ignored.push(fname.clone());
             continue;
         }
@@ -157,7 +164,8 @@ pub fn load_safetensors(store: &ParamStore, path: impl AsRef<Path>, opts: &LoadO
     for (name, t) in plan {
         let var = targets[name.as_str()];
         let t = t.to_dtype(var.dtype())?.to_device(var.device())?;
-        var.set(&t).map_err(|e| candle_core::Error::Msg(format!("{}: setting `{name}`: {e}", path.display())))?;
+        var.set(&t)
+            .map_err(|e| candle_core::Error::Msg(format!("{}: setting `{name}`: {e}", path.display())))?;
         report.loaded.push(name);
     }
     Ok(report)

@@ -27,7 +27,13 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
 }
 
 /// Brute-force PyTorch max-pool on nested loops, for the forward values.
-fn brute_pool(x: &[f64], (b, c, h, w): (usize, usize, usize, usize), k: usize, s: usize, p: usize) -> Vec<f64> {
+fn brute_pool(
+    x: &[f64],
+    (b, c, h, w): (usize, usize, usize, usize),
+    k: usize,
+    s: usize,
+    p: usize,
+) -> Vec<f64> {
     let ho = (h + 2 * p - k) / s + 1;
     let wo = (w + 2 * p - k) / s + 1;
     let mut out = Vec::new();
@@ -37,7 +43,8 @@ fn brute_pool(x: &[f64], (b, c, h, w): (usize, usize, usize, usize), k: usize, s
                 let mut m = f64::NEG_INFINITY;
                 for ky in 0..k {
                     for kx in 0..k {
-                        let (y, xx) = ((oy * s + ky) as isize - p as isize, (ox * s + kx) as isize - p as isize);
+                        let (y, xx) =
+                            ((oy * s + ky) as isize - p as isize, (ox * s + kx) as isize - p as isize);
                         if y >= 0 && xx >= 0 && (y as usize) < h && (xx as usize) < w {
                             m = m.max(x[bc * h * w + y as usize * w + xx as usize]);
                         }
@@ -78,7 +85,8 @@ fn max_pool_backward_finite_differences() -> Result<()> {
         let ho = (7 + 2 * p - k) / s + 1;
         let wo = (6 + 2 * p - k) / s + 1;
         let r = randn(&[2, 2, ho, wo], 3)?.to_dtype(DType::F64)?;
-        let loss = |x: &Tensor| -> Result<f64> { (max_pool2d(x, k, s, p)? * &r)?.sum_all()?.to_scalar::<f64>() };
+        let loss =
+            |x: &Tensor| -> Result<f64> { (max_pool2d(x, k, s, p)? * &r)?.sum_all()?.to_scalar::<f64>() };
         let xv = Var::from_tensor(&x0)?;
         let l = (max_pool2d(xv.as_tensor(), k, s, p)? * &r)?.sum_all()?;
         let g = l.backward()?.get(xv.as_tensor()).expect("gradient").flatten_all()?.to_vec1::<f64>()?;
@@ -142,8 +150,10 @@ fn channel_stats(x: &Tensor) -> Result<(Vec<f64>, Vec<f64>, Vec<f64>)> {
     let n = (b * h * w) as f64;
     let (mut mean, mut var_b, mut var_u) = (vec![0.0; c], vec![0.0; c], vec![0.0; c]);
     for ch in 0..c {
-        let vals: Vec<f64> =
-            (0..b).flat_map(|bi| (0..h * w).map(move |i| (bi, i))).map(|(bi, i)| v[(bi * c + ch) * h * w + i]).collect();
+        let vals: Vec<f64> = (0..b)
+            .flat_map(|bi| (0..h * w).map(move |i| (bi, i)))
+            .map(|(bi, i)| v[(bi * c + ch) * h * w + i])
+            .collect();
         let m = vals.iter().sum::<f64>() / n;
         let ss = vals.iter().map(|x| (x - m) * (x - m)).sum::<f64>();
         mean[ch] = m;
@@ -214,7 +224,10 @@ fn batch_norm_gradient_flows_to_affine_and_input() -> Result<()> {
     let x = Var::from_tensor(&randn(&[3, 2, 4, 4], 9)?)?;
     let g = bn.forward(x.as_tensor(), Mode::Train)?.sum_all()?.backward()?;
     assert_eq!(g.get(&bn.bias).unwrap().to_vec1::<f32>()?, vec![48.0, 48.0]);
-    assert!(g.get(x.as_tensor()).unwrap().abs()?.max_keepdim(0)?.flatten_all()?.max(0)?.to_scalar::<f32>()? < 1e-4);
+    assert!(
+        g.get(x.as_tensor()).unwrap().abs()?.max_keepdim(0)?.flatten_all()?.max(0)?.to_scalar::<f32>()?
+            < 1e-4
+    );
     // No gradient reaches the running statistics.
     assert!(g.get(bn.running_mean.as_tensor()).is_none());
     Ok(())

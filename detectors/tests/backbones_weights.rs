@@ -21,7 +21,9 @@ fn save_then_load_round_trip() -> Result<()> {
     let pb = ParamStore::new(&Device::Cpu).builder(1);
     let bb = build("meso4", &pb, 64)?;
     // Move the running statistics away from their initial values so buffers are tested too.
-    let x = (Tensor::arange(0f32, (2 * 3 * 64 * 64) as f32, &Device::Cpu)? * 0.37)?.sin()?.reshape((2, 3, 64, 64))?;
+    let x = (Tensor::arange(0f32, (2 * 3 * 64 * 64) as f32, &Device::Cpu)? * 0.37)?
+        .sin()?
+        .reshape((2, 3, 64, 64))?;
     bb.forward_features(&x, Mode::Train)?;
     let src = pb.store();
     save_safetensors(&src, &path)?;
@@ -77,8 +79,12 @@ fn mismatches_are_listed_and_nothing_is_copied() -> Result<()> {
     let rep = load_safetensors(&store, &path, &opts)?;
     assert_eq!(rep.loaded, vec!["conv1.weight".to_string()]);
     assert_eq!(rep.ignored, vec!["module.bn1.num_batches_tracked".to_string()]);
-    assert_eq!(store.param("conv1.weight").unwrap().as_tensor().flatten_all()?.to_vec1::<f32>()?, vec![1.0; 216]);
-    let missing = load_safetensors(&store, dir.path().join("absent.safetensors"), &opts).unwrap_err().to_string();
+    assert_eq!(
+        store.param("conv1.weight").unwrap().as_tensor().flatten_all()?.to_vec1::<f32>()?,
+        vec![1.0; 216]
+    );
+    let missing =
+        load_safetensors(&store, dir.path().join("absent.safetensors"), &opts).unwrap_err().to_string();
     assert!(missing.contains("absent.safetensors"), "{missing}");
     Ok(())
 }
@@ -98,7 +104,10 @@ fn pos_embed_bilinear_resize_by_hand() -> Result<()> {
     }
     assert_eq!(r, want);
     // Same size is the identity; non-square counts are refused.
-    assert_eq!(resize_pos_embed(&pos, &[1, 5, 1])?.flatten_all()?.to_vec1::<f32>()?, vec![9., 0., 1., 2., 3.]);
+    assert_eq!(
+        resize_pos_embed(&pos, &[1, 5, 1])?.flatten_all()?.to_vec1::<f32>()?,
+        vec![9., 0., 1., 2., 3.]
+    );
     assert!(resize_pos_embed(&pos, &[1, 6, 1]).is_err());
     Ok(())
 }

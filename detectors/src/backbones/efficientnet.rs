@@ -56,7 +56,14 @@ fn bn(pb: &ParamBuilder, name: &str, c: usize) -> Result<BatchNorm2d> {
 
 enum Block {
     /// Stage 0: depthwise conv, BN, SiLU, SE, pointwise conv, BN.
-    DepthwiseSeparable { conv_dw: Conv2d, bn1: BatchNorm2d, se: SqueezeExcite, conv_pw: Conv2d, bn2: BatchNorm2d, skip: bool },
+    DepthwiseSeparable {
+        conv_dw: Conv2d,
+        bn1: BatchNorm2d,
+        se: SqueezeExcite,
+        conv_pw: Conv2d,
+        bn2: BatchNorm2d,
+        skip: bool,
+    },
     /// MBConv: expand 1x1, BN, SiLU, depthwise, BN, SiLU, SE, project 1x1, BN.
     InvertedResidual {
         conv_pw: Conv2d,
@@ -134,7 +141,8 @@ impl EfficientNet {
         let init = ConvInit::KaimingFanOut;
         let ch = |c: usize| round_channels(c as f64 * width);
         let stem = ch(32);
-        let conv_stem = Conv2d::new(&pb.pp("conv_stem"), 3, stem, 3, ConvCfg::default().stride(2).padding(1), init)?;
+        let conv_stem =
+            Conv2d::new(&pb.pp("conv_stem"), 3, stem, 3, ConvCfg::default().stride(2).padding(1), init)?;
         let bn1 = bn(pb, "bn1", stem)?;
         let mut blocks = Vec::new();
         let mut cin = stem;

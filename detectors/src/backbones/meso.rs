@@ -21,8 +21,23 @@ pub const MESO4_PARAMS: usize = 11_464;
 /// Trainable parameters of MesoInception-4 (see the test for the sum).
 pub const MESO_INCEPTION4_PARAMS: usize = 12_091;
 
-fn conv(pb: &ParamBuilder, name: &str, cin: usize, cout: usize, k: usize, pad: usize, dil: usize) -> Result<Conv2d> {
-    Conv2d::new(&pb.pp(name), cin, cout, k, ConvCfg::default().padding(pad).dilation(dil), ConvInit::TorchDefault)
+fn conv(
+    pb: &ParamBuilder,
+    name: &str,
+    cin: usize,
+    cout: usize,
+    k: usize,
+    pad: usize,
+    dil: usize,
+) -> Result<Conv2d> {
+    Conv2d::new(
+        &pb.pp(name),
+        cin,
+        cout,
+        k,
+        ConvCfg::default().padding(pad).dilation(dil),
+        ConvInit::TorchDefault,
+    )
 }
 
 /// Side length after the four pools (2, 2, 2, 4), floor mode as PyTorch.
@@ -87,7 +102,15 @@ struct Inception {
 }
 
 impl Inception {
-    fn new(pb: &ParamBuilder, idx: usize, cin: usize, a: usize, b: usize, c: usize, d: usize) -> Result<Self> {
+    fn new(
+        pb: &ParamBuilder,
+        idx: usize,
+        cin: usize,
+        a: usize,
+        b: usize,
+        c: usize,
+        d: usize,
+    ) -> Result<Self> {
         let n = |s: &str| format!("Incption{idx}_{s}");
         Ok(Self {
             c1: conv(pb, &n("conv1"), cin, a, 1, 0, 1)?,

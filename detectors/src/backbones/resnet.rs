@@ -31,7 +31,14 @@ impl BasicBlock {
         let bn2 = BatchNorm2d::new(&pb.pp("bn2"), cout)?;
         let downsample = if stride != 1 || cin != cout {
             let ds = pb.pp("downsample");
-            let conv = Conv2d::new(&ds.pp("0"), cin, cout, 1, ConvCfg::default().stride(stride), ConvInit::KaimingFanOut)?;
+            let conv = Conv2d::new(
+                &ds.pp("0"),
+                cin,
+                cout,
+                1,
+                ConvCfg::default().stride(stride),
+                ConvInit::KaimingFanOut,
+            )?;
             Some((conv, BatchNorm2d::new(&ds.pp("1"), cout)?))
         } else {
             None
@@ -59,7 +66,14 @@ pub struct ResNet {
 impl ResNet {
     /// `layers`: blocks per stage, `[2, 2, 2, 2]` (resnet18) or `[3, 4, 6, 3]` (resnet34).
     pub fn new(pb: &ParamBuilder, layers: [usize; 4]) -> Result<Self> {
-        let conv1 = Conv2d::new(&pb.pp("conv1"), 3, 64, 7, ConvCfg::default().stride(2).padding(3), ConvInit::KaimingFanOut)?;
+        let conv1 = Conv2d::new(
+            &pb.pp("conv1"),
+            3,
+            64,
+            7,
+            ConvCfg::default().stride(2).padding(3),
+            ConvInit::KaimingFanOut,
+        )?;
         let bn1 = BatchNorm2d::new(&pb.pp("bn1"), 64)?;
         let mut blocks = Vec::new();
         let mut cin = 64;

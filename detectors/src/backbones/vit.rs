@@ -29,7 +29,10 @@ impl VitConfig {
     /// Number of patches per side for an `image_size` square input.
     pub fn grid(&self, image_size: usize) -> Result<usize> {
         if image_size == 0 || image_size % self.patch != 0 {
-            candle_core::bail!("vit: image size {image_size} must be a positive multiple of the patch size {}", self.patch);
+            candle_core::bail!(
+                "vit: image size {image_size} must be a positive multiple of the patch size {}",
+                self.patch
+            );
         }
         Ok(image_size / self.patch)
     }
@@ -41,7 +44,8 @@ impl VitConfig {
         let hidden = d * self.mlp_ratio;
         let patch = 3 * self.patch * self.patch * d + d;
         let tokens = d + (g * g + 1) * d;
-        let block = 2 * d + (3 * d * d + 3 * d) + (d * d + d) + 2 * d + (d * hidden + hidden) + (hidden * d + d);
+        let block =
+            2 * d + (3 * d * d + 3 * d) + (d * d + d) + 2 * d + (d * hidden + hidden) + (hidden * d + d);
         Ok(patch + tokens + self.depth * block + 2 * d)
     }
 }

@@ -27,7 +27,14 @@ impl SeparableConv2d {
         let dw = ConvCfg::default().padding(1).groups(cin);
         Ok(Self {
             conv1: Conv2d::new(&pb.pp("conv1"), cin, cin, 3, dw, ConvInit::TorchDefault)?,
-            pointwise: Conv2d::new(&pb.pp("pointwise"), cin, cout, 1, ConvCfg::default(), ConvInit::TorchDefault)?,
+            pointwise: Conv2d::new(
+                &pb.pp("pointwise"),
+                cin,
+                cout,
+                1,
+                ConvCfg::default(),
+                ConvInit::TorchDefault,
+            )?,
         })
     }
 
@@ -49,10 +56,25 @@ struct Block {
 }
 
 impl Block {
-    fn new(pb: &ParamBuilder, cin: usize, cout: usize, reps: usize, stride: usize, start_relu: bool, grow_first: bool) -> Result<Self> {
+    fn new(
+        pb: &ParamBuilder,
+        cin: usize,
+        cout: usize,
+        reps: usize,
+        stride: usize,
+        start_relu: bool,
+        grow_first: bool,
+    ) -> Result<Self> {
         // The original builds the skip first, then the `rep` list; keep that order for init draws.
         let skip = if cout != cin || stride != 1 {
-            let conv = Conv2d::new(&pb.pp("skip"), cin, cout, 1, ConvCfg::default().stride(stride), ConvInit::TorchDefault)?;
+            let conv = Conv2d::new(
+                &pb.pp("skip"),
+                cin,
+                cout,
+                1,
+                ConvCfg::default().stride(stride),
+                ConvInit::TorchDefault,
+            )?;
             Some((conv, BatchNorm2d::new(&pb.pp("skipbn"), cout)?))
         } else {
             None
@@ -120,17 +142,21 @@ pub struct Xception {
 
 impl Xception {
     pub fn new(pb: &ParamBuilder) -> Result<Self> {
-        let conv1 = Conv2d::new(&pb.pp("conv1"), 3, 32, 3, ConvCfg::default().stride(2), ConvInit::TorchDefault)?;
+        let conv1 =
+            Conv2d::new(&pb.pp("conv1"), 3, 32, 3, ConvCfg::default().stride(2), ConvInit::TorchDefault)?;
         let bn1 = BatchNorm2d::new(&pb.pp("bn1"), 32)?;
         let conv2 = Conv2d::new(&pb.pp("conv2"), 32, 64, 3, ConvCfg::default(), ConvInit::TorchDefault)?;
         let bn2 = BatchNorm2d::new(&pb.pp("bn2"), 64)?;
-        let mut specs = vec![(64, 128, 2, 2, false, true), (128, 256, 2, 2, true, true), (256, 728, 2, 2, true, true)];
+        let mut specs =
+            vec![(64, 128, 2, 2, false, true), (128, 256, 2, 2, true, true), (256, 728, 2, 2, true, true)];
         specs.extend(std::iter::repeat_n((728, 728, 3, 1, true, true), 8));
         specs.push((728, 1024, 2, 2, true, false));
         let blocks = specs
             .into_iter()
             .enumerate()
-            .map(|(i, (a, b, r, s, sr, gf))| Block::new(&pb.pp(format!("block{}", i + 1)), a, b, r, s, sr, gf))
+            .map(|(i, (a, b, r, s, sr, gf))| {
+                Block::new(&pb.pp(format!("block{}", i + 1)), a, b, r, s, sr, gf)
+            })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             conv1,

@@ -119,7 +119,11 @@ impl MaxPool2dOp {
         let g = grad_res.flatten_all()?.to_vec1::<T>()?;
         let argmax = self.argmax.lock().expect("max_pool2d argmax poisoned");
         if argmax.len() != g.len() {
-            candle_core::bail!("max_pool2d backward: gradient has {} elements, forward had {}", g.len(), argmax.len());
+            candle_core::bail!(
+                "max_pool2d backward: gradient has {} elements, forward had {}",
+                g.len(),
+                argmax.len()
+            );
         }
         let planes = dims[0] * dims[1];
         let mut grad_in = vec![T::default(); planes * plane_in];
@@ -209,9 +213,14 @@ pub fn max_pool2d_composed(x: &Tensor, kernel: usize, stride: usize, padding: us
     let xp = pad_axis(xp, 3, w, wp)?;
     let mut acc: Option<Tensor> = None;
     for ki in 0..kernel {
-        let rows = xp.narrow(2, ki, stride * ho)?.reshape((b, c, ho, stride, wp))?.narrow(3, 0, 1)?.squeeze(3)?;
+        let rows =
+            xp.narrow(2, ki, stride * ho)?.reshape((b, c, ho, stride, wp))?.narrow(3, 0, 1)?.squeeze(3)?;
         for kj in 0..kernel {
-            let v = rows.narrow(3, kj, stride * wo)?.reshape((b, c, ho, wo, stride))?.narrow(4, 0, 1)?.squeeze(4)?;
+            let v = rows
+                .narrow(3, kj, stride * wo)?
+                .reshape((b, c, ho, wo, stride))?
+                .narrow(4, 0, 1)?
+                .squeeze(4)?;
             acc = Some(match acc {
                 None => v,
                 Some(a) => a.maximum(&v)?,
