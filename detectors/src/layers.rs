@@ -199,8 +199,9 @@ impl BatchNorm2d {
         match mode {
             Mode::Eval => {
                 // Fold the statistics into one scale and shift: two passes over x.
-                let rm = self.running_mean.as_tensor().to_dtype(x.dtype())?;
-                let rv = self.running_var.as_tensor().to_dtype(x.dtype())?;
+                // Detached: the statistics are state, not parameters; no gradient is wanted.
+                let rm = self.running_mean.as_tensor().detach().to_dtype(x.dtype())?;
+                let rv = self.running_var.as_tensor().detach().to_dtype(x.dtype())?;
                 let scale = (self.weight.to_dtype(x.dtype())? / (rv + self.eps)?.sqrt()?)?;
                 let shift = (self.bias.to_dtype(x.dtype())? - (rm * &scale)?)?;
                 x.broadcast_mul(&scale.reshape(shape)?)?.broadcast_add(&shift.reshape(shape)?)

@@ -16,8 +16,8 @@
 //!   `block{1-12}.rep.{i}.conv1.weight` (depthwise), `.rep.{i}.pointwise.weight`,
 //!   `.rep.{i}.{weight,bias,running_mean,running_var}` (BN), `block{n}.skip.weight`,
 //!   `block{n}.skipbn.*`, `conv3.{conv1,pointwise}.weight`, `bn3.*`, `conv4.*`, `bn4.*`. Ignore
-//!   `last_linear.` and `adjust_channel.`. Cadene's ImageNet file names the pointwise weights
-//!   `[out, in]`; DeepfakeBench reshapes them to `[out, in, 1, 1]` before loading, do the same.
+//!   `last_linear.` and `adjust_channel.`. Cadene's ImageNet file stores the pointwise weights as
+//!   `[out, in]`; any `[out, in]` tensor whose model shape is `[out, in, 1, 1]` is reshaped.
 //! - `meso4`: `conv{1-4}.weight`, `bn1.*` (8 channels), `bn2.*` (16). `meso4-inception`:
 //!   `Incption{1,2}_conv{1,2_1,2_2,3_1,3_2,4_1,4_2}.weight`, `Incption{1,2}_bn.*`,
 //!   `conv{1,2}.weight`, `bn1.*`. Ignore `fc1.` and `fc2.` (the classifier).
@@ -127,6 +127,10 @@ pub fn load_safetensors(
                     continue;
                 }
             }
+        }
+        // Cadene's Xception stores 1x1 (pointwise) conv weights as `[out, in]`.
+        if t.dims() != want && t.rank() == 2 && want.len() == 4 && want[2..] == [1, 1] && t.dims() == &want[..2] {
+            t = t.reshape(want)?;
         }
         if t.dims() != want {
             mismatched.push(format!("{name}: file {:?}, model {want:?}", tensor.dims()));

@@ -114,6 +114,10 @@ fn build_rejects_bad_names_and_sizes() {
     assert!(e.contains("resnet50") && e.contains("resnet18"), "{e}");
     assert!(build("meso4", &pb, 16).is_err());
     assert!(build("vit-tiny", &pb, 40).is_err());
+    let (bb, _) = built("meso4", 0, 32).unwrap();
+    let gray = Tensor::zeros((2, 1, 32, 32), DType::F32, &Device::Cpu).unwrap();
+    let e = bb.forward_features(&gray, Mode::Eval).unwrap_err().to_string();
+    assert!(e.contains("meso4") && e.contains("[B, 3, H, W]") && e.contains("[2, 1, 32, 32]"), "{e}");
 }
 
 #[test]

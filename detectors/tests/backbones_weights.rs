@@ -129,3 +129,25 @@ fn vit_checkpoint_at_another_size_loads_with_resize() -> Result<()> {
     assert_eq!(store.param("pos_embed").unwrap().dims(), &[1, 17, 64]);
     Ok(())
 }
+
+#[test]
+fn linear_shaped_pointwise_weights_are_reshaped() -> Result<()> {
+    // Cadene's Xception file stores `pointwise.weight` as [out, in]; the model has [out, in, 1, 1].
+    let dir = tempfile::tempdir().map_err(candle_core::Error::wrap)?;
+    let path = dir.path().join("pw.safetensors");
+    let pb = ParamStore::new(&Device::Cpu).builder(0);
+    build("xception", &pb, 32)?;
+    let store = pb.store();
+    let name = "block1.rep.0.pointwise.weight";
+    let w = Tensor::arange(0f32, (128 * 64) as f32, &Device::Cpu)?.reshape((128, 64))?;
+    let mut m = HashMap::new();
+    m.insert(name.to_string(), w.clone());
+    candle_core::safetensors::save(&m, &path)?;
+    let opts = LoadOptions { allow_missing_prefixes: vec![String::new()], ..Default::default() };
+    let rep = load_safetensors(&store, &path, &opts)?;
+    assert_eq!(rep.loaded, vec![name.to_string()]);
+    let got = store.param(name).unwrap();
+    assert_eq!(got.dims(), &[128, 64, 1, 1]);
+    assert_eq!(got.flatten_all()?.to_vec1::<f32>()?, w.flatten_all()?.to_vec1::<f32>()?);
+    Ok(())
+}

@@ -166,6 +166,7 @@ impl EfficientNet {
 
 impl Backbone for EfficientNet {
     fn forward_features(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        super::check_images(x, "efficientnet")?;
         let mut x = ACT.forward(&self.bn1.forward(&self.conv_stem.forward(x)?, mode)?)?;
         for b in &self.blocks {
             x = b.forward(&x, mode)?;

@@ -3,7 +3,7 @@
 //! Parameter names under the builder's prefix follow the reference implementations (torchvision
 //! for ResNet, timm for EfficientNet and ViT, DeepfakeBench for MesoNet and Xception) so that
 //! pretrained weights load by name with [`crate::weights::load_safetensors`].
-use candle_core::Result;
+use candle_core::{Result, Tensor};
 
 use crate::model::Backbone;
 use crate::params::ParamBuilder;
@@ -68,6 +68,14 @@ pub fn build(name: &str, pb: &ParamBuilder, image_size: usize) -> Result<Box<dyn
         "vit-tiny" => Box::new(vit::Vit::new(pb, vit::VIT_TINY, image_size)?),
         _ => return Err(unknown(name)),
     })
+}
+
+/// Refuses anything but an RGB batch `[B, 3, H, W]` with a clear message.
+pub(crate) fn check_images(x: &Tensor, backbone: &str) -> Result<()> {
+    match x.dims() {
+        [_, 3, _, _] => Ok(()),
+        d => candle_core::bail!("backbone `{backbone}`: expected images [B, 3, H, W], got shape {d:?}"),
+    }
 }
 
 /// Smallest square input each backbone accepts (Meso: 32, as its pools divide by 32; Xception:

@@ -91,6 +91,7 @@ impl ResNet {
 
 impl Backbone for ResNet {
     fn forward_features(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        super::check_images(x, "resnet")?;
         let x = self.bn1.forward(&self.conv1.forward(x)?, mode)?.relu()?;
         let mut x = max_pool2d(&x, 3, 2, 1)?;
         for b in &self.blocks {

@@ -140,6 +140,7 @@ impl Vit {
 
 impl Backbone for Vit {
     fn forward_features(&self, images: &Tensor, _mode: Mode) -> Result<Tensor> {
+        super::check_images(images, "vit")?;
         let (b, _, h, w) = images.dims4()?;
         if h != self.image_size || w != self.image_size {
             candle_core::bail!(

@@ -174,6 +174,7 @@ impl Xception {
 
 impl Backbone for Xception {
     fn forward_features(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        super::check_images(x, "xception")?;
         let x = self.bn1.forward(&self.conv1.forward(x)?, mode)?.relu()?;
         let mut x = self.bn2.forward(&self.conv2.forward(&x)?, mode)?.relu()?;
         for b in &self.blocks {
