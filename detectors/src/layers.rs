@@ -1,6 +1,15 @@
 //! Layers built on the seeded parameter store.
-use candle_core::{Result, Tensor};
+//!
+//! Parameter names follow PyTorch (`weight`, `bias`, `running_mean`, `running_var`) so that
+//! torchvision/timm state dicts load by name (see [`crate::weights`]).
+use std::sync::Mutex;
 
+use candle_core::{D, DType, Result, Tensor, Var};
+use rand::Rng;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::model::Mode;
 use crate::params::{Init, ParamBuilder};
 
 /// `y = x W^T + b`, PyTorch's layout (`weight: [out, in]`) and default initialisation.
@@ -13,7 +22,24 @@ pub struct Linear {
 impl Linear {
     pub fn new(pb: &ParamBuilder, in_dim: usize, out_dim: usize, bias: bool) -> Result<Self> {
         let weight = pb.param("weight", (out_dim, in_dim), Init::TorchDefault { fan_in: in_dim })?;
-        let bias = if bias { Some(pb.param("bias", out_dim, Init::TorchDefault { fan_in: in_dim })?) } else { None };
+        let bias =
+            if bias { Some(pb.param("bias", out_dim, Init::TorchDefault { fan_in: in_dim })?) } else { None };
+        Ok(Self { weight, bias })
+    }
+
+    /// A Linear layer with explicit initialisers (timm's ViT: truncated normal weight, zero bias).
+    pub fn with_init(
+        pb: &ParamBuilder,
+        in_dim: usize,
+        out_dim: usize,
+        weight_init: Init,
+        bias_init: Option<Init>,
+    ) -> Result<Self> {
+        let weight = pb.param("weight", (out_dim, in_dim), weight_init)?;
+        let bias = match bias_init {
+            Some(init) => Some(pb.param("bias", out_dim, init)?),
+            None => None,
+        };
         Ok(Self { weight, bias })
     }
 
@@ -25,4 +51,314 @@ impl Linear {
             None => Ok(y),
         }
     }
+
+    /// `x`: `[..., in]` -> `[..., out]` for any number of leading dimensions.
+    pub fn forward_nd(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let in_dim = *dims.last().unwrap_or(&0);
+        let lead: usize = dims[..dims.len().saturating_sub(1)].iter().product();
+        let y = self.forward(&x.reshape((lead, in_dim))?)?;
+        let mut out_dims = dims;
+        if let Some(last) = out_dims.last_mut() {
+            *last = y.dim(1)?;
+        }
+        y.reshape(out_dims)
+    }
+}
+
+/// Geometry of a square 2-D convolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvCfg {
+    pub stride: usize,
+    pub padding: usize,
+    pub dilation: usize,
+    pub groups: usize,
+    pub bias: bool,
+}
+
+impl Default for ConvCfg {
+    fn default() -> Self {
+        Self { stride: 1, padding: 0, dilation: 1, groups: 1, bias: false }
+    }
+}
+
+impl ConvCfg {
+    pub fn stride(mut self, s: usize) -> Self {
+        self.stride = s;
+        self
+    }
+    pub fn padding(mut self, p: usize) -> Self {
+        self.padding = p;
+        self
+    }
+    pub fn dilation(mut self, d: usize) -> Self {
+        self.dilation = d;
+        self
+    }
+    pub fn groups(mut self, g: usize) -> Self {
+        self.groups = g;
+        self
+    }
+    pub fn bias(mut self, b: bool) -> Self {
+        self.bias = b;
+        self
+    }
+}
+
+/// How a convolution's weight is initialised.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ConvInit {
+    /// PyTorch's default (`kaiming_uniform_(a = sqrt 5)`): U(+-1/sqrt(fan_in)), bias likewise.
+    TorchDefault,
+    /// N(0, 2 / fan_out), `fan_out = out * k * k / groups` (torchvision ResNet, timm EfficientNet,
+    /// Cadene's Xception); bias zero.
+    KaimingFanOut,
+}
+
+/// 2-D convolution, weight `[out, in / groups, k, k]`, through [`crate::ops::conv2d`].
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+    pub cfg: ConvCfg,
+}
+
+impl Conv2d {
+    pub fn new(
+        pb: &ParamBuilder,
+        in_ch: usize,
+        out_ch: usize,
+        kernel: usize,
+        cfg: ConvCfg,
+        init: ConvInit,
+    ) -> Result<Self> {
+        if cfg.groups == 0 || in_ch % cfg.groups != 0 || out_ch % cfg.groups != 0 {
+            candle_core::bail!("conv: {in_ch} -> {out_ch} channels not divisible into {} groups", cfg.groups);
+        }
+        let fan_in = in_ch / cfg.groups * kernel * kernel;
+        let fan_out = out_ch / cfg.groups * kernel * kernel;
+        let (w_init, b_init) = match init {
+            ConvInit::TorchDefault => (Init::TorchDefault { fan_in }, Init::TorchDefault { fan_in }),
+            // `KaimingNormal` is N(0, 2/n); passing fan-out as n gives torchvision's fan_out mode.
+            ConvInit::KaimingFanOut => (Init::KaimingNormal { fan_in: fan_out }, Init::Zeros),
+        };
+        let weight = pb.param("weight", (out_ch, in_ch / cfg.groups, kernel, kernel), w_init)?;
+        let bias = if cfg.bias { Some(pb.param("bias", out_ch, b_init)?) } else { None };
+        Ok(Self { weight, bias, cfg })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let c = self.cfg;
+        crate::ops::conv2d(x, &self.weight, self.bias.as_ref(), c.stride, c.padding, c.dilation, c.groups)
+    }
+}
+
+/// PyTorch's `BatchNorm2d`: affine `weight`/`bias` (trainable) and `running_mean`/`running_var`
+/// buffers.
+///
+/// - `Mode::Train`: normalises with the batch mean and biased batch variance and updates the
+///   running statistics, `r <- (1 - momentum) r + momentum * s`, with the *unbiased* batch
+///   variance (`n / (n - 1)` correction), exactly as PyTorch.
+/// - `Mode::TrainFrozenStats`: batch statistics, running statistics untouched.
+/// - `Mode::Eval`: running statistics.
+#[derive(Debug, Clone)]
+pub struct BatchNorm2d {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub running_mean: Var,
+    pub running_var: Var,
+    pub eps: f64,
+    pub momentum: f64,
+    channels: usize,
+}
+
+impl BatchNorm2d {
+    /// eps 1e-5, momentum 0.1 (PyTorch's defaults).
+    pub fn new(pb: &ParamBuilder, channels: usize) -> Result<Self> {
+        Self::with_eps(pb, channels, 1e-5)
+    }
+
+    pub fn with_eps(pb: &ParamBuilder, channels: usize, eps: f64) -> Result<Self> {
+        Ok(Self {
+            weight: pb.param("weight", channels, Init::Ones)?,
+            bias: pb.param("bias", channels, Init::Zeros)?,
+            running_mean: pb.buffer("running_mean", channels, 0.0)?,
+            running_var: pb.buffer("running_var", channels, 1.0)?,
+            eps,
+            momentum: 0.1,
+            channels,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        let (b, c, h, w) = x.dims4()?;
+        if c != self.channels {
+            candle_core::bail!("batch norm: expected {} channels, got input {:?}", self.channels, x.dims());
+        }
+        let shape = (1, c, 1, 1);
+        match mode {
+            Mode::Eval => {
+                // Fold the statistics into one scale and shift: two passes over x.
+                // Detached: the statistics are state, not parameters; no gradient is wanted.
+                let rm = self.running_mean.as_tensor().detach().to_dtype(x.dtype())?;
+                let rv = self.running_var.as_tensor().detach().to_dtype(x.dtype())?;
+                let scale = (self.weight.to_dtype(x.dtype())? / (rv + self.eps)?.sqrt()?)?;
+                let shift = (self.bias.to_dtype(x.dtype())? - (rm * &scale)?)?;
+                x.broadcast_mul(&scale.reshape(shape)?)?.broadcast_add(&shift.reshape(shape)?)
+            }
+            Mode::Train | Mode::TrainFrozenStats => {
+                let n = b * h * w;
+                if n < 2 {
+                    candle_core::bail!(
+                        "batch norm in training mode needs more than one value per channel, got {:?}",
+                        x.dims()
+                    );
+                }
+                let mean = x.mean_keepdim((0, 2, 3))?;
+                let xc = x.broadcast_sub(&mean)?;
+                let var = xc.sqr()?.mean_keepdim((0, 2, 3))?;
+                let inv_std = (var.clone() + self.eps)?.sqrt()?.recip()?;
+                let scale = inv_std.broadcast_mul(&self.weight.reshape(shape)?)?;
+                let y = xc.broadcast_mul(&scale)?.broadcast_add(&self.bias.reshape(shape)?)?;
+                if mode == Mode::Train {
+                    let m = self.momentum;
+                    let unbiased = n as f64 / (n as f64 - 1.0);
+                    let bm = mean.detach().flatten_all()?.to_dtype(DType::F32)?;
+                    let bv = (var.detach().flatten_all()? * unbiased)?.to_dtype(DType::F32)?;
+                    let rm = ((self.running_mean.as_tensor() * (1.0 - m))? + (bm * m)?)?;
+                    let rv = ((self.running_var.as_tensor() * (1.0 - m))? + (bv * m)?)?;
+                    self.running_mean.set(&rm)?;
+                    self.running_var.set(&rv)?;
+                }
+                Ok(y)
+            }
+        }
+    }
+}
+
+/// Element-wise dropout with masks from a seeded generator (candle's own RNG cannot be seeded).
+/// Active in `Train` and `TrainFrozenStats`; identity in `Eval`.
+#[derive(Debug)]
+pub struct Dropout {
+    pub p: f64,
+    rng: Mutex<ChaCha8Rng>,
+}
+
+impl Dropout {
+    /// Seeds its generator from the builder's generator, so the masks are a function of the seed.
+    pub fn new(pb: &ParamBuilder, p: f64) -> Result<Self> {
+        if !(0.0..1.0).contains(&p) {
+            candle_core::bail!("dropout probability must be in [0, 1), got {p}");
+        }
+        let seed: u64 = pb.with_rng(|r| r.random());
+        Ok(Self { p, rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed)) })
+    }
+
+    pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        if mode == Mode::Eval || self.p == 0.0 {
+            return Ok(x.clone());
+        }
+        let keep = 1.0 - self.p;
+        let scale = (1.0 / keep) as f32;
+        let n = x.elem_count();
+        let mask: Vec<f32> = {
+            let mut rng = self.rng.lock().expect("dropout rng poisoned");
+            (0..n).map(|_| if rng.random::<f64>() < keep { scale } else { 0.0 }).collect()
+        };
+        let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+        x * mask
+    }
+}
+
+/// Layer normalisation over the last dimension with affine `weight`/`bias`.
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    pub fn new(pb: &ParamBuilder, dim: usize, eps: f64) -> Result<Self> {
+        Ok(Self {
+            weight: pb.param("weight", dim, Init::Ones)?,
+            bias: pb.param("bias", dim, Init::Zeros)?,
+            eps,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mean = x.mean_keepdim(D::Minus1)?;
+        let xc = x.broadcast_sub(&mean)?;
+        let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+        let y = xc.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        y.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)
+    }
+}
+
+/// Activation functions used by the backbones.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Activation {
+    Relu,
+    LeakyRelu(f64),
+    Silu,
+    /// Exact (erf) GELU, PyTorch's and timm's default.
+    Gelu,
+    Sigmoid,
+}
+
+impl Activation {
+    pub fn forward(self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Activation::Relu => x.relu(),
+            Activation::LeakyRelu(slope) => leaky_relu(x, slope),
+            Activation::Silu => x.silu(),
+            Activation::Gelu => x.gelu_erf(),
+            Activation::Sigmoid => candle_nn::ops::sigmoid(x),
+        }
+    }
+}
+
+/// `max(x, 0) + slope * min(x, 0)`.
+pub fn leaky_relu(x: &Tensor, slope: f64) -> Result<Tensor> {
+    let zeros = x.zeros_like()?;
+    x.maximum(&zeros)? + (x.minimum(&zeros)? * slope)?
+}
+
+/// Squeeze-and-excitation with timm's names (`conv_reduce`, `conv_expand`, both with bias):
+/// `x * sigmoid(expand(act(reduce(mean_hw(x)))))`.
+#[derive(Debug, Clone)]
+pub struct SqueezeExcite {
+    pub conv_reduce: Conv2d,
+    pub conv_expand: Conv2d,
+    pub act: Activation,
+}
+
+impl SqueezeExcite {
+    pub fn new(
+        pb: &ParamBuilder,
+        channels: usize,
+        reduced: usize,
+        act: Activation,
+        init: ConvInit,
+    ) -> Result<Self> {
+        let cfg = ConvCfg::default().bias(true);
+        Ok(Self {
+            conv_reduce: Conv2d::new(&pb.pp("conv_reduce"), channels, reduced, 1, cfg, init)?,
+            conv_expand: Conv2d::new(&pb.pp("conv_expand"), reduced, channels, 1, cfg, init)?,
+            act,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let s = x.mean_keepdim((2, 3))?;
+        let s = self.act.forward(&self.conv_reduce.forward(&s)?)?;
+        let gate = candle_nn::ops::sigmoid(&self.conv_expand.forward(&s)?)?;
+        x.broadcast_mul(&gate)
+    }
+}
+
+/// Global average pooling: `[B, C, H, W]` -> `[B, C]`.
+pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
+    crate::ops::pool::global_avg_pool(x)
 }

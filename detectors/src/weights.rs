@@ -1,1 +1,238 @@
-//! (to be written)
+//! Loading pretrained weights from, and saving a run's weights to, safetensors files.
+//!
+//! Tensors are matched by name against the store's trainable parameters and buffers. The names
+//! each backbone family expects (relative to the backbone's builder prefix; export a PyTorch
+//! `state_dict()` with `safetensors.torch.save_file`):
+//!
+//! - `resnet18` / `resnet34` (torchvision): `conv1.weight`, `bn1.{weight,bias,running_mean,
+//!   running_var}`, `layer{1-4}.{i}.conv{1,2}.weight`, `layer{1-4}.{i}.bn{1,2}.*`,
+//!   `layer{2-4}.0.downsample.0.weight`, `layer{2-4}.0.downsample.1.*`. Ignore `fc.`.
+//! - `efficientnet-b0` / `-b4` (timm `efficientnet_b*` / `tf_efficientnet_b*`): `conv_stem.weight`,
+//!   `bn1.*`, `blocks.{s}.{b}.conv_dw.weight`, `.bn1.*`, `.se.conv_reduce.{weight,bias}`,
+//!   `.se.conv_expand.{weight,bias}`, `.conv_pw.weight`, `.bn2.*` (stage 0) and
+//!   `.conv_pw`, `.bn1`, `.conv_dw`, `.bn2`, `.se.*`, `.conv_pwl`, `.bn3` (stages 1-6),
+//!   `conv_head.weight`, `bn2.*`. Ignore `classifier.`.
+//! - `xception` (DeepfakeBench / Cadene): `conv1.weight`, `bn1.*`, `conv2.weight`, `bn2.*`,
+//!   `block{1-12}.rep.{i}.conv1.weight` (depthwise), `.rep.{i}.pointwise.weight`,
+//!   `.rep.{i}.{weight,bias,running_mean,running_var}` (BN), `block{n}.skip.weight`,
+//!   `block{n}.skipbn.*`, `conv3.{conv1,pointwise}.weight`, `bn3.*`, `conv4.*`, `bn4.*`. Ignore
+//!   `last_linear.` and `adjust_channel.`. Cadene's ImageNet file stores the pointwise weights as
+//!   `[out, in]`; any `[out, in]` tensor whose model shape is `[out, in, 1, 1]` is reshaped.
+//! - `meso4`: `conv{1-4}.weight`, `bn1.*` (8 channels), `bn2.*` (16). `meso4-inception`:
+//!   `Incption{1,2}_conv{1,2_1,2_2,3_1,3_2,4_1,4_2}.weight`, `Incption{1,2}_bn.*`,
+//!   `conv{1,2}.weight`, `bn1.*`. Ignore `fc1.` and `fc2.` (the classifier).
+//! - `vit-b16` / `vit-tiny` (timm): `patch_embed.proj.{weight,bias}`, `cls_token`, `pos_embed`,
+//!   `blocks.{i}.norm1.*`, `.attn.qkv.*`, `.attn.proj.*`, `.norm2.*`, `.mlp.fc1.*`, `.mlp.fc2.*`,
+//!   `norm.{weight,bias}`. Ignore `head.`. Set [`LoadOptions::resize_pos_embed`] to load a 224 px
+//!   checkpoint into a model built for another size.
+//!
+//! PyTorch's `num_batches_tracked` counters are always skipped (reported as ignored).
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use candle_core::{DType, Device, Result, Tensor};
+
+use crate::params::ParamStore;
+
+/// How file names map onto store names, and what may be left over.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// Removed from the start of a file tensor's name when present (e.g. `"module."`).
+    pub strip_prefix: Option<String>,
+    /// Prepended after stripping (e.g. `"backbone."` when the backbone was built under that prefix).
+    pub add_prefix: Option<String>,
+    /// File tensors whose (mapped) name starts with one of these are skipped (e.g. `"fc."`).
+    pub ignore_prefixes: Vec<String>,
+    /// Store entries starting with one of these may be absent from the file (keep their init).
+    pub allow_missing_prefixes: Vec<String>,
+    /// Resize a `pos_embed` of another grid size bilinearly to the store's grid.
+    pub resize_pos_embed: bool,
+}
+
+/// What a successful load did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoadReport {
+    /// Store names that received a tensor.
+    pub loaded: Vec<String>,
+    /// File names skipped (ignored prefixes, `num_batches_tracked`).
+    pub ignored: Vec<String>,
+    /// Store names left at their initial value (allowed by `allow_missing_prefixes`).
+    pub missing_allowed: Vec<String>,
+    /// Store names whose tensor was resized (position embeddings).
+    pub resized: Vec<String>,
+}
+
+fn map_name(name: &str, opts: &LoadOptions) -> String {
+    let stripped = match &opts.strip_prefix {
+        Some(p) => name.strip_prefix(p.as_str()).unwrap_or(name),
+        None => name,
+    };
+    match &opts.add_prefix {
+        Some(p) => format!("{p}{stripped}"),
+        None => stripped.to_string(),
+    }
+}
+
+/// Copies every tensor of a safetensors file into the store's parameters and buffers, by name.
+///
+/// All-or-nothing: names and shapes are checked first; any missing store entry (not allowed),
+/// unexpected file tensor (not ignored) or shape mismatch returns an error listing all of them,
+/// and nothing is copied. Tensors are converted to the store's dtype (f32) and device.
+pub fn load_safetensors(
+    store: &ParamStore,
+    path: impl AsRef<Path>,
+    opts: &LoadOptions,
+) -> Result<LoadReport> {
+    let path = path.as_ref();
+    let file = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| {
+        candle_core::Error::Msg(format!("{}: cannot read safetensors file: {e}", path.display()))
+    })?;
+
+    let mut targets: BTreeMap<&str, &candle_core::Var> = BTreeMap::new();
+    for (n, v) in store.trainable().chain(store.buffers()) {
+        targets.insert(n.as_str(), v);
+    }
+
+    let mut report = LoadReport::default();
+    let mut unexpected = Vec::new();
+    let mut mismatched = Vec::new();
+    let mut mismatched_names = std::collections::BTreeSet::new();
+    let mut plan: Vec<(String, Tensor)> = Vec::new();
+    let mut file_names: Vec<&String> = file.keys().collect();
+    file_names.sort();
+    for fname in file_names {
+        let tensor = &file[fname];
+        let name = map_name(fname, opts);
+        if name.ends_with("num_batches_tracked")
+            || opts.ignore_prefixes.iter().any(|p| name.starts_with(p.as_str()))
+        {
+            report.ignored.push(fname.clone());
+            continue;
+        }
+        let Some(var) = targets.get(name.as_str()) else {
+            unexpected.push(if &name == fname { name } else { format!("{fname} (as {name})") });
+            continue;
+        };
+        let want = var.dims();
+        let mut t = tensor.clone();
+        if t.dims() != want && opts.resize_pos_embed && name.ends_with("pos_embed") {
+            match resize_pos_embed(&t, want) {
+                Ok(r) => {
+                    t = r;
+                    report.resized.push(name.clone());
+                }
+                Err(e) => {
+                    mismatched.push(format!("{name}: file {:?}, model {want:?} ({e})", tensor.dims()));
+                    mismatched_names.insert(name);
+                    continue;
+                }
+            }
+        }
+        // Cadene's Xception stores 1x1 (pointwise) conv weights as `[out, in]`.
+        if t.dims() != want && t.rank() == 2 && want.len() == 4 && want[2..] == [1, 1] && t.dims() == &want[..2] {
+            t = t.reshape(want)?;
+        }
+        if t.dims() != want {
+            mismatched.push(format!("{name}: file {:?}, model {want:?}", tensor.dims()));
+            mismatched_names.insert(name);
+            continue;
+        }
+        plan.push((name, t));
+    }
+    let loaded: std::collections::BTreeSet<&str> = plan.iter().map(|(n, _)| n.as_str()).collect();
+    let mut missing = Vec::new();
+    for name in targets.keys() {
+        if loaded.contains(name) || mismatched_names.contains(*name) {
+            continue;
+        }
+        if opts.allow_missing_prefixes.iter().any(|p| name.starts_with(p.as_str())) {
+            report.missing_allowed.push(name.to_string());
+        } else {
+            missing.push(name.to_string());
+        }
+    }
+    if !missing.is_empty() || !unexpected.is_empty() || !mismatched.is_empty() {
+        let list = |v: &[String]| if v.is_empty() { "none".to_string() } else { v.join(", ") };
+        candle_core::bail!(
+            "{}: weights do not match the model; missing in file ({}): {}; unexpected in file ({}): {}; \
+             shape mismatches ({}): {}",
+            path.display(),
+            missing.len(),
+            list(&missing),
+            unexpected.len(),
+            list(&unexpected),
+            mismatched.len(),
+            list(&mismatched)
+        );
+    }
+    for (name, t) in plan {
+        let var = targets[name.as_str()];
+        let t = t.to_dtype(var.dtype())?.to_device(var.device())?;
+        var.set(&t)
+            .map_err(|e| candle_core::Error::Msg(format!("{}: setting `{name}`: {e}", path.display())))?;
+        report.loaded.push(name);
+    }
+    Ok(report)
+}
+
+/// Writes every parameter and buffer of the store (f32, by name) to `path` atomically: a
+/// temporary file in the same directory, then a rename.
+pub fn save_safetensors(store: &ParamStore, path: impl AsRef<Path>) -> Result<()> {
+    let path = path.as_ref();
+    let mut map: HashMap<String, Tensor> = HashMap::new();
+    for (n, v) in store.trainable().chain(store.buffers()) {
+        map.insert(n.clone(), v.as_tensor().to_dtype(DType::F32)?.to_device(&Device::Cpu)?);
+    }
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| candle_core::Error::Msg(format!("{}: not a file path", path.display())))?;
+    let tmp = path.with_file_name(format!(".{}.tmp-{}", file_name.to_string_lossy(), std::process::id()));
+    let write = candle_core::safetensors::save(&map, &tmp)
+        .and_then(|_| std::fs::rename(&tmp, path).map_err(candle_core::Error::from));
+    if let Err(e) = write {
+        let _ = std::fs::remove_file(&tmp);
+        candle_core::bail!("{}: cannot write weights: {e}", path.display());
+    }
+    Ok(())
+}
+
+/// Resizes a ViT position embedding `[1, 1 + g0^2, D]` (one class token first) to the shape
+/// `want = [1, 1 + g^2, D]` by bilinear interpolation of the patch grid (PyTorch's
+/// `interpolate(mode='bilinear', align_corners=False)`); the class token's entry is kept.
+pub fn resize_pos_embed(pos: &Tensor, want: &[usize]) -> Result<Tensor> {
+    let dims = pos.dims();
+    if dims.len() != 3 || want.len() != 3 || dims[0] != 1 || want[0] != 1 || dims[2] != want[2] {
+        candle_core::bail!("pos_embed resize: cannot map {dims:?} to {want:?}");
+    }
+    let isqrt = |n: usize| -> Option<usize> {
+        let r = (n as f64).sqrt().round() as usize;
+        (r * r == n).then_some(r)
+    };
+    let (Some(g0), Some(g)) = (isqrt(dims[1] - 1), isqrt(want[1] - 1)) else {
+        candle_core::bail!("pos_embed resize: {dims:?} or {want:?} is not 1 + a square number of positions");
+    };
+    let d = dims[2];
+    let src = pos.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    // Source coordinate, lower index, upper index and weight of the upper one, per output index.
+    let taps: Vec<(usize, usize, f32)> = (0..g)
+        .map(|o| {
+            let s = ((o as f64 + 0.5) * g0 as f64 / g as f64 - 0.5).max(0.0);
+            let i0 = (s.floor() as usize).min(g0 - 1);
+            let i1 = (i0 + 1).min(g0 - 1);
+            (i0, i1, (s - i0 as f64) as f32)
+        })
+        .collect();
+    let mut out = Vec::with_capacity(want[1] * d);
+    out.extend_from_slice(&src[..d]);
+    let at = |y: usize, x: usize, c: usize| src[d + (y * g0 + x) * d + c];
+    for &(y0, y1, wy) in &taps {
+        for &(x0, x1, wx) in &taps {
+            for c in 0..d {
+                let top = at(y0, x0, c) * (1.0 - wx) + at(y0, x1, c) * wx;
+                let bot = at(y1, x0, c) * (1.0 - wx) + at(y1, x1, c) * wx;
+                out.push(top * (1.0 - wy) + bot * wy);
+            }
+        }
+    }
+    Tensor::from_vec(out, (1, want[1], d), pos.device())
+}

@@ -1,8 +1,18 @@
 //! Backbone registry: every backbone a protocol may name.
-use candle_core::Result;
+//!
+//! Parameter names under the builder's prefix follow the reference implementations (torchvision
+//! for ResNet, timm for EfficientNet and ViT, DeepfakeBench for MesoNet and Xception) so that
+//! pretrained weights load by name with [`crate::weights::load_safetensors`].
+use candle_core::{Result, Tensor};
 
 use crate::model::Backbone;
 use crate::params::ParamBuilder;
+
+pub mod efficientnet;
+pub mod meso;
+pub mod resnet;
+pub mod vit;
+pub mod xception;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BackboneInfo {
@@ -30,10 +40,70 @@ pub fn find(name: &str) -> Option<&'static BackboneInfo> {
     REGISTRY.iter().find(|b| b.name == name)
 }
 
-/// Builds a backbone by name, drawing its initial parameters from `pb`.
-pub fn build(name: &str, _pb: &ParamBuilder) -> Result<Box<dyn Backbone>> {
-    match find(name) {
-        None => candle_core::bail!("unknown backbone `{name}`"),
-        Some(_) => candle_core::bail!("backbone `{name}` is not built yet"),
+fn unknown(name: &str) -> candle_core::Error {
+    let known: Vec<&str> = REGISTRY.iter().map(|b| b.name).collect();
+    candle_core::Error::Msg(format!("unknown backbone `{name}` (known: {})", known.join(", ")))
+}
+
+/// Builds a backbone by name for `image_size x image_size` inputs, drawing its initial
+/// parameters from `pb` (names relative to `pb`'s prefix).
+///
+/// The image size fixes Meso's flattened feature width (`16 * (S/32)^2`) and ViT's position
+/// embeddings; the CNNs with global pooling accept any size at least as large as
+/// [`min_image_size`].
+pub fn build(name: &str, pb: &ParamBuilder, image_size: usize) -> Result<Box<dyn Backbone>> {
+    let min = min_image_size(name).ok_or_else(|| unknown(name))?;
+    if image_size < min {
+        candle_core::bail!("backbone `{name}` needs images of at least {min}x{min} pixels, got {image_size}");
     }
+    Ok(match name {
+        "meso4" => Box::new(meso::Meso4::new(pb, image_size)?),
+        "meso4-inception" => Box::new(meso::MesoInception4::new(pb, image_size)?),
+        "resnet18" => Box::new(resnet::ResNet::new(pb, [2, 2, 2, 2])?),
+        "resnet34" => Box::new(resnet::ResNet::new(pb, [3, 4, 6, 3])?),
+        "efficientnet-b0" => Box::new(efficientnet::EfficientNet::new(pb, 1.0, 1.0)?),
+        "efficientnet-b4" => Box::new(efficientnet::EfficientNet::new(pb, 1.4, 1.8)?),
+        "xception" => Box::new(xception::Xception::new(pb)?),
+        "vit-b16" => Box::new(vit::Vit::new(pb, vit::VIT_B16, image_size)?),
+        "vit-tiny" => Box::new(vit::Vit::new(pb, vit::VIT_TINY, image_size)?),
+        _ => return Err(unknown(name)),
+    })
+}
+
+/// Refuses anything but an RGB batch `[B, 3, H, W]` with a clear message.
+pub(crate) fn check_images(x: &Tensor, backbone: &str) -> Result<()> {
+    match x.dims() {
+        [_, 3, _, _] => Ok(()),
+        d => candle_core::bail!("backbone `{backbone}`: expected images [B, 3, H, W], got shape {d:?}"),
+    }
+}
+
+/// Smallest square input each backbone accepts (Meso: 32, as its pools divide by 32; Xception:
+/// its two unpadded stem convs and four stride-2 stages need 29; ViT: one patch).
+pub fn min_image_size(name: &str) -> Option<usize> {
+    Some(match name {
+        "meso4" | "meso4-inception" => 32,
+        "resnet18" | "resnet34" | "efficientnet-b0" | "efficientnet-b4" => 32,
+        "xception" => 32,
+        "vit-b16" | "vit-tiny" => 16,
+        _ => return None,
+    })
+}
+
+/// Trainable parameters of a backbone (no classifier), without building it; `None` for an
+/// unknown name or an image size the backbone rejects. Only ViT's count depends on the size
+/// (position embeddings). Every constant is checked against a built model in the tests.
+pub fn num_params(name: &str, image_size: usize) -> Option<usize> {
+    Some(match name {
+        "meso4" => meso::MESO4_PARAMS,
+        "meso4-inception" => meso::MESO_INCEPTION4_PARAMS,
+        "resnet18" => resnet::RESNET18_PARAMS,
+        "resnet34" => resnet::RESNET34_PARAMS,
+        "efficientnet-b0" => efficientnet::EFFICIENTNET_B0_PARAMS,
+        "efficientnet-b4" => efficientnet::EFFICIENTNET_B4_PARAMS,
+        "xception" => xception::XCEPTION_PARAMS,
+        "vit-b16" => vit::VIT_B16.num_params(image_size).ok()?,
+        "vit-tiny" => vit::VIT_TINY.num_params(image_size).ok()?,
+        _ => return None,
+    })
 }
