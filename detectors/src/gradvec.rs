@@ -7,8 +7,8 @@
 //! reused every step.
 use std::ops::Range;
 
-use candle_core::{CpuStorage, DType, Device, Result, Shape, Storage, Tensor, Var};
 use candle_core::backprop::GradStore;
+use candle_core::{CpuStorage, DType, Device, Result, Shape, Storage, Tensor, Var};
 
 use crate::params::ParamStore;
 

@@ -63,7 +63,9 @@ impl Detector {
             candle_core::bail!("backbone reports a feature width of 0");
         }
         let hp = pb.pp("head");
-        let head = (0..head_layers).map(|i| Linear::new(&hp.pp(i.to_string()), d, d, true)).collect::<Result<Vec<_>>>()?;
+        let head = (0..head_layers)
+            .map(|i| Linear::new(&hp.pp(i.to_string()), d, d, true))
+            .collect::<Result<Vec<_>>>()?;
         let classifier = Linear::new(&pb.pp("classifier"), d, 1, true)?;
         let store = pb.store();
         for (name, _) in store.trainable() {

@@ -93,7 +93,12 @@ mod tests {
 
     #[test]
     fn summary_counts_conflicts_and_correlates_changes() {
-        let mk = |l1, l2, cos| StepTrace { l1: Some(l1), l2: Some(l2), cos_g1_g2: Some(cos), ..Default::default() };
+        let mk = |l1, l2, cos| StepTrace {
+            l1: Some(l1),
+            l2: Some(l2),
+            cos_g1_g2: Some(cos),
+            ..Default::default()
+        };
         let tr = vec![mk(1.0, 1.0, -0.5), mk(0.5, 1.5, 0.2), mk(1.0, 1.0, -0.1), mk(0.0, 2.0, 0.3)];
         let s = summarize(&tr);
         assert_eq!(s.frac_conflict, Some(0.5));

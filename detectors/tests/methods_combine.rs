@@ -1,5 +1,7 @@
 //! Gradient combination rules against methods.md's reference vectors and invariants.
-use detectors::methods::combine::{Pair, cagrad_libmtl, cgr_head, gram, pcgrad, project_simplex, uvs_gram, uvs_two};
+use detectors::methods::combine::{
+    Pair, cagrad_libmtl, cgr_head, gram, pcgrad, project_simplex, uvs_gram, uvs_two,
+};
 use proptest::prelude::*;
 
 const C: f64 = 0.5;
@@ -71,8 +73,11 @@ fn uvs_through_the_f32_path_within_1e6() {
         assert!((sol.mu[0] - r.mu.0).abs() < 1e-6, "{name}");
         assert!((sol.f_star - r.f_star).abs() < 1e-6, "{name}");
         assert!((sol.lambda - r.lambda).abs() < 1e-6, "{name}");
-        let v: Vec<f32> =
-            g1.iter().zip(&g2).map(|(&a, &b)| (sol.coef[0] * a as f64 + sol.coef[1] * b as f64) as f32).collect();
+        let v: Vec<f32> = g1
+            .iter()
+            .zip(&g2)
+            .map(|(&a, &b)| (sol.coef[0] * a as f64 + sol.coef[1] * b as f64) as f32)
+            .collect();
         for (a, b) in v.iter().zip(r.v) {
             assert!((*a as f64 - b).abs() < 1e-6, "{name}: {a} vs {b}");
         }
@@ -154,8 +159,7 @@ fn cgr_conflict_term_on_r1() {
         let term = out[i] as f64 - (R1.g1[i] + R1.g2[i]);
         assert!((term - want[i]).abs() < 1e-6, "{i}: {term}");
     }
-    // Sign: where g1 and g2 agree the term opposes their sum, where they disagree it follows
-    // the smaller one's sign... checked directly against the formula in f64 to 1e-7.
+    // The whole update against the formula evaluated in f64.
     let n1 = dotf(R1.g1, R1.g1).sqrt();
     let n2 = dotf(R1.g2, R1.g2).sqrt();
     for i in 0..4 {
@@ -211,7 +215,8 @@ fn pcgrad_three_tasks_with_injected_orders() {
 }
 
 fn vec_strategy() -> impl Strategy<Value = (Vec<f64>, Vec<f64>)> {
-    (2usize..12).prop_flat_map(|n| (prop::collection::vec(-5.0f64..5.0, n), prop::collection::vec(-5.0f64..5.0, n)))
+    (2usize..12)
+        .prop_flat_map(|n| (prop::collection::vec(-5.0f64..5.0, n), prop::collection::vec(-5.0f64..5.0, n)))
 }
 
 proptest! {

@@ -3,10 +3,11 @@
 use candle_core::{DType, Device, Result, Tensor, Var};
 use detectors::config::{OptimizerConfig, ScheduleConfig};
 use detectors::gradvec::ParamSet;
-use detectors::losses::{bce_with_logits, cvar, cvar_auc, pairwise_auc, bce_with_logits_per_sample};
+use detectors::losses::{bce_with_logits, bce_with_logits_per_sample, cvar, cvar_auc, pairwise_auc};
 use detectors::optim::Optimizer;
 use detectors::params::{Init, ParamStore};
-use detectors::schedule::lr_at;
+use detectors::methods::check_optimizer;
+use detectors::schedule::{lr_at, validate};
 
 /// Two optimizer steps on p0 = [1, -2] with directions [0.5, -1] then [0.2, 0.4], lr 0.1.
 fn two_steps(cfg: OptimizerConfig) -> Result<Vec<Vec<f32>>> {
@@ -27,7 +28,13 @@ fn two_steps(cfg: OptimizerConfig) -> Result<Vec<Vec<f32>>> {
 fn close(got: &[Vec<f32>], want: [[f64; 2]; 2], what: &str) {
     for s in 0..2 {
         for i in 0..2 {
-            assert!((got[s][i] as f64 - want[s][i]).abs() < 1e-6, "{what} step {}: {:?} vs {:?}", s + 1, got[s], want[s]);
+            assert!(
+                (got[s][i] as f64 - want[s][i]).abs() < 1e-6,
+                "{what} step {}: {:?} vs {:?}",
+                s + 1,
+                got[s],
+                want[s]
+            );
         }
     }
 }
@@ -92,7 +99,11 @@ fn fd_check(x0: &[f64], f: impl Fn(&Tensor) -> Result<Tensor>, what: &str) -> Re
         let fp = f(&Tensor::new(xp.as_slice(), &dev)?)?.to_scalar::<f64>()?;
         let fm = f(&Tensor::new(xm.as_slice(), &dev)?)?.to_scalar::<f64>()?;
         let num = (fp - fm) / (2.0 * h);
-        assert!((num - g[i]).abs() < 1e-7 * (1.0 + num.abs()), "{what} d/dx{i}: autograd {} vs fd {num}", g[i]);
+        assert!(
+            (num - g[i]).abs() < 1e-7 * (1.0 + num.abs()),
+            "{what} d/dx{i}: autograd {} vs fd {num}",
+            g[i]
+        );
     }
     Ok(())
 }
@@ -133,4 +144,20 @@ fn auc_value_matches_the_pairwise_definition() -> Result<()> {
     let v = cvar(&l, 0.4)?.to_dtype(DType::F64)?.to_scalar::<f64>()?; // ceil(2.8) = 3
     assert!((v - (2.0 + 1.5 + 1.1) / 3.0).abs() < 1e-6);
     Ok(())
+}
+
+#[test]
+fn bad_schedules_and_optimizers_are_named() {
+    let e = validate(&ScheduleConfig::Step { step_size: 0, gamma: 0.1, warmup_steps: 0 }, 0.1, 10).unwrap_err();
+    assert!(e.contains("schedule.step_size"), "{e}");
+    let e = validate(&ScheduleConfig::Cosine { min_lr: 0.5, warmup_steps: 0 }, 0.1, 10).unwrap_err();
+    assert!(e.contains("schedule.min_lr"), "{e}");
+    let e = validate(&ScheduleConfig::Constant { warmup_steps: 20 }, 0.1, 10).unwrap_err();
+    assert!(e.contains("warmup_steps"), "{e}");
+    assert!(validate(&ScheduleConfig::Cosine { min_lr: 0.0, warmup_steps: 2 }, 0.1, 10).is_ok());
+    let sgd = OptimizerConfig::Sgd { lr: 0.1, momentum: 0.0, nesterov: true, weight_decay: 0.0 };
+    assert!(check_optimizer(&sgd).unwrap_err().contains("nesterov"));
+    let adam = OptimizerConfig::Adam { lr: 0.1, beta1: 1.0, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
+    assert!(check_optimizer(&adam).unwrap_err().contains("optimizer.beta1"));
+    assert!(check_optimizer(&OptimizerConfig::default()).is_ok());
 }

@@ -8,7 +8,8 @@ use detectors::methods::sharp::{Perturbation, RogaCore, RogaParams, SharpCore};
 use detectors::model::Mode;
 use detectors::params::{Init, ParamStore};
 
-const H: [[f64; 4]; 4] = [[2.0, 0.5, 0.0, 0.0], [0.5, 1.0, 0.0, 0.0], [0.0, 0.0, 3.0, -1.0], [0.0, 0.0, -1.0, 1.5]];
+const H: [[f64; 4]; 4] =
+    [[2.0, 0.5, 0.0, 0.0], [0.5, 1.0, 0.0, 0.0], [0.0, 0.0, 3.0, -1.0], [0.0, 0.0, -1.0, 1.5]];
 const A: [f64; 4] = [1.0, -1.0, 0.5, 2.0];
 const W0: [f32; 4] = [0.3, 0.8, -0.4, 1.0];
 
@@ -161,7 +162,8 @@ fn roga_two_domains_matches_the_reconstruction() -> Result<()> {
             gt_mean[i] += gt[i] / 2.0;
         }
     }
-    let want: Vec<f64> = (0..4).map(|i| w0[i] - lr * (weight * gbar[i] + (1.0 - weight) * gt_mean[i])).collect();
+    let want: Vec<f64> =
+        (0..4).map(|i| w0[i] - lr * (weight * gbar[i] + (1.0 - weight) * gt_mean[i])).collect();
 
     let (store, set) = quad_model()?;
     let mut core = RogaCore::new(RogaParams { rho, alpha, weight }, &sgd());

@@ -79,7 +79,8 @@ pub fn uvs_two(p: &Pair, c: f64) -> UvsSolution {
         return UvsSolution { mu: vec![0.5, 0.5], f_star: 0.0, lambda: f64::INFINITY, coef: vec![1.0, 1.0] };
     }
     let b = g12 - g22;
-    let gw_sq_gram = |w: f64| (w * w * g11 + 2.0 * w * (1.0 - w) * g12 + (1.0 - w) * (1.0 - w) * g22).max(0.0);
+    let gw_sq_gram =
+        |w: f64| (w * w * g11 + 2.0 * w * (1.0 - w) * g12 + (1.0 - w) * (1.0 - w) * g22).max(0.0);
     let (w, gw_sq) = if a <= SAME_REL * (g11 + g22) {
         (0.5, gw_sq_gram(0.5))
     } else {

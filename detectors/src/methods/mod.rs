@@ -79,7 +79,10 @@ impl Streams {
 pub enum LossKind {
     Bce,
     /// `CVaR_alpha(per-sample BCE) + gamma * pairwise AUC` (methods.md section 6).
-    CvarAuc { alpha: f64, gamma: f64 },
+    CvarAuc {
+        alpha: f64,
+        gamma: f64,
+    },
 }
 
 impl LossKind {
@@ -216,7 +219,10 @@ impl MethodParams {
 
 /// Checks `params` against the registry entry of `kind`: unknown names, wrong types and values
 /// outside the documented range are errors naming the key and what was expected.
-pub fn validate_params(kind: &str, params: &MethodParams) -> std::result::Result<&'static MethodSpec, String> {
+pub fn validate_params(
+    kind: &str,
+    params: &MethodParams,
+) -> std::result::Result<&'static MethodSpec, String> {
     let spec = spec::find(kind).ok_or_else(|| {
         let kinds: Vec<&str> = registry().iter().map(|m| m.kind).collect();
         format!("unknown method kind `{kind}`; expected one of {}", kinds.join(", "))
@@ -331,7 +337,9 @@ pub fn build_method(
     check_optimizer(optimizer).map_err(anyhow::Error::msg)?;
     let r = Reader { spec, params };
     let m: Box<dyn TrainingMethod> = match spec.kind {
-        "erm" => Box::new(SingleObjective::new("erm", r.streams(), LossKind::Bce, Perturbation::None, optimizer)),
+        "erm" => {
+            Box::new(SingleObjective::new("erm", r.streams(), LossKind::Bce, Perturbation::None, optimizer))
+        }
         "sam" => Box::new(SingleObjective::new(
             "sam",
             r.streams(),

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use candle_core::{Result, Tensor};
 
-use super::{Losses, StepCtx, StreamNeeds, Streams, TrainingMethod, LossKind};
+use super::{LossKind, Losses, StepCtx, StreamNeeds, Streams, TrainingMethod};
 use crate::batch::StepInput;
 use crate::config::OptimizerConfig;
 use crate::gradvec::{FlatGrad, ParamSet, tensors_norm};
@@ -155,7 +155,13 @@ pub struct SingleObjective {
 }
 
 impl SingleObjective {
-    pub fn new(kind: &'static str, streams: Streams, loss: LossKind, pert: Perturbation, opt: &OptimizerConfig) -> Self {
+    pub fn new(
+        kind: &'static str,
+        streams: Streams,
+        loss: LossKind,
+        pert: Perturbation,
+        opt: &OptimizerConfig,
+    ) -> Self {
         Self { kind, streams, loss, core: SharpCore::new(pert, opt) }
     }
 }
