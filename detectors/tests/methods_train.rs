@@ -170,7 +170,15 @@ fn param_bits(det: &Detector) -> Vec<u32> {
 #[test]
 fn same_seed_gives_bit_identical_parameters() -> Result<()> {
     let inp = input()?;
-    for (kind, params) in [("cs-dfd", p(&[])), ("pcgrad", p(&[])), ("sagm", p(&[])), ("roga", p(&[]))] {
+    let cases = [
+        ("erm", p(&[("streams", s("both"))])),
+        ("cs-dfd", p(&[])),
+        ("pcgrad", p(&[])),
+        ("sagm", p(&[])),
+        ("roga", p(&[])),
+        ("cvar-auc", p(&[("sam_rho", ParamValue::Float(0.05))])),
+    ];
+    for (kind, params) in cases {
         let run = || -> Result<Vec<u32>> {
             let det = detector(21, 2)?;
             let sgd = OptimizerConfig::Sgd { lr: 0.05, momentum: 0.9, nesterov: true, weight_decay: 1e-4 };
