@@ -1,1 +1,315 @@
-//! (to be written)
+//! Flat gradient vectors over all trainable parameters, in the store's sorted-name order.
+//!
+//! Methods that combine per-stream gradients (UVS, PCGrad, CAGrad, CGR, the sharpness-aware
+//! family) need dot products and norms over *every* parameter at once. Those are computed on a
+//! host copy of the gradient in f32 storage with f64 accumulation, so that a Gram entry over
+//! millions of parameters does not lose digits. The buffers are allocated once per method and
+//! reused every step.
+use std::ops::Range;
+
+use candle_core::backprop::GradStore;
+use candle_core::{CpuStorage, DType, Device, Result, Shape, Storage, Tensor, Var};
+
+use crate::params::ParamStore;
+
+/// The trainable parameters of a model in flat order: names sorted, each with its offset.
+#[derive(Debug, Clone)]
+pub struct ParamSet {
+    names: Vec<String>,
+    vars: Vec<Var>,
+    shapes: Vec<Shape>,
+    offsets: Vec<usize>,
+    total: usize,
+    device: Device,
+}
+
+impl ParamSet {
+    /// All trainable parameters of `store`, in its (sorted) order.
+    pub fn from_store(store: &ParamStore) -> Self {
+        let mut names = Vec::new();
+        let mut vars = Vec::new();
+        let mut shapes = Vec::new();
+        let mut offsets = Vec::new();
+        let mut total = 0;
+        for (name, var) in store.trainable() {
+            names.push(name.clone());
+            shapes.push(var.shape().clone());
+            offsets.push(total);
+            total += var.elem_count();
+            vars.push(var.clone());
+        }
+        Self { names, vars, shapes, offsets, total, device: store.device().clone() }
+    }
+
+    pub fn len(&self) -> usize {
+        self.vars.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.vars.is_empty()
+    }
+    /// Total number of scalars (the length of every `FlatGrad` for this set).
+    pub fn total(&self) -> usize {
+        self.total
+    }
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+    pub fn vars(&self) -> &[Var] {
+        &self.vars
+    }
+    pub fn shapes(&self) -> &[Shape] {
+        &self.shapes
+    }
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+    /// Flat index range of parameter `i`.
+    pub fn range(&self, i: usize) -> Range<usize> {
+        self.offsets[i]..self.offsets[i] + self.shapes[i].elem_count()
+    }
+
+    /// The smallest flat range covering every parameter whose name starts with `prefix`
+    /// (contiguous because names are sorted), or `None` when there is none.
+    pub fn prefix_range(&self, prefix: &str) -> Option<Range<usize>> {
+        let idx: Vec<usize> = (0..self.len()).filter(|&i| self.names[i].starts_with(prefix)).collect();
+        let (first, last) = (*idx.first()?, *idx.last()?);
+        debug_assert_eq!(last - first + 1, idx.len(), "sorted names make a prefix contiguous");
+        Some(self.offsets[first]..self.range(last).end)
+    }
+
+    /// Copies of the current parameter values (for SAM-style restore: store, never subtract).
+    pub fn snapshot(&self, out: &mut Vec<Tensor>) -> Result<()> {
+        out.clear();
+        for v in &self.vars {
+            out.push(v.as_tensor().copy()?);
+        }
+        Ok(())
+    }
+
+    /// Writes back values taken by `snapshot`, bit for bit.
+    pub fn restore(&self, saved: &[Tensor]) -> Result<()> {
+        for (v, s) in self.vars.iter().zip(saved) {
+            v.set(s)?;
+        }
+        Ok(())
+    }
+
+    /// Sets every parameter to `saved + delta` (delta in flat order).
+    pub fn set_shifted(&self, saved: &[Tensor], delta: &FlatGrad) -> Result<()> {
+        for (i, (v, s)) in self.vars.iter().zip(saved).enumerate() {
+            let d = Tensor::from_slice(&delta.data[self.range(i)], self.shapes[i].clone(), &self.device)?;
+            v.set(&s.add(&d)?)?;
+        }
+        Ok(())
+    }
+
+    /// The current parameter values as one flat host vector.
+    pub fn values(&self, out: &mut FlatGrad) -> Result<()> {
+        out.resize(self.total);
+        for (i, v) in self.vars.iter().enumerate() {
+            copy_into(v.as_tensor(), &mut out.data[self.range(i)])?;
+        }
+        Ok(())
+    }
+
+    /// Per-parameter gradient tensors from a `GradStore` (zeros for a parameter outside the
+    /// graph), for methods that hand the raw gradient to the optimizer without host copies.
+    pub fn grads_as_tensors(&self, grads: &GradStore, out: &mut Vec<Tensor>) -> Result<()> {
+        out.clear();
+        for v in &self.vars {
+            match grads.get(v.as_tensor()) {
+                Some(g) => out.push(g.clone()),
+                None => out.push(v.as_tensor().zeros_like()?),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Copies a tensor's values (any layout, any device) into `dst`; on a contiguous CPU f32 tensor
+/// this reads the storage directly without an intermediate allocation.
+fn copy_into(t: &Tensor, dst: &mut [f32]) -> Result<()> {
+    if dst.len() != t.elem_count() {
+        candle_core::bail!("flat copy: {} values into a slot of {}", t.elem_count(), dst.len());
+    }
+    if t.dtype() == DType::F32 && t.device().is_cpu() {
+        let (storage, layout) = t.storage_and_layout();
+        if let (Storage::Cpu(CpuStorage::F32(src)), Some((a, b))) = (&*storage, layout.contiguous_offsets()) {
+            dst.copy_from_slice(&src[a..b]);
+            return Ok(());
+        }
+    }
+    let v = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    dst.copy_from_slice(&v);
+    Ok(())
+}
+
+/// One flat vector over a `ParamSet` (a gradient, an update direction, a perturbation).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FlatGrad {
+    pub data: Vec<f32>,
+}
+
+impl FlatGrad {
+    pub fn zeros(n: usize) -> Self {
+        Self { data: vec![0.0; n] }
+    }
+    pub fn from_vec(data: Vec<f32>) -> Self {
+        Self { data }
+    }
+    pub fn len(&self) -> usize {
+        self.data.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+    /// Resizes (no-op after the first step, so buffers are allocated once).
+    pub fn resize(&mut self, n: usize) {
+        self.data.resize(n, 0.0);
+    }
+
+    /// Gathers the gradients of every parameter of `set` from `grads` (zero where a parameter
+    /// is outside the graph).
+    pub fn fill_from(&mut self, set: &ParamSet, grads: &GradStore) -> Result<()> {
+        self.resize(set.total());
+        for (i, v) in set.vars().iter().enumerate() {
+            let r = set.range(i);
+            match grads.get(v.as_tensor()) {
+                Some(g) => copy_into(g, &mut self.data[r])?,
+                None => self.data[r].fill(0.0),
+            }
+        }
+        Ok(())
+    }
+
+    /// Per-parameter tensors with the shapes of `set`, ready for an optimizer.
+    pub fn to_tensors(&self, set: &ParamSet, out: &mut Vec<Tensor>) -> Result<()> {
+        if self.len() != set.total() {
+            candle_core::bail!("flat vector of {} values for a parameter set of {}", self.len(), set.total());
+        }
+        out.clear();
+        for i in 0..set.len() {
+            out.push(Tensor::from_slice(&self.data[set.range(i)], set.shapes()[i].clone(), set.device())?);
+        }
+        Ok(())
+    }
+
+    pub fn copy_from(&mut self, other: &FlatGrad) {
+        self.data.clear();
+        self.data.extend_from_slice(&other.data);
+    }
+
+    pub fn fill(&mut self, x: f32) {
+        self.data.fill(x);
+    }
+
+    pub fn dot(&self, other: &FlatGrad) -> f64 {
+        dot(&self.data, &other.data)
+    }
+    pub fn norm_sq(&self) -> f64 {
+        dot(&self.data, &self.data)
+    }
+    pub fn norm(&self) -> f64 {
+        self.norm_sq().sqrt()
+    }
+    /// `self += a * x`, the product formed in f64 before rounding.
+    pub fn axpy(&mut self, a: f64, x: &FlatGrad) {
+        axpy(&mut self.data, a, &x.data);
+    }
+    /// `self *= a`.
+    pub fn scale(&mut self, a: f64) {
+        for s in &mut self.data {
+            *s = (*s as f64 * a) as f32;
+        }
+    }
+    /// `self = a * x + b * y` in one pass.
+    pub fn set_lin2(&mut self, a: f64, x: &FlatGrad, b: f64, y: &FlatGrad) {
+        self.resize(x.len());
+        for ((s, &xi), &yi) in self.data.iter_mut().zip(&x.data).zip(&y.data) {
+            *s = (a * xi as f64 + b * yi as f64) as f32;
+        }
+    }
+}
+
+/// Dot product of two equally long slices, accumulated in f64.
+pub fn dot(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len(), "dot of vectors of different lengths");
+    // Four accumulators let the compiler vectorise without reordering a single f64 chain much.
+    let mut acc = [0f64; 4];
+    let chunks = a.len() / 4;
+    for c in 0..chunks {
+        for k in 0..4 {
+            acc[k] += a[4 * c + k] as f64 * b[4 * c + k] as f64;
+        }
+    }
+    let mut s = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+    for i in 4 * chunks..a.len() {
+        s += a[i] as f64 * b[i] as f64;
+    }
+    s
+}
+
+/// `y += a * x`.
+pub fn axpy(y: &mut [f32], a: f64, x: &[f32]) {
+    assert_eq!(y.len(), x.len(), "axpy of vectors of different lengths");
+    for (yi, &xi) in y.iter_mut().zip(x) {
+        *yi = (*yi as f64 + a * xi as f64) as f32;
+    }
+}
+
+/// `a . b` restricted to the flat indices outside `skip` (e.g. everything but the CGR head).
+pub fn dot_outside(a: &[f32], b: &[f32], skip: Option<&Range<usize>>) -> f64 {
+    match skip {
+        None => dot(a, b),
+        Some(r) => dot(&a[..r.start], &b[..r.start]) + dot(&a[r.end..], &b[r.end..]),
+    }
+}
+
+/// The Euclidean norm of a list of tensors (one gradient as per-parameter tensors), with the
+/// per-tensor sums of squares accumulated in f64.
+pub fn tensors_norm(ts: &[Tensor]) -> Result<f64> {
+    let mut s = 0f64;
+    for t in ts {
+        s += t.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+    }
+    Ok(s.sqrt())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::params::Init;
+
+    #[test]
+    fn flat_round_trip_and_prefix_ranges() -> Result<()> {
+        let b = ParamStore::new(&Device::Cpu).builder(3);
+        b.pp("head").param("w", (2, 3), Init::Normal { std: 1.0 })?;
+        b.pp("backbone").param("w", 4, Init::Normal { std: 1.0 })?;
+        b.pp("classifier").param("b", 1, Init::Zeros)?;
+        let set = ParamSet::from_store(&b.store());
+        assert_eq!(set.names(), ["backbone.w", "classifier.b", "head.w"]);
+        assert_eq!(set.total(), 11);
+        assert_eq!(set.prefix_range("head."), Some(5..11));
+        assert_eq!(set.prefix_range("nope."), None);
+        let mut vals = FlatGrad::default();
+        set.values(&mut vals)?;
+        let mut ts = Vec::new();
+        vals.to_tensors(&set, &mut ts)?;
+        assert_eq!(ts[2].dims(), &[2, 3]);
+        assert_eq!(ts[2].flatten_all()?.to_vec1::<f32>()?, vals.data[5..].to_vec());
+        Ok(())
+    }
+
+    #[test]
+    fn dot_axpy_in_f64() {
+        let a = FlatGrad::from_vec(vec![1.0, 2.0, 3.0, 4.0, 5.0]);
+        let mut b = FlatGrad::from_vec(vec![1.0; 5]);
+        assert_eq!(a.dot(&b), 15.0);
+        b.axpy(-1.0, &a);
+        assert_eq!(b.data, vec![0.0, -1.0, -2.0, -3.0, -4.0]);
+        assert_eq!(dot_outside(&a.data, &a.data, Some(&(1..3))), 1.0 + 16.0 + 25.0);
+        // 1 + 1e-8 rounds to 1 in f32 but the f64 sum keeps every term.
+        let big = vec![1e-4f32; 1_000_000];
+        assert!((dot(&big, &big) - 1e-2).abs() < 1e-9);
+    }
+}

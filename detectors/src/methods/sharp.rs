@@ -1,0 +1,342 @@
+//! Single-objective methods: ERM, SAM, ASAM, SAGM and CVaR+AUC (optionally with SAM), and the
+//! multi-domain RoGA reconstruction. The perturbation logic is written against a `ParamSet` and a
+//! loss closure, so the same code runs on a detector and on the reference quadratic of the tests.
+use std::time::Instant;
+
+use candle_core::{Result, Tensor};
+
+use super::{LossKind, Losses, StepCtx, StreamNeeds, Streams, TrainingMethod};
+use crate::batch::StepInput;
+use crate::config::OptimizerConfig;
+use crate::gradvec::{FlatGrad, ParamSet, tensors_norm};
+use crate::model::{Detector, Mode};
+use crate::optim::Optimizer;
+use crate::trace::{DomainTrace, StepTrace};
+
+/// Guard added to gradient norms before dividing (the SAM/SAGM reference code's 1e-12).
+pub const NORM_EPS: f64 = 1e-12;
+
+/// How the parameters are perturbed before the second gradient.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Perturbation {
+    /// Plain base-optimizer step on the first gradient.
+    None,
+    /// SAM: `e = rho g / (||g|| + 1e-12)`, step with `grad L(w + e)`.
+    Sam { rho: f64 },
+    /// ASAM: `e = rho T^2 g / ||T g||`, `T = |w| + eta` on parameters named `*weight*`, 1 elsewhere.
+    Asam { rho: f64, eta: f64 },
+    /// SAGM: `e = (rho / (||g|| + 1e-12) - alpha) g`, step with `(g + grad L(w + e)) / 2`.
+    Sagm { rho: f64, alpha: f64 },
+}
+
+/// What one sharpness-aware step measured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SharpReport {
+    pub loss: f64,
+    pub l1: Option<f64>,
+    pub l2: Option<f64>,
+    /// `||g||` of the first pass.
+    pub norm_g: f64,
+    pub norm_update: f64,
+}
+
+/// A base optimizer wrapped by one perturbation rule, with buffers reused across steps.
+pub struct SharpCore {
+    pub pert: Perturbation,
+    pub opt: Optimizer,
+    g: FlatGrad,
+    gp: FlatGrad,
+    e: FlatGrad,
+    w: FlatGrad,
+    saved: Vec<Tensor>,
+    dir: Vec<Tensor>,
+}
+
+impl SharpCore {
+    pub fn new(pert: Perturbation, optimizer: &OptimizerConfig) -> Self {
+        Self {
+            pert,
+            opt: Optimizer::new(optimizer),
+            g: FlatGrad::default(),
+            gp: FlatGrad::default(),
+            e: FlatGrad::default(),
+            w: FlatGrad::default(),
+            saved: Vec::new(),
+            dir: Vec::new(),
+        }
+    }
+
+    /// One step: `loss_fn(Mode::Train)` at the current parameters, then (for a perturbation)
+    /// `loss_fn(Mode::TrainFrozenStats)` at the perturbed ones, so BatchNorm running statistics
+    /// move once per step. The parameters are restored from a stored copy before the base step.
+    pub fn step(
+        &mut self,
+        set: &ParamSet,
+        lr: f64,
+        loss_fn: &mut dyn FnMut(Mode) -> Result<Losses>,
+    ) -> Result<SharpReport> {
+        let first = loss_fn(Mode::Train)?;
+        let (loss, l1, l2) = first.values()?;
+        let grads = first.total.backward()?;
+        if let Perturbation::None = self.pert {
+            set.grads_as_tensors(&grads, &mut self.dir)?;
+            let n = tensors_norm(&self.dir)?;
+            self.opt.step(set, &self.dir, lr)?;
+            return Ok(SharpReport { loss, l1, l2, norm_g: n, norm_update: n });
+        }
+        self.g.fill_from(set, &grads)?;
+        drop(grads);
+        let norm_g = self.g.norm();
+        self.e.resize(self.g.len());
+        match self.pert {
+            Perturbation::None => unreachable!(),
+            Perturbation::Sam { rho } => {
+                self.e.copy_from(&self.g);
+                self.e.scale(rho / (norm_g + NORM_EPS));
+            }
+            Perturbation::Sagm { rho, alpha } => {
+                self.e.copy_from(&self.g);
+                self.e.scale(rho / (norm_g + NORM_EPS) - alpha);
+            }
+            Perturbation::Asam { rho, eta } => {
+                set.values(&mut self.w)?;
+                // T g and its norm first, then e = rho T^2 g / ||T g||.
+                let mut tg_sq = 0f64;
+                for i in 0..set.len() {
+                    let weighted = set.names()[i].contains("weight");
+                    for j in set.range(i) {
+                        let t = if weighted { self.w.data[j].abs() as f64 + eta } else { 1.0 };
+                        let tg = t * self.g.data[j] as f64;
+                        tg_sq += tg * tg;
+                        self.e.data[j] = (t * tg) as f32;
+                    }
+                }
+                self.e.scale(rho / (tg_sq.sqrt() + NORM_EPS));
+            }
+        }
+        set.snapshot(&mut self.saved)?;
+        set.set_shifted(&self.saved, &self.e)?;
+        let second = loss_fn(Mode::TrainFrozenStats);
+        let grads2 = match second.and_then(|s| s.total.backward()) {
+            Ok(g) => g,
+            Err(err) => {
+                set.restore(&self.saved)?;
+                return Err(err);
+            }
+        };
+        let norm_update = match self.pert {
+            Perturbation::Sagm { .. } => {
+                self.gp.fill_from(set, &grads2)?;
+                drop(grads2);
+                self.gp.axpy(1.0, &self.g);
+                self.gp.scale(0.5);
+                set.restore(&self.saved)?;
+                self.gp.to_tensors(set, &mut self.dir)?;
+                self.gp.norm()
+            }
+            _ => {
+                set.grads_as_tensors(&grads2, &mut self.dir)?;
+                drop(grads2);
+                set.restore(&self.saved)?;
+                tensors_norm(&self.dir)?
+            }
+        };
+        self.opt.step(set, &self.dir, lr)?;
+        Ok(SharpReport { loss, l1, l2, norm_g, norm_update })
+    }
+}
+
+/// ERM, SAM, ASAM, SAGM or CVaR+AUC on one choice of streams.
+pub struct SingleObjective {
+    kind: &'static str,
+    streams: Streams,
+    loss: LossKind,
+    core: SharpCore,
+}
+
+impl SingleObjective {
+    pub fn new(
+        kind: &'static str,
+        streams: Streams,
+        loss: LossKind,
+        pert: Perturbation,
+        opt: &OptimizerConfig,
+    ) -> Self {
+        Self { kind, streams, loss, core: SharpCore::new(pert, opt) }
+    }
+}
+
+impl TrainingMethod for SingleObjective {
+    fn kind(&self) -> &str {
+        self.kind
+    }
+    fn needs(&self) -> StreamNeeds {
+        self.streams.needs()
+    }
+    fn step(&mut self, det: &Detector, input: &StepInput, step: usize, lr: f64) -> Result<StepTrace> {
+        let t0 = Instant::now();
+        let ctx = StepCtx { kind: self.kind, det, input };
+        let (streams, loss) = (self.streams, self.loss);
+        let rep = self.core.step(det.params(), lr, &mut |mode| ctx.objective(streams, loss, mode))?;
+        Ok(StepTrace {
+            step,
+            l1: rep.l1,
+            l2: rep.l2,
+            loss: rep.loss,
+            norm_update: Some(rep.norm_update),
+            lr,
+            wall_s: t0.elapsed().as_secs_f64(),
+            ..Default::default()
+        })
+    }
+}
+
+/// RoGA as reconstructed in methods.md section 5 (per-domain SAGM-style perturbations).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RogaParams {
+    pub rho: f64,
+    pub alpha: f64,
+    /// direction = weight * g + (1 - weight) * mean_d gt_d (0.5 in the reconstruction).
+    pub weight: f64,
+}
+
+/// What one RoGA step measured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RogaReport {
+    pub losses: Vec<f64>,
+    pub grad_norms: Vec<f64>,
+    pub norm_update: f64,
+}
+
+pub struct RogaCore {
+    pub params: RogaParams,
+    pub opt: Optimizer,
+    gd: Vec<FlatGrad>,
+    gbar: FlatGrad,
+    acc: FlatGrad,
+    e: FlatGrad,
+    saved: Vec<Tensor>,
+    dir: Vec<Tensor>,
+}
+
+impl RogaCore {
+    pub fn new(params: RogaParams, optimizer: &OptimizerConfig) -> Self {
+        Self {
+            params,
+            opt: Optimizer::new(optimizer),
+            gd: Vec::new(),
+            gbar: FlatGrad::default(),
+            acc: FlatGrad::default(),
+            e: FlatGrad::default(),
+            saved: Vec::new(),
+            dir: Vec::new(),
+        }
+    }
+
+    /// One step over `k` domains; `loss_fn(d, mode)` is domain `d`'s loss. The clean passes run
+    /// in `Mode::Train` (one BatchNorm update per domain batch, as separate forwards would in
+    /// PyTorch), the perturbed ones in `Mode::TrainFrozenStats`.
+    pub fn step(
+        &mut self,
+        set: &ParamSet,
+        lr: f64,
+        k: usize,
+        loss_fn: &mut dyn FnMut(usize, Mode) -> Result<Tensor>,
+    ) -> Result<RogaReport> {
+        if k == 0 {
+            candle_core::bail!("RoGA needs at least one domain batch");
+        }
+        let RogaParams { rho, alpha, weight } = self.params;
+        self.gd.resize_with(k, FlatGrad::default);
+        let mut losses = Vec::with_capacity(k);
+        let mut grad_norms = Vec::with_capacity(k);
+        for d in 0..k {
+            let l = loss_fn(d, Mode::Train)?;
+            losses.push(l.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?);
+            let grads = l.backward()?;
+            self.gd[d].fill_from(set, &grads)?;
+            grad_norms.push(self.gd[d].norm());
+        }
+        self.gbar.resize(set.total());
+        self.gbar.fill(0.0);
+        for d in 0..k {
+            self.gbar.axpy(1.0 / k as f64, &self.gd[d]);
+        }
+        self.acc.resize(set.total());
+        self.acc.fill(0.0);
+        self.e.resize(set.total());
+        set.snapshot(&mut self.saved)?;
+        for d in 0..k {
+            self.e.set_lin2(rho / (grad_norms[d] + NORM_EPS), &self.gd[d], -alpha, &self.gbar);
+            let res = set.set_shifted(&self.saved, &self.e).and_then(|_| loss_fn(d, Mode::TrainFrozenStats));
+            let grads = match res.and_then(|l| l.backward()) {
+                Ok(g) => g,
+                Err(err) => {
+                    set.restore(&self.saved)?;
+                    return Err(err);
+                }
+            };
+            // Reuse e as the receiving buffer: the perturbation is no longer needed.
+            self.e.fill_from(set, &grads)?;
+            self.acc.axpy(1.0 / k as f64, &self.e);
+        }
+        set.restore(&self.saved)?;
+        self.acc.scale(1.0 - weight);
+        self.acc.axpy(weight, &self.gbar);
+        self.acc.to_tensors(set, &mut self.dir)?;
+        let norm_update = self.acc.norm();
+        self.opt.step(set, &self.dir, lr)?;
+        Ok(RogaReport { losses, grad_norms, norm_update })
+    }
+}
+
+/// RoGA on the detector, one domain batch per manipulation type (`StepInput::domains`).
+pub struct Roga {
+    core: RogaCore,
+}
+
+impl Roga {
+    pub fn new(params: RogaParams, opt: &OptimizerConfig) -> Self {
+        Self { core: RogaCore::new(params, opt) }
+    }
+}
+
+pub const ROGA_NOTE: &str = "RoGA (reconstructed)";
+
+impl TrainingMethod for Roga {
+    fn kind(&self) -> &str {
+        "roga"
+    }
+    fn needs(&self) -> StreamNeeds {
+        StreamNeeds { original: false, online: false, domains: true }
+    }
+    fn note(&self) -> Option<&str> {
+        Some(ROGA_NOTE)
+    }
+    fn step(&mut self, det: &Detector, input: &StepInput, step: usize, lr: f64) -> Result<StepTrace> {
+        let t0 = Instant::now();
+        if input.domains.is_empty() {
+            candle_core::bail!("method `roga` needs per-domain batches but the step input has none");
+        }
+        let doms = &input.domains;
+        let rep = self.core.step(det.params(), lr, doms.len(), &mut |d, mode| {
+            let b = &doms[d].1;
+            super::bce_loss(&det.forward(&b.images, mode)?, &b.labels)
+        })?;
+        let k = doms.len() as f64;
+        let domains = doms
+            .iter()
+            .zip(rep.losses.iter().zip(&rep.grad_norms))
+            .map(|((name, _), (&loss, &grad_norm))| DomainTrace { name: name.clone(), loss, grad_norm })
+            .collect();
+        Ok(StepTrace {
+            step,
+            loss: rep.losses.iter().sum::<f64>() / k,
+            norm_update: Some(rep.norm_update),
+            lr,
+            wall_s: t0.elapsed().as_secs_f64(),
+            domains,
+            ..Default::default()
+        })
+    }
+}
