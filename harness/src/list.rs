@@ -66,19 +66,12 @@ pub fn backbone_lines() -> Vec<String> {
     detectors::backbones::registry()
         .iter()
         .map(|b| {
-            // Until a backbone can be built its count is left blank, never guessed.
-            let count =
-                parameter_count(b.name).map_or(String::new(), |n| format!("{} params", human_count(n)));
+            // Counted without the classifier, at 256 px (Meso's width depends on the input size).
+            let count = detectors::backbones::num_params(b.name, 256)
+                .map_or(String::new(), |n| format!("{} params", human_count(n)));
             format!("backbone  {:<16} {:>14}  {}", b.name, count, b.description)
         })
         .collect()
-}
-
-/// Trainable scalars of a freshly built backbone on the CPU, if the backbone can be built.
-fn parameter_count(name: &str) -> Option<usize> {
-    let pb = detectors::ParamStore::new(&candle_core::Device::Cpu).builder(0);
-    detectors::backbones::build(name, &pb).ok()?;
-    Some(pb.store().num_trainable())
 }
 
 fn human_count(n: usize) -> String {

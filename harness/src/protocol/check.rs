@@ -956,7 +956,7 @@ impl Checker<'_> {
                 method: MethodConfig {
                     name: name.to_string(),
                     kind: spec.kind.to_string(),
-                    display: spec.display.to_string(),
+                    display: display_name(name, spec),
                     note: spec.note.map(str::to_string),
                     params,
                 },
@@ -1445,4 +1445,16 @@ fn backticked(msg: &str) -> Vec<String> {
 
 fn absolute(p: PathBuf) -> PathBuf {
     std::fs::canonicalize(&p).or_else(|_| std::path::absolute(&p)).unwrap_or(p)
+}
+
+/// How tables label a method: the protocol's own name (so `O`, `S` and `O+S` stay apart although
+/// all three are ERM), marked "(reconstructed)" for a method whose registry entry carries that
+/// caveat (RoGA) unless the name already says so.
+fn display_name(name: &str, spec: &detectors::methods::MethodSpec) -> String {
+    match spec.note {
+        Some(_) if spec.display.contains("(reconstructed)") && !name.contains("reconstructed") => {
+            format!("{name} (reconstructed)")
+        }
+        _ => name.to_string(),
+    }
 }

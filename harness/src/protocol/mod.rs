@@ -129,7 +129,7 @@ pub struct DataConfig {
     pub on_missing: PerSplit<OnMissing>,
 }
 
-pub const SYNTH_PRESETS: &[&str] = &["small", "medium"];
+pub const SYNTH_PRESETS: &[&str] = &["small", "medium", "tiny"];
 
 /// A value for training and one for testing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -263,7 +263,7 @@ pub struct MethodConfig {
     pub name: String,
     /// Registry kind (`erm`, `cs-dfd`, ...).
     pub kind: String,
-    /// The registry's display name of the kind.
+    /// How tables label the method: its protocol name, plus "(reconstructed)" for RoGA.
     pub display: String,
     /// A caveat that travels with every result (RoGA's reconstruction note).
     pub note: Option<String>,
