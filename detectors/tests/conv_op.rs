@@ -52,7 +52,10 @@ impl Case {
     }
     fn out_hw(&self) -> (usize, usize) {
         let span = |k: usize| self.d * (k - 1) + 1;
-        ((self.h + 2 * self.p - span(self.kh)) / self.s + 1, (self.w + 2 * self.p - span(self.kw)) / self.s + 1)
+        (
+            (self.h + 2 * self.p - span(self.kh)) / self.s + 1,
+            (self.w + 2 * self.p - span(self.kw)) / self.s + 1,
+        )
     }
 }
 
@@ -201,7 +204,8 @@ fn compare_with_candle(cs: &Case, seed: u64) -> bool {
 
 #[test]
 fn matches_candle_conv2d_and_its_backward() {
-    let ran: Vec<bool> = CASES.iter().enumerate().map(|(i, cs)| compare_with_candle(cs, 200 + i as u64)).collect();
+    let ran: Vec<bool> =
+        CASES.iter().enumerate().map(|(i, cs)| compare_with_candle(cs, 200 + i as u64)).collect();
     let with_grads = ran.iter().filter(|b| **b).count();
     // candle 0.11.1 fails on 4 of the 14 (strided, non-square); guard against the comparison
     // silently degrading to forward-only.
@@ -318,7 +322,8 @@ fn dispatcher_adds_bias_and_falls_back_for_other_dtypes() {
     let bias: Vec<f32> = (0..cs.o).map(|i| i as f32 * 0.25 - 1.0).collect();
     let (y_ref, _, _) = brute(&cs, &x, &w, &r);
     let (ho, wo) = cs.out_hw();
-    let want: Vec<f64> = y_ref.iter().enumerate().map(|(i, v)| v + bias[(i / (ho * wo)) % cs.o] as f64).collect();
+    let want: Vec<f64> =
+        y_ref.iter().enumerate().map(|(i, v)| v + bias[(i / (ho * wo)) % cs.o] as f64).collect();
     let b = Tensor::from_slice(&bias, cs.o, &Device::Cpu).unwrap();
     let (xt, wt) = (tensor(&x, cs.x_dims()), tensor(&w, cs.w_dims()));
     let y = ops::conv2d(&xt, &wt, Some(&b), cs.s, cs.p, cs.d, cs.g).unwrap();

@@ -90,8 +90,9 @@ pub(crate) fn backward(
                 let xp = &x[(n * g.c + c) * hw..][..hw];
                 let dyp = &dy[(n * g.o + o) * ps..][..ps];
                 // SAFETY: plane (n, c) of the input gradient belongs to this work item alone.
-                let mut dxpl = need_dx
-                    .then(|| unsafe { std::slice::from_raw_parts_mut(dxp.get().add((n * g.c + c) * hw), hw) });
+                let mut dxpl = need_dx.then(|| unsafe {
+                    std::slice::from_raw_parts_mut(dxp.get().add((n * g.c + c) * hw), hw)
+                });
                 for (oh, dyrow) in dyp.chunks_exact(g.wo).enumerate() {
                     for ki in 0..g.kh {
                         let ih = (oh * g.s + ki * g.d) as isize - g.p as isize;

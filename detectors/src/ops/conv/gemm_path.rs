@@ -198,11 +198,8 @@ pub(crate) fn backward(
     let wl = g.w_len();
     // Chunks of the batch, each with its own weight-gradient partial sum; the count depends only
     // on the shapes.
-    let chunks = if need_dw {
-        g.n.min(MAX_CHUNKS).min(1 + MAX_PARTIAL_FLOATS / wl).max(g.n.min(2))
-    } else {
-        g.n
-    };
+    let chunks =
+        if need_dw { g.n.min(MAX_CHUNKS).min(1 + MAX_PARTIAL_FLOATS / wl).max(g.n.min(2)) } else { g.n };
     let mut dx = need_dx.then(|| vec![0f32; g.x_len()]);
     let dxp = SyncPtr(dx.as_mut().map_or(std::ptr::null_mut(), |v| v.as_mut_ptr()));
     let mut dw = need_dw.then(|| vec![0f32; wl]);

@@ -20,9 +20,7 @@
 //! [`crate::ops::conv2d`] dispatches here for f32 tensors on the CPU and to candle otherwise.
 use std::sync::Arc;
 
-use candle_core::{
-    CpuStorage, CustomOp2, DType, Device, Layout, Result, Shape, Storage, Tensor, bail,
-};
+use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Result, Shape, Storage, Tensor, bail};
 
 mod depthwise;
 mod gemm_path;
@@ -102,7 +100,9 @@ pub(crate) struct Geom {
 impl Geom {
     pub(crate) fn new(xd: &[usize], wd: &[usize], prm: Conv2dParams) -> Result<Self> {
         let (&[n, c, h, w], &[o, cg, kh, kw]) = (xd, wd) else {
-            bail!("conv2d: expected input [N, C, H, W] and weight [C_out, C_in/groups, kH, kW], got {xd:?} and {wd:?}");
+            bail!(
+                "conv2d: expected input [N, C, H, W] and weight [C_out, C_in/groups, kH, kW], got {xd:?} and {wd:?}"
+            );
         };
         let Conv2dParams { stride: s, padding: p, dilation: d, groups } = prm;
         if s == 0 || d == 0 || groups == 0 {
@@ -255,7 +255,11 @@ impl CustomOp2 for Conv2dOp {
         let wv = f32_slice(ws, wl, "weight")?;
         let dy = f32_slice(gs, gl, "output gradient")?;
         if dy.len() != g.y_len() {
-            bail!("conv2d_cpu backward: output gradient has shape {:?}, expected {:?}", grad.dims(), (g.n, g.o, g.ho, g.wo));
+            bail!(
+                "conv2d_cpu backward: output gradient has shape {:?}, expected {:?}",
+                grad.dims(),
+                (g.n, g.o, g.ho, g.wo)
+            );
         }
         let (dx, dw) = if g.is_depthwise() {
             depthwise::backward(&g, xv, wv, dy, need_dx, need_dw)

@@ -20,7 +20,11 @@ fn grown(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
 /// Runs `f` with this thread's two scratch buffers of at least `col_len` and `dcol_len` floats
 /// (contents unspecified). `f` must not re-enter this function on the same thread, which holds
 /// as long as it calls no rayon-parallel code (the gemm calls inside are single-threaded).
-pub(crate) fn with_cols<R>(col_len: usize, dcol_len: usize, f: impl FnOnce(&mut [f32], &mut [f32]) -> R) -> R {
+pub(crate) fn with_cols<R>(
+    col_len: usize,
+    dcol_len: usize,
+    f: impl FnOnce(&mut [f32], &mut [f32]) -> R,
+) -> R {
     COL.with_borrow_mut(|col| DCOL.with_borrow_mut(|dcol| f(grown(col, col_len), grown(dcol, dcol_len))))
 }
 
