@@ -42,6 +42,8 @@ const LAYERS: &[Layer] = &[
     layer("depthwise_32ch_k3_64px", (32, 32, 64, 64), (32, 1, 3, 3), (1, 1, 32), true),
 ];
 
+type ConvFn<'a> = &'a dyn Fn(&Tensor, &Tensor) -> Tensor;
+
 fn rand_tensor(rng: &mut ChaCha8Rng, dims: (usize, usize, usize, usize)) -> Tensor {
     let len = dims.0 * dims.1 * dims.2 * dims.3;
     let v: Vec<f32> = (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect();
@@ -60,7 +62,7 @@ fn bench(c: &mut Criterion) {
         let candle = |x: &Tensor, w: &Tensor| x.conv2d(w, p.padding, p.stride, p.dilation, p.groups).unwrap();
         let mut group = c.benchmark_group(l.name);
         group.sample_size(10);
-        let impls: [(&str, &dyn Fn(&Tensor, &Tensor) -> Tensor); 2] = [("ours", &ours), ("candle", &candle)];
+        let impls: [(&str, ConvFn); 2] = [("ours", &ours), ("candle", &candle)];
         for (name, conv) in impls {
             group.bench_function(name, |b| {
                 b.iter(|| {
