@@ -1,6 +1,6 @@
-//! Forward + backward of one convolution layer: dfbench's CPU conv op against candle's `conv2d`,
-//! side by side in one run, on Meso4's layer shapes (batch 32, 128 px input), ResNet-18 shapes and
-//! a depthwise (EfficientNet-like) shape. See BENCHMARKS.md for the recorded ratios.
+//! Forward + backward (and forward alone) of one convolution layer: dfbench's CPU conv op against
+//! candle's `conv2d`, side by side in one run, on Meso4's layer shapes (batch 32, 128 px input),
+//! ResNet-18 shapes and a depthwise (EfficientNet-like) shape. See BENCHMARKS.md for the recorded ratios.
 //!
 //! Run: `cargo bench -p detectors --bench conv -- --warm-up-time 1 --measurement-time 3`
 use candle_core::{Device, Tensor, Var};
@@ -71,6 +71,9 @@ fn bench(c: &mut Criterion) {
                     let grads = conv(&input, w.as_tensor()).backward().unwrap();
                     std::hint::black_box(grads.get(&w).unwrap().dims().len())
                 })
+            });
+            group.bench_function(format!("{name}_forward_only"), |b| {
+                b.iter(|| std::hint::black_box(conv(&x, w.as_tensor()).dims().len()))
             });
         }
         group.finish();
