@@ -377,3 +377,19 @@ fn bad_shapes_are_errors_not_panics() {
     let x64 = x.to_dtype(DType::F64).unwrap();
     assert!(conv2d_cpu(&x64, &w, Conv2dParams::default()).is_err());
 }
+
+/// Convolutions launched from inside an outer rayon loop (several models or streams at once)
+/// share the per-thread scratch buffers safely and give the same bits as sequential calls.
+#[test]
+fn nested_in_outer_parallel_loop() {
+    use rayon::prelude::*;
+    let cs = case(4, 6, (20, 18), 8, (3, 3), 1, 1, 1, 2);
+    let inputs: Vec<_> = (0..6).map(|i| data(&cs, 900 + i)).collect();
+    let run = |(x, w, r): &(Vec<f32>, Vec<f32>, Vec<f32>)| {
+        let (y, dx, dw) = run_with_grads(ours(cs), x, w, r, &cs);
+        (bits(&y), bits(&dx), bits(&dw))
+    };
+    let sequential: Vec<_> = inputs.iter().map(run).collect();
+    let parallel: Vec<_> = inputs.par_iter().map(run).collect();
+    assert!(sequential == parallel);
+}
