@@ -6,6 +6,9 @@ pub mod conv;
 pub mod pool;
 
 /// 2-D convolution, NCHW input, `[C_out, C_in / groups, kH, kW]` weight, optional `[C_out]` bias.
+///
+/// f32 on the CPU runs [`conv::conv2d_cpu`] (own kernels and backward, no input gradient for an
+/// input that needs none); other devices and dtypes run candle's `conv2d`.
 pub fn conv2d(
     x: &Tensor,
     weight: &Tensor,
@@ -15,7 +18,11 @@ pub fn conv2d(
     dilation: usize,
     groups: usize,
 ) -> Result<Tensor> {
-    let y = x.conv2d(weight, padding, stride, dilation, groups)?;
+    let y = if conv::is_supported(x, weight) {
+        conv::conv2d_cpu(x, weight, conv::Conv2dParams { stride, padding, dilation, groups })?
+    } else {
+        x.conv2d(weight, padding, stride, dilation, groups)?
+    };
     match bias {
         Some(b) => y.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1))?),
         None => Ok(y),

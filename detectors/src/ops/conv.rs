@@ -1,1 +1,0 @@
-//! Custom CPU convolution kernels (forward and backward) as candle custom ops.
