@@ -44,9 +44,47 @@ pub struct RunArgs {
     /// Redo runs that are already complete.
     #[arg(long)]
     pub force: bool,
-    /// Also store each run's trained weights (`weights.safetensors`).
+    /// Do not store each run's trained weights (`weights.safetensors`, needed by `bench predict`).
     #[arg(long)]
-    pub save_weights: bool,
+    pub no_weights: bool,
+    /// Run only shard I of N (I in 0..N): a fixed partition of the plan by run id, so N processes
+    /// (e.g. a Slurm array with `--shard $SLURM_ARRAY_TASK_ID/N`) cover every run exactly once.
+    #[arg(long, value_name = "I/N", value_parser = parse_shard)]
+    pub shard: Option<Shard>,
+}
+
+/// One part of a partition of the plan: shard `index` of `count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: u64,
+    pub count: u64,
+}
+
+impl Shard {
+    /// Whether the run with this id belongs to the shard. The partition depends on the id alone
+    /// (a hash of the fully resolved configuration), so it is the same on every machine.
+    pub fn contains(&self, run_id: &str) -> bool {
+        shard_of(run_id, self.count) == self.index
+    }
+}
+
+/// The shard (0..count) a run id falls into: the first 8 bytes of sha256(id) modulo count.
+pub fn shard_of(run_id: &str, count: u64) -> u64 {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(run_id.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(first) % count.max(1)
+}
+
+fn parse_shard(s: &str) -> Result<Shard, String> {
+    let (i, n) = s.split_once('/').ok_or_else(|| format!("`{s}`: expected I/N, e.g. 0/4"))?;
+    let index: u64 = i.trim().parse().map_err(|_| format!("`{s}`: shard index `{i}` is not a number"))?;
+    let count: u64 = n.trim().parse().map_err(|_| format!("`{s}`: shard count `{n}` is not a number"))?;
+    if count == 0 || index >= count {
+        return Err(format!("`{s}`: expected 0 <= I < N"));
+    }
+    Ok(Shard { index, count })
 }
 
 /// Everything a run needs that is shared across the runs of one invocation.
@@ -85,6 +123,7 @@ pub fn cmd_run(args: RunArgs, verbosity: Verbosity) -> anyhow::Result<ExitCode> 
     let runs: Vec<Run> = plan::expand(&protocol)
         .into_iter()
         .filter(|r| args.only.is_empty() || args.only.contains(&r.config.method.name))
+        .filter(|r| args.shard.is_none_or(|sh| sh.contains(&r.id)))
         .collect();
     let store = ResultsStore::new(&args.out);
     let pending: Vec<&Run> = runs
@@ -112,7 +151,7 @@ pub fn cmd_run(args: RunArgs, verbosity: Verbosity) -> anyhow::Result<ExitCode> 
     let mut ctx = RunContext {
         data_cache: args.data_cache.clone(),
         verbosity,
-        save_weights: args.save_weights,
+        save_weights: !args.no_weights,
         data: train::DataCache::default(),
     };
     let mut progress = Progress::new(pending.len(), verbosity);
@@ -213,4 +252,31 @@ fn now() -> String {
 /// Converts any error of a run into a failure record (the step is unknown here).
 pub fn failure(step: Option<u64>, err: impl std::fmt::Display) -> Failure {
     Failure { step, reason: err.to_string() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_partition_run_ids() {
+        let ids: Vec<String> = (0..200).map(|i| format!("run-{i}")).collect();
+        for count in [1u64, 2, 3, 7] {
+            let shards: Vec<Shard> = (0..count).map(|index| Shard { index, count }).collect();
+            for id in &ids {
+                assert_eq!(shards.iter().filter(|s| s.contains(id)).count(), 1, "{id} in exactly one of {count}");
+            }
+        }
+        // Fixed partition: the value for a given id never changes across versions or machines.
+        assert_eq!(shard_of("cs-dfd-s0-d9e84e4c74e0", 4), shard_of("cs-dfd-s0-d9e84e4c74e0", 4));
+    }
+
+    #[test]
+    fn shard_syntax() {
+        assert_eq!(parse_shard("1/4"), Ok(Shard { index: 1, count: 4 }));
+        assert!(parse_shard("4/4").is_err());
+        assert!(parse_shard("0/0").is_err());
+        assert!(parse_shard("x/2").is_err());
+        assert!(parse_shard("3").is_err());
+    }
 }
