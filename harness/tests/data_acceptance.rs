@@ -749,3 +749,23 @@ fn load_named_datasets() {
     );
     assert!(e.contains("Celeb-DF-v2") && e.contains("available: Extra, FaceForensics++"), "{e}");
 }
+
+/// `data.augmentation.hflip`: a flipped sample is the exact left-right mirror of the unflipped one.
+#[test]
+fn hflip_mirrors_columns_exactly() {
+    let store = FrameStore::new(cfg(16, FailurePolicy::Fail)).unwrap();
+    let img = RgbImage::from_fn(16, 16, |x, y| Rgb([(x * 13 + y) as u8, (y * 9) as u8, (x * 7 + 3) as u8]));
+    let batch = store.to_batch_flipped(&[&img, &img], &[0.0, 1.0], &[false, true]).unwrap();
+    let plain = batch.images.get(0).unwrap().to_vec3::<f32>().unwrap();
+    let mirrored = batch.images.get(1).unwrap().to_vec3::<f32>().unwrap();
+    for c in 0..3 {
+        for y in 0..16 {
+            for x in 0..16 {
+                assert_eq!(mirrored[c][y][x], plain[c][y][15 - x], "channel {c} row {y} col {x}");
+            }
+        }
+    }
+    assert_ne!(plain, mirrored, "the test image is not symmetric");
+    // A length mismatch between flips and images is an error, not a panic.
+    assert!(store.to_batch_flipped(&[&img], &[0.0], &[true, false]).is_err());
+}

@@ -25,7 +25,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use candle_core::{Device, Tensor};
 use detectors::Batch;
 use image::RgbImage;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
@@ -57,6 +57,9 @@ pub struct LoaderConfig {
     pub cache_bytes: usize,
     /// Batches prepared ahead of the consumer per stream (at least 1).
     pub prefetch: usize,
+    /// Probability that a training sample is mirrored left-right (the protocol's
+    /// `data.augmentation.hflip`); drawn from the stream's seed. Evaluation never flips.
+    pub hflip: f32,
     pub device: Device,
 }
 
@@ -69,6 +72,7 @@ impl Default for LoaderConfig {
             policy: FailurePolicy::Fail,
             cache_bytes: 1 << 30,
             prefetch: 2,
+            hflip: 0.0,
             device: Device::Cpu,
         }
     }
@@ -224,7 +228,13 @@ impl FrameStore {
 
     /// Normalised `[B, 3, R, R]` images and `[B]` labels on the configured device.
     pub fn to_batch(&self, images: &[&RgbImage], labels: &[f32]) -> Result<Batch> {
-        if images.len() != labels.len() {
+        self.to_batch_flipped(images, labels, &[])
+    }
+
+    /// As [`FrameStore::to_batch`], mirroring image `i` left-right where `flips[i]` is true
+    /// (`flips` may be empty: no flips).
+    pub fn to_batch_flipped(&self, images: &[&RgbImage], labels: &[f32], flips: &[bool]) -> Result<Batch> {
+        if images.len() != labels.len() || (!flips.is_empty() && flips.len() != images.len()) {
             bail!("to_batch: {} images but {} labels", images.len(), labels.len());
         }
         let r = self.cfg.resolution as usize;
@@ -232,16 +242,19 @@ impl FrameStore {
         let mut data = vec![0f32; images.len() * 3 * plane];
         let scale: [f32; 3] = std::array::from_fn(|c| 1.0 / (255.0 * self.cfg.std[c]));
         let shift: [f32; 3] = std::array::from_fn(|c| -self.cfg.mean[c] / self.cfg.std[c]);
-        data.par_chunks_mut(3 * plane).zip(images.par_iter()).try_for_each(|(out, img)| {
+        data.par_chunks_mut(3 * plane).zip(images.par_iter()).enumerate().try_for_each(|(k, (out, img))| {
             if img.width() as usize != r || img.height() as usize != r {
                 bail!("to_batch: image is {}x{}, expected {r}x{r}", img.width(), img.height());
             }
+            let flip = flips.get(k).copied().unwrap_or(false);
             let (o0, rest) = out.split_at_mut(plane);
             let (o1, o2) = rest.split_at_mut(plane);
             for (i, px) in img.as_raw().chunks_exact(3).enumerate() {
-                o0[i] = px[0] as f32 * scale[0] + shift[0];
-                o1[i] = px[1] as f32 * scale[1] + shift[1];
-                o2[i] = px[2] as f32 * scale[2] + shift[2];
+                // Mirrored: pixel (y, x) goes to (y, r - 1 - x).
+                let j = if flip { i - i % r + (r - 1 - i % r) } else { i };
+                o0[j] = px[0] as f32 * scale[0] + shift[0];
+                o1[j] = px[1] as f32 * scale[1] + shift[1];
+                o2[j] = px[2] as f32 * scale[2] + shift[2];
             }
             Ok(())
         })?;
@@ -472,6 +485,16 @@ impl Producer {
         Ok(got)
     }
 
+    /// Which samples of batch `batch_no` are mirrored (empty when augmentation is off).
+    fn flips(&self, batch_no: u64, n: usize) -> Vec<bool> {
+        let p = self.store.cfg.hflip;
+        if p <= 0.0 {
+            return Vec::new();
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(mix_seed(mix_seed(self.seed, batch_no), 0xF11F));
+        (0..n).map(|_| rng.random::<f32>() < p).collect()
+    }
+
     fn produce(&mut self) -> Result<Produced> {
         let batch_no = self.batch_no;
         self.batch_no += 1;
@@ -480,7 +503,8 @@ impl Producer {
                 let got = Self::fill(&self.store, &self.entries, all, *n, &self.name)?;
                 let refs: Vec<&RgbImage> = got.iter().map(|(_, c)| c.img.as_ref()).collect();
                 let labels: Vec<f32> = got.iter().map(|(i, _)| self.entries[*i].label as f32).collect();
-                Ok(Produced::plain(self.store.to_batch(&refs, &labels)?))
+                let flips = self.flips(batch_no, refs.len());
+                Ok(Produced::plain(self.store.to_batch_flipped(&refs, &labels, &flips)?))
             }
             Plan::Original { pools } => {
                 let mut imgs: Vec<Arc<Cached>> = Vec::new();
@@ -492,7 +516,8 @@ impl Producer {
                     }
                 }
                 let refs: Vec<&RgbImage> = imgs.iter().map(|c| c.img.as_ref()).collect();
-                Ok(Produced::plain(self.store.to_batch(&refs, &labels)?))
+                let flips = self.flips(batch_no, refs.len());
+                Ok(Produced::plain(self.store.to_batch_flipped(&refs, &labels, &flips)?))
             }
             Plan::Sbi { reals, pairs } => {
                 let got = Self::fill(&self.store, &self.entries, reals, *pairs, &self.name)?;
@@ -517,8 +542,9 @@ impl Producer {
                 refs.extend(made.iter().map(|s| &s.fake));
                 let mut labels = vec![0f32; made.len()];
                 labels.extend(std::iter::repeat_n(1f32, made.len()));
+                let flips = self.flips(batch_no, refs.len());
                 Ok(Produced {
-                    batch: store.to_batch(&refs, &labels)?,
+                    batch: store.to_batch_flipped(&refs, &labels, &flips)?,
                     sbi_samples: made.len(),
                     sbi_fallbacks: fallbacks,
                     landmark_errors,

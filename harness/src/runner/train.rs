@@ -97,8 +97,8 @@ fn prepare(c: &RunConfig, device: &Device, ctx: &mut RunContext) -> anyhow::Resu
         }
         tests.push((i, index));
     }
-    let train_store = frame_store(c, device, c.data.on_missing.train, ctx)?;
-    let test_store = frame_store(c, device, c.data.on_missing.test, ctx)?;
+    let train_store = frame_store(c, device, c.data.on_missing.train, c.data.augmentation.hflip, ctx)?;
+    let test_store = frame_store(c, device, c.data.on_missing.test, 0.0, ctx)?;
     let batch = c.training.batch_size as usize;
     let steps = match c.training.length {
         TrainLength::Steps(n) => n as usize,
@@ -162,6 +162,7 @@ fn frame_store(
     c: &RunConfig,
     device: &Device,
     on_missing: OnMissing,
+    hflip: f64,
     ctx: &mut RunContext,
 ) -> anyhow::Result<Arc<FrameStore>> {
     let policy = match on_missing {
@@ -169,7 +170,7 @@ fn frame_store(
         OnMissing::Fail => FailurePolicy::Fail,
     };
     let n = &c.data.normalisation;
-    let key = serde_json::to_string(&(c.data.resolution, n, policy, format!("{device:?}")))?;
+    let key = serde_json::to_string(&(c.data.resolution, n, policy, hflip, format!("{device:?}")))?;
     if let Some(s) = ctx.data.stores.get(&key) {
         return Ok(s.clone());
     }
@@ -180,6 +181,7 @@ fn frame_store(
         policy,
         cache_bytes: CACHE_BYTES,
         prefetch: 2,
+        hflip: hflip as f32,
         device: device.clone(),
     };
     let store = FrameStore::new(cfg)?;
