@@ -44,16 +44,17 @@ fn published_parameter_counts() {
     assert_eq!(num_params("efficientnet-b4", 224), Some(17_548_616));
     assert_eq!(num_params("xception", 299), Some(20_806_952));
     assert_eq!(num_params("vit-b16", 224), Some(85_798_656));
-    // Meso4 (DeepfakeBench, bias-free convs, shared BNs): 3*8*9 + 8*8*25 + 8*16*25 + 16*16*25
-    // + 2*8 + 2*16.
-    assert_eq!(num_params("meso4", 256), Some(216 + 1600 + 3200 + 6400 + 16 + 32));
-    // MesoInception4: inception 1 (3->1,4,4,2) and 2 (11->2,4,4,2) with their BNs, two 5x5 convs, bn1.
+    // Meso4 (bias-free convs, one BN per conv): 3*8*9 + 8*8*25 + 8*16*25 + 16*16*25
+    // + 2*(8 + 8 + 16 + 16).
+    assert_eq!(num_params("meso4", 256), Some(216 + 1600 + 3200 + 6400 + 96));
+    // MesoInception4: inception 1 (3->1,4,4,2) and 2 (11->2,4,4,2) with their BNs, two 5x5 convs
+    // each with its BN.
     let inc = |cin: usize, a: usize, b: usize, c: usize, d: usize| {
         cin * (a + b + c + d) + 9 * (b * b + c * c + d * d) + 2 * (a + b + c + d)
     };
     assert_eq!(
         num_params("meso4-inception", 256),
-        Some(inc(3, 1, 4, 4, 2) + inc(11, 2, 4, 4, 2) + 12 * 16 * 25 + 16 * 16 * 25 + 32)
+        Some(inc(3, 1, 4, 4, 2) + inc(11, 2, 4, 4, 2) + 12 * 16 * 25 + 16 * 16 * 25 + 32 + 32)
     );
     // vit-tiny at 64 px: 16 patches + cls.
     let d = 64;

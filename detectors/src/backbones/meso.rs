@@ -1,10 +1,13 @@
 //! MesoNet-4 and MesoInception-4 (Afchar et al. 2018) as in DeepfakeBench
 //! (`training/networks/mesonet.py`), parameter names included.
 //!
-//! DeepfakeBench's port has two quirks kept here on purpose so that its checkpoints load and its
-//! numbers are comparable: convolutions have no bias, and one BatchNorm is shared by two
-//! convolutions (`bn1` after conv1 and conv2, `bn2` after conv3 and conv4 in Meso4; `bn1` after
-//! both 5x5 convs of MesoInception4). The inception branches have no activation.
+//! Convolutions have no bias, as in DeepfakeBench. Unlike DeepfakeBench's port, every
+//! convolution has its own BatchNorm (`bn1`..`bn4` in Meso4, `bn1`/`bn2` after the two 5x5 convs
+//! of MesoInception4), as in Afchar et al.'s original network: DeepfakeBench shares one BatchNorm
+//! between two convolutions, so its running statistics average two layers' activations and
+//! evaluation-mode outputs are normalised with statistics of neither layer (on our synthetic
+//! benchmark that shifted almost every real test frame above 0.5). DeepfakeBench meso checkpoints
+//! therefore do not load as they are. The inception branches have no activation.
 //!
 //! The feature is the flattened output of the last 4x4 max-pool: `16 * (S / 32)^2` for an
 //! `S x S` input (1024 at DeepfakeBench's 256 px), i.e. what feeds the classifier's
@@ -16,10 +19,10 @@ use crate::model::{Backbone, Mode};
 use crate::ops::pool::{max_pool2d, pool_out_size};
 use crate::params::ParamBuilder;
 
-/// Trainable parameters: 4 convs (216 + 1600 + 3200 + 6400) + bn1 (2 x 8) + bn2 (2 x 16).
-pub const MESO4_PARAMS: usize = 11_464;
+/// Trainable parameters: 4 convs (216 + 1600 + 3200 + 6400) + bn1..bn4 (2 x (8 + 8 + 16 + 16)).
+pub const MESO4_PARAMS: usize = 11_512;
 /// Trainable parameters of MesoInception-4 (see the test for the sum).
-pub const MESO_INCEPTION4_PARAMS: usize = 12_091;
+pub const MESO_INCEPTION4_PARAMS: usize = 12_123;
 
 fn conv(
     pb: &ParamBuilder,
@@ -56,21 +59,24 @@ pub struct Meso4 {
     conv2: Conv2d,
     bn2: BatchNorm2d,
     conv3: Conv2d,
+    bn3: BatchNorm2d,
     conv4: Conv2d,
+    bn4: BatchNorm2d,
     feature_dim: usize,
 }
 
 impl Meso4 {
     pub fn new(pb: &ParamBuilder, image_size: usize) -> Result<Self> {
         let side = meso_out_side(image_size)?;
-        // Construction order = DeepfakeBench's __init__ order, so the init draws match its order.
         let conv1 = conv(pb, "conv1", 3, 8, 3, 1, 1)?;
         let bn1 = BatchNorm2d::new(&pb.pp("bn1"), 8)?;
         let conv2 = conv(pb, "conv2", 8, 8, 5, 2, 1)?;
-        let bn2 = BatchNorm2d::new(&pb.pp("bn2"), 16)?;
+        let bn2 = BatchNorm2d::new(&pb.pp("bn2"), 8)?;
         let conv3 = conv(pb, "conv3", 8, 16, 5, 2, 1)?;
+        let bn3 = BatchNorm2d::new(&pb.pp("bn3"), 16)?;
         let conv4 = conv(pb, "conv4", 16, 16, 5, 2, 1)?;
-        Ok(Self { conv1, bn1, conv2, bn2, conv3, conv4, feature_dim: 16 * side * side })
+        let bn4 = BatchNorm2d::new(&pb.pp("bn4"), 16)?;
+        Ok(Self { conv1, bn1, conv2, bn2, conv3, bn3, conv4, bn4, feature_dim: 16 * side * side })
     }
 }
 
@@ -78,9 +84,9 @@ impl Backbone for Meso4 {
     fn forward_features(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         super::check_images(x, "meso4")?;
         let x = max_pool2d(&self.bn1.forward(&self.conv1.forward(x)?.relu()?, mode)?, 2, 2, 0)?;
-        let x = max_pool2d(&self.bn1.forward(&self.conv2.forward(&x)?.relu()?, mode)?, 2, 2, 0)?;
-        let x = max_pool2d(&self.bn2.forward(&self.conv3.forward(&x)?.relu()?, mode)?, 2, 2, 0)?;
-        let x = max_pool2d(&self.bn2.forward(&self.conv4.forward(&x)?.relu()?, mode)?, 4, 4, 0)?;
+        let x = max_pool2d(&self.bn2.forward(&self.conv2.forward(&x)?.relu()?, mode)?, 2, 2, 0)?;
+        let x = max_pool2d(&self.bn3.forward(&self.conv3.forward(&x)?.relu()?, mode)?, 2, 2, 0)?;
+        let x = max_pool2d(&self.bn4.forward(&self.conv4.forward(&x)?.relu()?, mode)?, 4, 4, 0)?;
         x.flatten_from(1)
     }
 
@@ -141,6 +147,7 @@ pub struct MesoInception4 {
     conv1: Conv2d,
     bn1: BatchNorm2d,
     conv2: Conv2d,
+    bn2: BatchNorm2d,
     feature_dim: usize,
 }
 
@@ -152,7 +159,8 @@ impl MesoInception4 {
         let conv1 = conv(pb, "conv1", 12, 16, 5, 2, 1)?;
         let bn1 = BatchNorm2d::new(&pb.pp("bn1"), 16)?;
         let conv2 = conv(pb, "conv2", 16, 16, 5, 2, 1)?;
-        Ok(Self { inc1, inc2, conv1, bn1, conv2, feature_dim: 16 * side * side })
+        let bn2 = BatchNorm2d::new(&pb.pp("bn2"), 16)?;
+        Ok(Self { inc1, inc2, conv1, bn1, conv2, bn2, feature_dim: 16 * side * side })
     }
 }
 
@@ -161,7 +169,7 @@ impl Backbone for MesoInception4 {
         super::check_images(x, "meso4-inception")?;
         let x = self.inc2.forward(&self.inc1.forward(x, mode)?, mode)?;
         let x = max_pool2d(&self.bn1.forward(&self.conv1.forward(&x)?.relu()?, mode)?, 2, 2, 0)?;
-        let x = max_pool2d(&self.bn1.forward(&self.conv2.forward(&x)?.relu()?, mode)?, 4, 4, 0)?;
+        let x = max_pool2d(&self.bn2.forward(&self.conv2.forward(&x)?.relu()?, mode)?, 4, 4, 0)?;
         x.flatten_from(1)
     }
 
