@@ -100,7 +100,11 @@ impl Case {
         let dir = tempfile::tempdir().unwrap();
         let protocol = dir.path().join(format!("{name}.toml"));
         std::fs::write(&protocol, text).unwrap();
-        Case { dir, protocol, name: name.to_string() }
+        Case {
+            dir,
+            protocol,
+            name: name.to_string(),
+        }
     }
     fn out(&self, sub: &str) -> PathBuf {
         self.dir.path().join(sub)
@@ -128,7 +132,11 @@ impl Case {
 }
 
 fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 fn code(o: &Output) -> i32 {
@@ -136,8 +144,13 @@ fn code(o: &Output) -> i32 {
 }
 
 fn columns(path: &Path) -> Vec<String> {
-    let df = ParquetReader::new(File::open(path).unwrap()).finish().unwrap();
-    df.get_column_names().iter().map(|s| s.to_string()).collect()
+    let df = ParquetReader::new(File::open(path).unwrap())
+        .finish()
+        .unwrap();
+    df.get_column_names()
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
 }
 
 fn strings(xs: &[&str]) -> Vec<String> {
@@ -147,12 +160,20 @@ fn strings(xs: &[&str]) -> Vec<String> {
 /// started timestamp and manifest inode (atomic rewrites always give a new inode).
 fn manifest_stamp(r: &RunDir) -> (Option<String>, u64) {
     let m = r.read_manifest().unwrap();
-    (m.started, std::fs::metadata(r.file(results::MANIFEST_FILE)).unwrap().ino())
+    (
+        m.started,
+        std::fs::metadata(r.file(results::MANIFEST_FILE))
+            .unwrap()
+            .ino(),
+    )
 }
 
 #[test]
 fn run_completes_with_documented_files_then_skips_and_force_redoes() {
-    let case = Case::new("e2e_complete", &protocol("e2e_complete", "0", 4, TWO_METHODS));
+    let case = Case::new(
+        "e2e_complete",
+        &protocol("e2e_complete", "0", 4, TWO_METHODS),
+    );
     let o = case.run("out", &[]);
     assert_eq!(code(&o), 0, "{}", text(&o));
     let runs = case.runs("out");
@@ -170,35 +191,92 @@ fn run_completes_with_documented_files_then_skips_and_force_redoes() {
         // way both fields are present and agree with each other.
         assert_eq!(m.git.commit.is_some(), m.git.dirty.is_some(), "{:?}", m.git);
         assert!(!m.versions.dfbench.is_empty());
-        assert!(m.versions.candle.as_deref().is_some_and(|v| v.starts_with("0.")), "{:?}", m.versions);
-        assert!(m.versions.rustc.as_deref().is_some_and(|v| v.starts_with("rustc")), "{:?}", m.versions);
+        assert!(
+            m.versions
+                .candle
+                .as_deref()
+                .is_some_and(|v| v.starts_with("0.")),
+            "{:?}",
+            m.versions
+        );
+        assert!(
+            m.versions
+                .rustc
+                .as_deref()
+                .is_some_and(|v| v.starts_with("rustc")),
+            "{:?}",
+            m.versions
+        );
         assert!(m.device.starts_with("cpu"), "{}", m.device);
         assert!(!m.host.is_empty());
         let (started, ended) = (m.started.clone().unwrap(), m.ended.clone().unwrap());
-        assert!(humantime::parse_rfc3339(&started).is_ok() && humantime::parse_rfc3339(&ended).is_ok());
+        assert!(
+            humantime::parse_rfc3339(&started).is_ok() && humantime::parse_rfc3339(&ended).is_ok()
+        );
         assert!(started <= ended, "{started} > {ended}");
-        assert!(m.notes.iter().any(|n| n.contains("model selected on the val split")), "{:?}", m.notes);
+        assert!(
+            m.notes
+                .iter()
+                .any(|n| n.contains("model selected on the val split")),
+            "{:?}",
+            m.notes
+        );
         assert_eq!(m.config["data"]["resolution"], 64);
 
         assert_eq!(
             columns(&r.file(results::TRACE_FILE)),
             strings(&[
-                "step", "domain", "loss", "l1", "l2", "cos_g1_g2", "norm_g1", "norm_g2", "norm_update", "mu1",
-                "mu2", "lr", "wall_s"
+                "step",
+                "domain",
+                "loss",
+                "l1",
+                "l2",
+                "cos_g1_g2",
+                "norm_g1",
+                "norm_g2",
+                "norm_update",
+                "mu1",
+                "mu2",
+                "lr",
+                "wall_s"
             ])
         );
         assert_eq!(
             columns(&r.file(results::SCORES_FILE)),
-            strings(&["test_set", "dataset", "label", "label_name", "video", "frame", "score"])
+            strings(&[
+                "test_set",
+                "dataset",
+                "label",
+                "label_name",
+                "video",
+                "frame",
+                "score"
+            ])
         );
         let metric_cols = strings(&[
-            "test_set", "role", "level", "auc", "ap", "eer", "eer_interp", "acc", "acc_real", "acc_fake",
-            "undefined_reason", "n", "n_real", "n_fake",
+            "test_set",
+            "role",
+            "level",
+            "auc",
+            "ap",
+            "eer",
+            "eer_interp",
+            "acc",
+            "acc_real",
+            "acc_fake",
+            "undefined_reason",
+            "n",
+            "n_real",
+            "n_fake",
         ]);
         assert_eq!(columns(&r.file(results::METRICS_FILE)), metric_cols);
         let csv = std::fs::read_to_string(r.file(results::METRICS_CSV_FILE)).unwrap();
         assert_eq!(csv.lines().next().unwrap(), metric_cols.join(","));
-        assert_eq!(csv.lines().count(), 1 + 4, "two test sets x frame/video:\n{csv}");
+        assert_eq!(
+            csv.lines().count(),
+            1 + 4,
+            "two test sets x frame/video:\n{csv}"
+        );
 
         let trace = r.read_trace().unwrap();
         let steps: BTreeSet<u32> = trace.iter().map(|t| t.step).collect();
@@ -211,15 +289,24 @@ fn run_completes_with_documented_files_then_skips_and_force_redoes() {
         let metrics = r.read_metrics().unwrap();
         assert_eq!(metrics.len(), 4);
         for mrow in &metrics {
-            let n = scores.iter().filter(|s| s.test_set == mrow.test_set).count() as u64;
+            let n = scores
+                .iter()
+                .filter(|s| s.test_set == mrow.test_set)
+                .count() as u64;
             if mrow.level == results::Level::Frame {
                 assert_eq!(mrow.n, n, "{}", mrow.test_set);
             }
-            assert!(mrow.auc.is_some_and(|a| (0.0..=1.0).contains(&a)), "{mrow:?}");
+            assert!(
+                mrow.auc.is_some_and(|a| (0.0..=1.0).contains(&a)),
+                "{mrow:?}"
+            );
         }
         assert!(r.file(results::WEIGHTS_FILE).is_file());
     }
-    assert_eq!(methods, BTreeSet::from(["O".to_string(), "CS-DFD".to_string()]));
+    assert_eq!(
+        methods,
+        BTreeSet::from(["O".to_string(), "CS-DFD".to_string()])
+    );
 
     // The plan shows both runs as complete and trains nothing.
     let before: Vec<_> = runs.iter().map(manifest_stamp).collect();
@@ -227,7 +314,10 @@ fn run_completes_with_documented_files_then_skips_and_force_redoes() {
     assert_eq!(code(&o), 0);
     let out = text(&o);
     for r in &runs {
-        let line = out.lines().find(|l| l.starts_with(&r.name())).unwrap_or_else(|| panic!("{out}"));
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(&r.name()))
+            .unwrap_or_else(|| panic!("{out}"));
         assert!(line.contains("complete (skipped)"), "{line}");
     }
     assert!(out.contains("2 runs, 0 to do"), "{out}");
@@ -235,7 +325,11 @@ fn run_completes_with_documented_files_then_skips_and_force_redoes() {
     // Re-running skips complete runs: manifests untouched.
     let o = case.run("out", &[]);
     assert_eq!(code(&o), 0, "{}", text(&o));
-    assert!(text(&o).contains("2 runs, 2 complete, 0 to do"), "{}", text(&o));
+    assert!(
+        text(&o).contains("2 runs, 2 complete, 0 to do"),
+        "{}",
+        text(&o)
+    );
     let again: Vec<_> = runs.iter().map(manifest_stamp).collect();
     assert_eq!(before, again, "skipped runs must keep their manifests");
 
@@ -258,24 +352,59 @@ fn same_protocol_and_seed_give_bit_identical_results() {
     }
     let (a, b) = (case.runs("a"), case.runs("b"));
     assert_eq!(a.len(), 2);
-    assert_eq!(a.iter().map(RunDir::name).collect::<Vec<_>>(), b.iter().map(RunDir::name).collect::<Vec<_>>());
+    assert_eq!(
+        a.iter().map(RunDir::name).collect::<Vec<_>>(),
+        b.iter().map(RunDir::name).collect::<Vec<_>>()
+    );
     for (ra, rb) in a.iter().zip(&b) {
         let (sa, sb) = (ra.read_scores().unwrap(), rb.read_scores().unwrap());
         assert_eq!(sa.len(), sb.len());
         for (x, y) in sa.iter().zip(&sb) {
-            assert_eq!((&x.test_set, &x.video, &x.frame), (&y.test_set, &y.video, &y.frame));
-            assert_eq!(x.score.to_bits(), y.score.to_bits(), "{} {}/{}", ra.name(), x.video, x.frame);
+            assert_eq!(
+                (&x.test_set, &x.video, &x.frame),
+                (&y.test_set, &y.video, &y.frame)
+            );
+            assert_eq!(
+                x.score.to_bits(),
+                y.score.to_bits(),
+                "{} {}/{}",
+                ra.name(),
+                x.video,
+                x.frame
+            );
         }
         let (ma, mb) = (ra.read_metrics().unwrap(), rb.read_metrics().unwrap());
         let bits = |m: &results::MetricRow| {
-            [m.auc, m.ap, m.eer, m.eer_interp, m.acc, m.acc_real, m.acc_fake].map(|v| v.map(f64::to_bits))
+            [
+                m.auc,
+                m.ap,
+                m.eer,
+                m.eer_interp,
+                m.acc,
+                m.acc_real,
+                m.acc_fake,
+            ]
+            .map(|v| v.map(f64::to_bits))
         };
         assert_eq!(ma.len(), mb.len());
         for (x, y) in ma.iter().zip(&mb) {
             assert_eq!((&x.test_set, x.level, x.n), (&y.test_set, y.level, y.n));
-            assert_eq!(bits(x), bits(y), "{} {} {:?}", ra.name(), x.test_set, x.level);
+            assert_eq!(
+                bits(x),
+                bits(y),
+                "{} {} {:?}",
+                ra.name(),
+                x.test_set,
+                x.level
+            );
         }
-        let losses = |r: &RunDir| r.read_trace().unwrap().iter().map(|t| t.loss.map(f64::to_bits)).collect::<Vec<_>>();
+        let losses = |r: &RunDir| {
+            r.read_trace()
+                .unwrap()
+                .iter()
+                .map(|t| t.loss.map(f64::to_bits))
+                .collect::<Vec<_>>()
+        };
         assert_eq!(losses(ra), losses(rb));
     }
 }
@@ -294,20 +423,34 @@ streams = "original"
 steps = 30
 "#;
     let case = Case::new("e2e_kill", &protocol("e2e_kill", "0", 4, methods));
-    let mut child =
-        case.command("out", &["-q"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut child = case
+        .command("out", &["-q"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let pdir = case.protocol_dir("out");
     let deadline = Instant::now() + Duration::from_secs(60);
     // Wait for: the first run complete and the second one started (its manifest says running).
     let (first, second) = loop {
-        assert!(Instant::now() < deadline, "timed out waiting for the runs to start");
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for the runs to start"
+        );
         if let Some(status) = child.try_wait().unwrap() {
             panic!("bench run ended ({status}) before it could be killed");
         }
         let runs = results::list_runs(&pdir).unwrap_or_default();
-        let manifests: Vec<_> = runs.iter().filter_map(|r| r.read_manifest().ok().map(|m| (r.clone(), m))).collect();
-        let done = manifests.iter().find(|(_, m)| m.method == "O" && m.status == RunStatus::Complete);
-        let running = manifests.iter().find(|(_, m)| m.method == "Long" && m.status == RunStatus::Running);
+        let manifests: Vec<_> = runs
+            .iter()
+            .filter_map(|r| r.read_manifest().ok().map(|m| (r.clone(), m)))
+            .collect();
+        let done = manifests
+            .iter()
+            .find(|(_, m)| m.method == "O" && m.status == RunStatus::Complete);
+        let running = manifests
+            .iter()
+            .find(|(_, m)| m.method == "Long" && m.status == RunStatus::Running);
         if let (Some(d), Some(r)) = (done, running) {
             break (d.0.clone(), r.0.clone());
         }
@@ -317,7 +460,11 @@ steps = 30
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     let m = second.read_manifest().unwrap();
-    assert_eq!(m.status, RunStatus::Running, "the long run must still be in progress when killed");
+    assert_eq!(
+        m.status,
+        RunStatus::Running,
+        "the long run must still be in progress when killed"
+    );
     let first_stamp = manifest_stamp(&first);
     // A leftover temporary file of an interrupted write is hidden and never a run.
     std::fs::write(pdir.join(".manifest.json.tmp-99999-0"), b"{partial").unwrap();
@@ -325,8 +472,16 @@ steps = 30
 
     let o = case.run("out", &[]);
     assert_eq!(code(&o), 0, "{}", text(&o));
-    assert!(text(&o).contains("2 runs, 1 complete, 1 to do"), "{}", text(&o));
-    assert_eq!(manifest_stamp(&first), first_stamp, "the complete run was redone");
+    assert!(
+        text(&o).contains("2 runs, 1 complete, 1 to do"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(
+        manifest_stamp(&first),
+        first_stamp,
+        "the complete run was redone"
+    );
     let runs = case.runs("out");
     assert_eq!(runs.iter().map(RunDir::name).collect::<Vec<_>>(), {
         let mut v = vec![first.name(), second.name()];
@@ -339,7 +494,15 @@ steps = 30
         r.read_scores().unwrap();
         r.read_metrics().unwrap();
     }
-    assert_eq!(second.read_trace().unwrap().iter().filter(|t| t.domain.is_none()).count(), 30);
+    assert_eq!(
+        second
+            .read_trace()
+            .unwrap()
+            .iter()
+            .filter(|t| t.domain.is_none())
+            .count(),
+        30
+    );
 }
 
 #[test]
@@ -378,7 +541,11 @@ streams = "original"
     assert!(out.contains(&format!("failed at step {step}")), "{out}");
     assert!(out.contains(&bad.run_id), "{out}");
     assert!(bad.ended.is_some());
-    assert_eq!(by_method["O"].status, RunStatus::Complete, "the run after the failed one must go on");
+    assert_eq!(
+        by_method["O"].status,
+        RunStatus::Complete,
+        "the run after the failed one must go on"
+    );
 
     // A failed run is not complete: it is retried (and fails the same way) on a re-run.
     let o = case.run("out", &["--dry-run"]);
@@ -391,9 +558,16 @@ fn dry_run_and_usage_errors() {
     let o = case.run("out", &["--dry-run"]);
     assert_eq!(code(&o), 0, "{}", text(&o));
     let out = text(&o);
-    assert_eq!(out.lines().filter(|l| l.contains("pending")).count(), 4, "{out}");
+    assert_eq!(
+        out.lines().filter(|l| l.contains("pending")).count(),
+        4,
+        "{out}"
+    );
     assert!(out.contains("4 runs, 4 to do"), "{out}");
-    assert!(!case.out("out").exists(), "--dry-run must not create results");
+    assert!(
+        !case.out("out").exists(),
+        "--dry-run must not create results"
+    );
 
     let o = case.run("out", &["--only", "CSDFD"]);
     assert_eq!(code(&o), 2, "{}", text(&o));
@@ -402,7 +576,10 @@ fn dry_run_and_usage_errors() {
     let o = case.run("out", &["--device", "cuda"]);
     assert_eq!(code(&o), 2, "{}", text(&o));
     assert!(text(&o).contains("no CUDA support"), "{}", text(&o));
-    assert!(!case.out("out").join("e2e_cli").exists(), "nothing may be trained");
+    assert!(
+        !case.out("out").join("e2e_cli").exists(),
+        "nothing may be trained"
+    );
 
     let o = case.run("out", &["--shard", "2/2"]);
     assert_eq!(code(&o), 2, "{}", text(&o));
@@ -432,21 +609,47 @@ optimizer = { name = "sgd", lr = 0.01 }
     let mut planned = 0;
     for shard in ["0/2", "1/2"] {
         let before: BTreeMap<String, (Option<String>, u64)> =
-            results::list_runs(&case.protocol_dir("out")).unwrap_or_default().iter().map(|r| (r.name(), manifest_stamp(r))).collect();
+            results::list_runs(&case.protocol_dir("out"))
+                .unwrap_or_default()
+                .iter()
+                .map(|r| (r.name(), manifest_stamp(r)))
+                .collect();
         let o = case.run("out", &["--shard", shard]);
         assert_eq!(code(&o), 0, "{}", text(&o));
         // "<protocol>: K runs, ..." counts this shard's part of the plan.
-        let head = text(&o).lines().find(|l| l.starts_with("e2e_shard: ")).unwrap().to_string();
-        planned += head["e2e_shard: ".len()..].split_whitespace().next().unwrap().parse::<usize>().unwrap();
+        let head = text(&o)
+            .lines()
+            .find(|l| l.starts_with("e2e_shard: "))
+            .unwrap()
+            .to_string();
+        planned += head["e2e_shard: ".len()..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse::<usize>()
+            .unwrap();
         let now = case.runs("out");
         for r in &now {
             if let Some(stamp) = before.get(&r.name()) {
-                assert_eq!(&manifest_stamp(r), stamp, "shard {shard} touched {}", r.name());
+                assert_eq!(
+                    &manifest_stamp(r),
+                    stamp,
+                    "shard {shard} touched {}",
+                    r.name()
+                );
             }
         }
-        made.push(now.iter().map(RunDir::name).filter(|n| !before.contains_key(n)).collect());
+        made.push(
+            now.iter()
+                .map(RunDir::name)
+                .filter(|n| !before.contains_key(n))
+                .collect(),
+        );
     }
-    assert_eq!(planned, 4, "the shards' plans must add up to the whole plan");
+    assert_eq!(
+        planned, 4,
+        "the shards' plans must add up to the whole plan"
+    );
     let all: Vec<String> = made.concat();
     let got: BTreeSet<String> = all.iter().cloned().collect();
     assert_eq!(got.len(), all.len(), "a run was made twice");
@@ -454,5 +657,9 @@ optimizer = { name = "sgd", lr = 0.01 }
     assert!(case.runs("out").iter().all(RunDir::is_complete));
     // Nothing left to do for the unsharded run.
     let o = case.run("out", &[]);
-    assert!(text(&o).contains("4 runs, 4 complete, 0 to do"), "{}", text(&o));
+    assert!(
+        text(&o).contains("4 runs, 4 complete, 0 to do"),
+        "{}",
+        text(&o)
+    );
 }
