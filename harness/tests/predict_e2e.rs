@@ -184,6 +184,41 @@ fn predict_reproduces_the_runs_test_scores_and_reports_bad_inputs() {
         );
     }
 
+    // `bench eval` on predict's CSV gives the run's own metrics: the `video` column keeps FF++
+    // fakes of different manipulations apart, as the runner does.
+    let eval_out = t.dir.join("eval.csv");
+    let o = bench(&[
+        os("eval"),
+        os(&csv_path),
+        os("--group"),
+        os("dataset"),
+        os("--out"),
+        os(&eval_out),
+        os("-q"),
+    ]);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let evaluated = read_csv(&eval_out);
+    let dataset_of = HashMap::from([("FF++", "FaceForensics++"), ("UADFV", "UADFV")]);
+    let metrics = t.run.read_metrics().unwrap();
+    assert_eq!(metrics.len(), 4);
+    for m in &metrics {
+        let e = evaluated
+            .iter()
+            .find(|e| {
+                e["group"] == dataset_of[m.test_set.as_str()] && e["level"] == m.level.as_str()
+            })
+            .unwrap_or_else(|| panic!("{} {:?} missing from {evaluated:?}", m.test_set, m.level));
+        assert_eq!(e["n"], m.n.to_string(), "{m:?}");
+        let auc: f64 = e["auc"].parse().unwrap();
+        assert!(
+            (auc - m.auc.unwrap()).abs() <= 1e-9,
+            "{} {:?}: eval {auc} vs run {:?}",
+            m.test_set,
+            m.level,
+            m.auc
+        );
+    }
+
     // Folders and single images: same scores, columns path and score only.
     let folder = t.data.join("UADFV");
     let csv2 = t.dir.join("folder.csv");

@@ -456,7 +456,7 @@ steps = 30
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(Duration::from_millis(100));
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     let m = second.read_manifest().unwrap();
