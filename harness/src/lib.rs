@@ -7,6 +7,7 @@ pub mod exit;
 pub mod list;
 pub mod metrics;
 pub mod plan;
+pub mod predict;
 pub mod protocol;
 pub mod report;
 pub mod results;

@@ -22,6 +22,9 @@ enum Command {
     /// Expand a protocol into runs, train, score every test set and store the results.
     #[command(after_help = "Example:\n  bench run protocols/cross_dataset.toml --seeds 0")]
     Run(harness::runner::RunArgs),
+    /// Score images, folders or a dataset JSON with a trained run's detector.
+    #[command(after_help = "Examples:\n  bench predict --run results/runs/cross_dataset/cs-dfd-s0-d9e84e4c74e0 faces/ --out scores.csv\n  bench predict --run RUN_DIR data/synth/dataset_json/UADFV.json --out uadfv.csv\n  bench eval uadfv.csv --group dataset")]
+    Predict(harness::predict::PredictArgs),
     /// Regenerate tables and plots from stored results.
     #[command(after_help = "Example:\n  bench report results/runs/cross_dataset")]
     Report(harness::report::ReportArgs),
@@ -58,6 +61,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Run(a) => harness::runner::cmd_run(a, verbosity),
+        Command::Predict(a) => harness::predict::cmd_predict(a, verbosity),
         Command::Report(a) => harness::report::cmd_report(a, verbosity),
         Command::Eval(a) => harness::eval::cmd_eval(a, verbosity),
         Command::Data(a) => harness::data::cmd_data(a, verbosity),
