@@ -212,6 +212,8 @@ pub fn load_run(run_dir: &Path, device: Option<&str>) -> anyhow::Result<LoadedRu
         // Each frame is read once; caching would only hold memory.
         cache_bytes: 0,
         prefetch: 1,
+        // Scoring never augments.
+        hflip: 0.0,
         device,
     })
     .with_context(|| format!("{}: data configuration", manifest_path.display()))?;
