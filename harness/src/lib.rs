@@ -11,4 +11,5 @@ pub mod protocol;
 pub mod report;
 pub mod results;
 pub mod runner;
+pub mod slurm;
 pub mod stats;
