@@ -35,7 +35,11 @@ fail() {
 cleanup() {
     # Cancel our job first so that slurmd does not leave task processes behind, then stop the
     # daemons we started, by PID, newest first.
-    if [ -n "${JOB:-}" ] && [ -n "${SLURM_CONF:-}" ]; then scancel "$JOB" >/dev/null 2>&1 || true; fi
+    if [ -n "${JOB:-}" ] && [ -n "${SLURM_CONF:-}" ]; then
+        scancel "$JOB" >/dev/null 2>&1 || true
+        # Let the job's step daemons finish before their slurmd goes (waits only, kills nothing).
+        for _ in $(seq 50); do squeue -h -j "$JOB" 2>/dev/null | grep -q . || break; sleep 0.2; done
+    fi
     local i pid
     for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
         pid=${PIDS[i]}
@@ -243,5 +247,26 @@ for id in $local_ids; do
     n=$((n + 1))
 done
 [ $n = 6 ] || fail "expected 6 runs, found $n"
+
+# ---- resume: lose one run, status names its shard, re-submitting that shard alone restores it ----
+victim=$(head -n 1 <<<"$local_ids")
+rm -rf "${T:?}/cluster/slurm-ci/$victim"
+"$BENCH" status "$T/cluster" --protocol "$T/tiny.toml" --shards $SHARDS >"$T/log/status2.out" 2>&1
+rc=$?
+[ $rc = 1 ] || fail "bench status exited $rc with $victim missing (expected 1)"
+shard=$(sed -n 's/^re-run the shards not done.*--array=\([0-9,]*\) .*/\1/p' "$T/log/status2.out")
+[ -n "$shard" ] || fail "bench status named no shard to re-run: $(cat "$T/log/status2.out")"
+JOB=$(sbatch --parsable --array="$shard" "$T/job.sbatch" 2>"$T/log/sbatch.err") || fail "re-submit failed: $(cat "$T/log/sbatch.err")"
+JOB=${JOB%%;*}
+START=$SECONDS
+while squeue -h -j "$JOB" 2>/dev/null | grep -q .; do
+    ((SECONDS - START > DEADLINE_S)) && fail "re-submitted shard $shard (job $JOB) not done after ${DEADLINE_S}s"
+    sleep 1
+done
+"$BENCH" status "$T/cluster" --protocol "$T/tiny.toml" --shards $SHARDS >/dev/null 2>&1 \
+    || fail "bench status not 0 after re-submitting shard $shard"
+cmp -s "$T/local/slurm-ci/$victim/metrics.csv" "$T/cluster/slurm-ci/$victim/metrics.csv" \
+    || fail "$victim: metrics.csv differs after the re-run of shard $shard"
+log "re-submitted shard $shard (job $JOB) restored $victim"
 log "$n runs complete on the cluster, metrics.csv identical to the local run"
 echo "slurm test: 1 passed, 0 failed"
