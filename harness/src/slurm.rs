@@ -111,7 +111,10 @@ pub fn render_script(s: &ScriptSpec) -> String {
         s.shards,
         s.runs_per_shard.iter().map(|n| n.to_string()).collect::<Vec<_>>().join("/")
     );
-    let _ = writeln!(t, "# Re-submitting is safe: complete runs are skipped. One shard: sbatch --array=I <this file>");
+    let _ = writeln!(
+        t,
+        "# Re-submitting is safe: complete runs are skipped. One shard: sbatch --array=I <this file>"
+    );
     let _ = writeln!(t, "#SBATCH --job-name={}", s.job_name);
     let _ = writeln!(t, "#SBATCH --array=0-{}", s.shards - 1);
     // sbatch does not expand variables in #SBATCH lines; the log path must be literal. Paths with
@@ -138,8 +141,15 @@ pub fn render_script(s: &ScriptSpec) -> String {
     let _ = writeln!(t, "  exit 2");
     let _ = writeln!(t, "fi");
     // candle's CPU kernels size their thread pool from the machine, not from the allocation.
-    let _ = writeln!(t, "if [ -n \"${{SLURM_CPUS_PER_TASK:-}}\" ]; then export RAYON_NUM_THREADS=\"$SLURM_CPUS_PER_TASK\"; fi");
-    let _ = writeln!(t, "echo \"shard $SLURM_ARRAY_TASK_ID/{} on $(hostname) (job ${{SLURM_ARRAY_JOB_ID:-?}})\"", s.shards);
+    let _ = writeln!(
+        t,
+        "if [ -n \"${{SLURM_CPUS_PER_TASK:-}}\" ]; then export RAYON_NUM_THREADS=\"$SLURM_CPUS_PER_TASK\"; fi"
+    );
+    let _ = writeln!(
+        t,
+        "echo \"shard $SLURM_ARRAY_TASK_ID/{} on $(hostname) (job ${{SLURM_ARRAY_JOB_ID:-?}})\"",
+        s.shards
+    );
     let mut cmd = format!(
         "exec {} run {} --shard \"$SLURM_ARRAY_TASK_ID/{}\" --out {} --data-cache {}",
         path_word(&s.bench),
@@ -199,7 +209,11 @@ pub fn plan_script(args: &SlurmArgs, protocol: &Protocol, bench: &Path) -> anyho
         return Err(CliError::config("--shards: expected at least 1").into());
     }
     if args.shards > 100_000 {
-        return Err(CliError::config(format!("--shards {}: more array tasks than Slurm allows", args.shards)).into());
+        return Err(CliError::config(format!(
+            "--shards {}: more array tasks than Slurm allows",
+            args.shards
+        ))
+        .into());
     }
     if let Some(t) = &args.time
         && !valid_time(t)
@@ -212,12 +226,17 @@ pub fn plan_script(args: &SlurmArgs, protocol: &Protocol, bench: &Path) -> anyho
     if let Some(m) = &args.mem
         && !valid_mem(m)
     {
-        return Err(CliError::config(format!("--mem {m}: expected an integer with an optional K/M/G/T suffix, e.g. 16G")).into());
+        return Err(CliError::config(format!(
+            "--mem {m}: expected an integer with an optional K/M/G/T suffix, e.g. 16G"
+        ))
+        .into());
     }
     if args.cpus_per_task == Some(0) {
         return Err(CliError::config("--cpus-per-task: expected at least 1").into());
     }
-    for (flag, v) in [("--partition", &args.partition), ("--gres", &args.gres), ("--job-name", &args.job_name)] {
+    for (flag, v) in
+        [("--partition", &args.partition), ("--gres", &args.gres), ("--job-name", &args.job_name)]
+    {
         if let Some(v) = v
             && !valid_word(v)
         {
@@ -239,8 +258,13 @@ pub fn plan_script(args: &SlurmArgs, protocol: &Protocol, bench: &Path) -> anyho
     // The extra arguments are parsed now, so that a typo fails here and not in N tasks later.
     let mut argv = vec!["bench run".to_string(), args.protocol.to_string_lossy().into_owned()];
     argv.extend(args.extra.iter().cloned());
-    let run = RunOnly::try_parse_from(&argv)
-        .map_err(|e| CliError::config(format!("extra `bench run` arguments {:?}: {}", args.extra, e.render().to_string().trim().trim_start_matches("error: "))))?;
+    let run = RunOnly::try_parse_from(&argv).map_err(|e| {
+        CliError::config(format!(
+            "extra `bench run` arguments {:?}: {}",
+            args.extra,
+            e.render().to_string().trim().trim_start_matches("error: ")
+        ))
+    })?;
 
     let log_dir = absolute(&args.log_dir)?;
     if log_dir.to_string_lossy().chars().any(|c| c.is_whitespace() || c.is_control() || c == '%') {
@@ -372,11 +396,19 @@ pub struct StatusArgs {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RunState {
     Complete,
-    Failed { step: Option<u64>, reason: String },
+    Failed {
+        step: Option<u64>,
+        reason: String,
+    },
     /// Manifest says `running`: still training, or its process was killed.
-    Running { host: String, started: Option<String> },
+    Running {
+        host: String,
+        started: Option<String>,
+    },
     /// A directory without a readable manifest (a task killed before its first write, or damage).
-    Unreadable { reason: String },
+    Unreadable {
+        reason: String,
+    },
     /// In the plan, no directory.
     Missing,
 }
@@ -401,7 +433,11 @@ impl RunState {
                 None => reason.clone(),
             },
             RunState::Running { host, started } => {
-                format!("on {} since {}", if host.is_empty() { "?" } else { host }, started.as_deref().unwrap_or("?"))
+                format!(
+                    "on {} since {}",
+                    if host.is_empty() { "?" } else { host },
+                    started.as_deref().unwrap_or("?")
+                )
             }
             RunState::Unreadable { reason } => reason.clone(),
             _ => String::new(),
@@ -445,7 +481,10 @@ impl ProtocolStatus {
 fn state_of(run_dir: &Path) -> (RunState, String) {
     let manifest = run_dir.join(results::MANIFEST_FILE);
     if !manifest.exists() {
-        return (RunState::Unreadable { reason: "no manifest.json (killed before its first write?)".into() }, String::new());
+        return (
+            RunState::Unreadable { reason: "no manifest.json (killed before its first write?)".into() },
+            String::new(),
+        );
     }
     match results::read_manifest(&manifest) {
         Err(e) => (RunState::Unreadable { reason: format!("{e:#}") }, String::new()),
@@ -453,7 +492,8 @@ fn state_of(run_dir: &Path) -> (RunState, String) {
             let state = match status {
                 RunStatus::Complete => RunState::Complete,
                 RunStatus::Failed => {
-                    let f = failure.unwrap_or(results::Failure { step: None, reason: "no reason recorded".into() });
+                    let f = failure
+                        .unwrap_or(results::Failure { step: None, reason: "no reason recorded".into() });
                     RunState::Failed { step: f.step, reason: f.reason }
                 }
                 RunStatus::Running => RunState::Running { host, started },
@@ -468,7 +508,10 @@ fn has_run_dirs(dir: &Path) -> bool {
 }
 
 /// The state of every run directory under `protocol_dir`, compared with the plan when given.
-pub fn protocol_status(protocol_dir: &Path, plan: Option<(&Protocol, Option<u64>)>) -> anyhow::Result<ProtocolStatus> {
+pub fn protocol_status(
+    protocol_dir: &Path,
+    plan: Option<(&Protocol, Option<u64>)>,
+) -> anyhow::Result<ProtocolStatus> {
     let mut found: BTreeMap<String, (RunState, String)> = BTreeMap::new();
     if protocol_dir.is_dir() {
         for r in results::list_runs(protocol_dir)? {
@@ -485,7 +528,13 @@ pub fn protocol_status(protocol_dir: &Path, plan: Option<(&Protocol, Option<u64>
         for r in plan::expand(p) {
             let (state, _) = found.remove(&r.id).unwrap_or((RunState::Missing, String::new()));
             let shard = shards.map(|n| shard_of(&r.id, n));
-            runs.push(RunEntry { id: r.id, method: r.config.method.name.clone(), state, shard, planned: true });
+            runs.push(RunEntry {
+                id: r.id,
+                method: r.config.method.name.clone(),
+                state,
+                shard,
+                planned: true,
+            });
         }
     }
     let planned = plan.is_none();
@@ -531,7 +580,8 @@ pub fn render_status(st: &ProtocolStatus, verbosity: Verbosity) -> String {
     }
     let extra: Vec<&RunEntry> = st.runs.iter().filter(|r| !r.planned).collect();
     if !extra.is_empty() {
-        let _ = writeln!(t, "not in the protocol's plan ({}; another version of the protocol?):", extra.len());
+        let _ =
+            writeln!(t, "not in the protocol's plan ({}; another version of the protocol?):", extra.len());
         for r in extra {
             let _ = writeln!(t, "  {:<width$}  {}", r.id, r.state.label());
         }
@@ -545,14 +595,19 @@ pub fn render_status(st: &ProtocolStatus, verbosity: Verbosity) -> String {
             for r in mine.iter().filter(|r| !r.state.is_complete()) {
                 *bad.entry(r.state.label()).or_default() += 1;
             }
-            let bad: Vec<String> = order.iter().filter_map(|k| bad.get(k).map(|c| format!("{c} {k}"))).collect();
-            let tail = if bad.is_empty() { "ok".to_string() } else { format!("NOT DONE: {}", bad.join(", ")) };
+            let bad: Vec<String> =
+                order.iter().filter_map(|k| bad.get(k).map(|c| format!("{c} {k}"))).collect();
+            let tail =
+                if bad.is_empty() { "ok".to_string() } else { format!("NOT DONE: {}", bad.join(", ")) };
             let _ = writeln!(t, "  shard {s}: {done}/{} complete  {tail}", mine.len());
         }
         let failing = st.failing_shards();
         if !failing.is_empty() {
             let list = failing.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(",");
-            let _ = writeln!(t, "re-run the shards not done (complete runs are skipped): sbatch --array={list} <script>");
+            let _ = writeln!(
+                t,
+                "re-run the shards not done (complete runs are skipped): sbatch --array={list} <script>"
+            );
         }
     }
     t
@@ -578,7 +633,9 @@ pub fn cmd_status(args: StatusArgs, verbosity: Verbosity) -> anyhow::Result<Exit
         }
         None => {
             if !args.dir.is_dir() {
-                return Err(CliError::config(format!("{}: no such results directory", args.dir.display())).into());
+                return Err(
+                    CliError::config(format!("{}: no such results directory", args.dir.display())).into()
+                );
             }
             if has_run_dirs(&args.dir) {
                 vec![protocol_status(&args.dir, None)?]

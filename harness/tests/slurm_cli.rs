@@ -72,9 +72,32 @@ fn script_has_array_shards_resources_and_logs() {
     let p = write_protocol(t.path(), "scr", false);
     let o = bench(
         &[
-            "slurm", "scr.toml", "--shards", "3", "--partition", "cpu", "--time", "01:30:00", "--cpus-per-task",
-            "4", "--mem", "8G", "--gres", "gpu:1", "--out", "res", "--data-cache", "cache", "--log-dir",
-            "logs/x", "--no-prepare", "--", "--seeds", "0", "--only", "O",
+            "slurm",
+            "scr.toml",
+            "--shards",
+            "3",
+            "--partition",
+            "cpu",
+            "--time",
+            "01:30:00",
+            "--cpus-per-task",
+            "4",
+            "--mem",
+            "8G",
+            "--gres",
+            "gpu:1",
+            "--out",
+            "res",
+            "--data-cache",
+            "cache",
+            "--log-dir",
+            "logs/x",
+            "--no-prepare",
+            "--",
+            "--seeds",
+            "0",
+            "--only",
+            "O",
         ],
         t.path(),
     );
@@ -115,14 +138,21 @@ fn script_has_array_shards_resources_and_logs() {
         assert_eq!(std::fs::metadata(&script_path).unwrap().permissions().mode() & 0o111, 0o111);
     }
     // The header's runs per shard: only O with seed 0 is selected, in the shard its id hashes to.
-    let ids: Vec<String> =
-        plan_ids(&p).into_iter().filter(|(id, m)| m == "O" && id.contains("-s0-")).map(|(id, _)| id).collect();
+    let ids: Vec<String> = plan_ids(&p)
+        .into_iter()
+        .filter(|(id, m)| m == "O" && id.contains("-s0-"))
+        .map(|(id, _)| id)
+        .collect();
     assert_eq!(ids.len(), 1);
     let mut per = [0; 3];
     per[shard_of(&ids[0], 3) as usize] += 1;
     let header = format!("1 runs in 3 shards ({}/{}/{} runs per shard)", per[0], per[1], per[2]);
     assert!(s.contains(&header), "`{header}` in\n{s}");
-    assert!(text(&o).contains(&format!("sbatch {}", script_path.canonicalize().unwrap().display())), "{}", text(&o));
+    assert!(
+        text(&o).contains(&format!("sbatch {}", script_path.canonicalize().unwrap().display())),
+        "{}",
+        text(&o)
+    );
     assert!(!t.path().join("cache").exists(), "--no-prepare generates nothing");
     // No temporary file left next to the script (it is written atomically).
     let names: Vec<String> = std::fs::read_dir(t.path().join("slurm"))
@@ -170,7 +200,21 @@ fn run_task(script: &Path, task: Option<u64>, cwd: &Path) -> Output {
 fn a_failing_shard_leaves_the_others_intact_and_status_names_it() {
     let t = tempfile::tempdir().unwrap();
     let p = write_protocol(t.path(), "fail", true);
-    let o = bench(&["slurm", "fail.toml", "--shards", "2", "--out", "res", "--data-cache", "cache", "--", "--no-weights"], t.path());
+    let o = bench(
+        &[
+            "slurm",
+            "fail.toml",
+            "--shards",
+            "2",
+            "--out",
+            "res",
+            "--data-cache",
+            "cache",
+            "--",
+            "--no-weights",
+        ],
+        t.path(),
+    );
     assert!(o.status.success(), "{}", text(&o));
     // The synthetic benchmark was prepared before submission, so no task has to generate it.
     assert!(t.path().join("cache").join(synth::cache_name(Preset::Tiny, 0)).join(synth::MARKER).is_file());
@@ -246,7 +290,10 @@ fn status_of_a_fixture_tree_per_shard_and_exit_codes() {
     let root = t.path().join("runs");
     // Run 0 complete, 1 failed at step 3, 2 running (interrupted), 3 missing; plus damage and a stray.
     let (c, f, r, miss) = (&ids[0], &ids[1], &ids[2], &ids[3]);
-    RunDir::create(&root, "fx", &c.0).unwrap().write_manifest(&manifest(&c.0, &c.1, RunStatus::Complete)).unwrap();
+    RunDir::create(&root, "fx", &c.0)
+        .unwrap()
+        .write_manifest(&manifest(&c.0, &c.1, RunStatus::Complete))
+        .unwrap();
     let mut fm = manifest(&f.0, &f.1, RunStatus::Failed);
     fm.failure = Some(Failure { step: Some(3), reason: "loss is NaN".into() });
     RunDir::create(&root, "fx", &f.0).unwrap().write_manifest(&fm).unwrap();
@@ -275,7 +322,9 @@ fn status_of_a_fixture_tree_per_shard_and_exit_codes() {
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let out = text(&o);
     assert!(out.contains("fx: 4 runs: 1 complete, 1 failed, 1 running or interrupted, 1 missing"), "{out}");
-    let line = |id: &str| out.lines().find(|l| l.contains(id)).unwrap_or_else(|| panic!("{id} in\n{out}")).to_string();
+    let line = |id: &str| {
+        out.lines().find(|l| l.contains(id)).unwrap_or_else(|| panic!("{id} in\n{out}")).to_string()
+    };
     assert!(line(&f.0).contains(&format!("[shard {}]  at step 3: loss is NaN", shard_of(&f.0, 2))), "{out}");
     assert!(line(&r.0).contains("on node7"), "{out}");
     assert!(line(&miss.0).contains(&format!("[shard {}]", shard_of(&miss.0, 2))), "{out}");
@@ -293,7 +342,10 @@ fn status_of_a_fixture_tree_per_shard_and_exit_codes() {
 
     // Make everything complete: exit 0 (the stray directory does not count against it).
     for x in [f, r, miss] {
-        RunDir::create(&root, "fx", &x.0).unwrap().write_manifest(&manifest(&x.0, &x.1, RunStatus::Complete)).unwrap();
+        RunDir::create(&root, "fx", &x.0)
+            .unwrap()
+            .write_manifest(&manifest(&x.0, &x.1, RunStatus::Complete))
+            .unwrap();
     }
     let o = bench(&["status", "runs", "--protocol", "fx.toml", "--shards", "2"], t.path());
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
