@@ -84,6 +84,9 @@ pub struct ScriptSpec {
     pub extra: Vec<String>,
     /// Runs per shard (index = shard), shown in the script's header.
     pub runs_per_shard: Vec<usize>,
+    /// The `--seeds` and `--only` among `extra` (empty: the protocol's).
+    pub seeds: Vec<u64>,
+    pub only: Vec<String>,
 }
 
 /// Quotes a word for bash: single quotes, with embedded `'` written as `'\''`.
@@ -278,7 +281,8 @@ pub fn plan_script(args: &SlurmArgs, protocol: &Protocol, bench: &Path) -> anyho
     if !valid_word(&job_name) {
         return Err(CliError::config(format!("job name {job_name:?}: choose one with --job-name")).into());
     }
-    let runs = selected_runs(protocol, &run.args);
+    check_only(protocol, &run.args.only, &args.protocol)?;
+    let runs = selected_runs(protocol, &run.args.seeds, &run.args.only);
     let mut runs_per_shard = vec![0usize; args.shards as usize];
     for r in &runs {
         runs_per_shard[shard_of(&r.id, args.shards) as usize] += 1;
@@ -299,19 +303,38 @@ pub fn plan_script(args: &SlurmArgs, protocol: &Protocol, bench: &Path) -> anyho
         log_dir,
         extra: args.extra.clone(),
         runs_per_shard,
+        seeds: run.args.seeds,
+        only: run.args.only,
     })
 }
 
-/// The runs a `bench run` with these arguments would consider (before skipping complete ones).
-fn selected_runs(protocol: &Protocol, run: &RunArgs) -> Vec<plan::Run> {
+/// The runs `bench run --seeds S --only M` would consider (before skipping complete ones); the
+/// same selection as the runner's, so that ids and shards agree with what the tasks run.
+pub fn selected_runs(protocol: &Protocol, seeds: &[u64], only: &[String]) -> Vec<plan::Run> {
     let mut p = protocol.clone();
-    if !run.seeds.is_empty() {
-        p.seeds = run.seeds.clone();
+    if !seeds.is_empty() {
+        p.seeds = seeds.to_vec();
     }
-    plan::expand(&p)
-        .into_iter()
-        .filter(|r| run.only.is_empty() || run.only.contains(&r.config.method.name))
-        .collect()
+    plan::expand(&p).into_iter().filter(|r| only.is_empty() || only.contains(&r.config.method.name)).collect()
+}
+
+/// `--only` names must be methods of the protocol (the tasks would all fail on a typo).
+fn check_only(protocol: &Protocol, only: &[String], path: &Path) -> Result<(), CliError> {
+    let names: Vec<&str> = protocol.methods.iter().map(|m| m.method.name.as_str()).collect();
+    for name in only {
+        if !names.contains(&name.as_str()) {
+            let hint = crate::protocol::suggest(name, names.iter().copied())
+                .first()
+                .map(|s| format!("; did you mean `{s}`?"))
+                .unwrap_or_default();
+            return Err(CliError::config(format!(
+                "--only {name}: no method of that name in {} (methods: {}){hint}",
+                path.display(),
+                names.join(", ")
+            )));
+        }
+    }
+    Ok(())
 }
 
 pub fn cmd_slurm(args: SlurmArgs, verbosity: Verbosity) -> anyhow::Result<ExitCode> {
@@ -367,8 +390,16 @@ pub fn cmd_slurm(args: SlurmArgs, verbosity: Verbosity) -> anyhow::Result<ExitCo
     }
     println!("  sbatch {}", path_word(&script));
     if verbosity != Verbosity::Quiet {
+        let mut select = String::new();
+        if !spec.seeds.is_empty() {
+            let seeds: Vec<String> = spec.seeds.iter().map(|s| s.to_string()).collect();
+            select.push_str(&format!(" --seeds {}", seeds.join(",")));
+        }
+        for m in &spec.only {
+            select.push_str(&format!(" --only {}", shell_quote(m)));
+        }
         println!(
-            "then: bench status {} --protocol {} --shards {}",
+            "then: bench status {} --protocol {} --shards {}{select}",
             path_word(&spec.out),
             path_word(&spec.protocol),
             spec.shards
@@ -390,6 +421,12 @@ pub struct StatusArgs {
     /// Group the plan into the shards of `bench run --shard I/N` (needs --protocol).
     #[arg(long, value_name = "N", requires = "protocol")]
     pub shards: Option<u64>,
+    /// The `--seeds` the runs were started with, if not the protocol's (needs --protocol).
+    #[arg(long, value_delimiter = ',', value_name = "SEEDS", requires = "protocol")]
+    pub seeds: Vec<u64>,
+    /// The `--only` methods the runs were started with; repeatable (needs --protocol).
+    #[arg(long = "only", value_name = "METHOD", requires = "protocol")]
+    pub only: Vec<String>,
 }
 
 /// The state of one run as its directory shows it.
@@ -507,10 +544,24 @@ fn has_run_dirs(dir: &Path) -> bool {
     results::list_runs(dir).is_ok_and(|runs| runs.iter().any(|r| r.file(results::MANIFEST_FILE).exists()))
 }
 
-/// The state of every run directory under `protocol_dir`, compared with the plan when given.
+/// The state of every run directory under `protocol_dir`, compared with the protocol's whole plan
+/// when given (see [`plan_status`] for a selection of it).
 pub fn protocol_status(
     protocol_dir: &Path,
     plan: Option<(&Protocol, Option<u64>)>,
+) -> anyhow::Result<ProtocolStatus> {
+    match plan {
+        Some((p, shards)) => plan_status(protocol_dir, &p.name, Some((&plan::expand(p), shards))),
+        None => plan_status(protocol_dir, "", None),
+    }
+}
+
+/// The state of every run directory under `protocol_dir`, compared with `runs` (split into
+/// `shards` shards) when given; `name` labels the listing (empty: the folder's name).
+pub fn plan_status(
+    protocol_dir: &Path,
+    name: &str,
+    plan: Option<(&[plan::Run], Option<u64>)>,
 ) -> anyhow::Result<ProtocolStatus> {
     let mut found: BTreeMap<String, (RunState, String)> = BTreeMap::new();
     if protocol_dir.is_dir() {
@@ -518,18 +569,18 @@ pub fn protocol_status(
             found.insert(r.name(), state_of(r.path()));
         }
     }
-    let name = match plan {
-        Some((p, _)) => p.name.clone(),
-        None => protocol_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+    let name = match name {
+        "" => protocol_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        n => n.to_string(),
     };
     let shards = plan.and_then(|(_, n)| n);
     let mut runs = Vec::new();
-    if let Some((p, _)) = plan {
-        for r in plan::expand(p) {
+    if let Some((planned_runs, _)) = plan {
+        for r in planned_runs {
             let (state, _) = found.remove(&r.id).unwrap_or((RunState::Missing, String::new()));
             let shard = shards.map(|n| shard_of(&r.id, n));
             runs.push(RunEntry {
-                id: r.id,
+                id: r.id.clone(),
                 method: r.config.method.name.clone(),
                 state,
                 shard,
@@ -580,8 +631,11 @@ pub fn render_status(st: &ProtocolStatus, verbosity: Verbosity) -> String {
     }
     let extra: Vec<&RunEntry> = st.runs.iter().filter(|r| !r.planned).collect();
     if !extra.is_empty() {
-        let _ =
-            writeln!(t, "not in the protocol's plan ({}; another version of the protocol?):", extra.len());
+        let _ = writeln!(
+            t,
+            "not in the plan ({}; another version of the protocol, or outside --seeds/--only):",
+            extra.len()
+        );
         for r in extra {
             let _ = writeln!(t, "  {:<width$}  {}", r.id, r.state.label());
         }
@@ -629,7 +683,9 @@ pub fn cmd_status(args: StatusArgs, verbosity: Verbosity) -> anyhow::Result<Exit
             if !args.dir.is_dir() && verbosity != Verbosity::Quiet {
                 eprintln!("note: {} does not exist yet; every run is missing", args.dir.display());
             }
-            vec![protocol_status(&dir, Some((&p, args.shards)))?]
+            check_only(&p, &args.only, path)?;
+            let runs = selected_runs(&p, &args.seeds, &args.only);
+            vec![plan_status(&dir, &p.name, Some((&runs, args.shards)))?]
         }
         None => {
             if !args.dir.is_dir() {
@@ -638,12 +694,12 @@ pub fn cmd_status(args: StatusArgs, verbosity: Verbosity) -> anyhow::Result<Exit
                 );
             }
             if has_run_dirs(&args.dir) {
-                vec![protocol_status(&args.dir, None)?]
+                vec![plan_status(&args.dir, "", None)?]
             } else {
                 let mut v = Vec::new();
                 for sub in results::list_runs(&args.dir)? {
                     if has_run_dirs(sub.path()) {
-                        v.push(protocol_status(sub.path(), None)?);
+                        v.push(plan_status(sub.path(), "", None)?);
                     }
                 }
                 if v.is_empty() {

@@ -174,6 +174,7 @@ fn bad_slurm_usage_exits_2_and_writes_nothing() {
         (vec!["--shards", "2", "--", "--shard", "0/2"], "--shard"),
         (vec!["--shards", "2", "--", "--out=elsewhere"], "--out"),
         (vec!["--shards", "2", "--", "--no-such-flag"], "--no-such-flag"),
+        (vec!["--shards", "2", "--", "--only", "SAMM"], "did you mean `SAM`"),
     ] {
         let mut a = vec!["slurm", "bad.toml", "--no-prepare"];
         a.extend(args.iter().copied());
@@ -328,7 +329,7 @@ fn status_of_a_fixture_tree_per_shard_and_exit_codes() {
     assert!(line(&f.0).contains(&format!("[shard {}]  at step 3: loss is NaN", shard_of(&f.0, 2))), "{out}");
     assert!(line(&r.0).contains("on node7"), "{out}");
     assert!(line(&miss.0).contains(&format!("[shard {}]", shard_of(&miss.0, 2))), "{out}");
-    assert!(out.contains("not in the protocol's plan (1"), "{out}");
+    assert!(out.contains("not in the plan (1"), "{out}");
     assert!(!out.contains(".hidden-tmp"), "{out}");
     // The protocol's own folder works as DIR too.
     let o2 = bench(&["status", "runs/fx", "--protocol", "fx.toml", "--shards", "2"], t.path());
@@ -339,6 +340,19 @@ fn status_of_a_fixture_tree_per_shard_and_exit_codes() {
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains("fx: 4 runs: 2 complete, 1 failed, 1 running or interrupted"), "{}", text(&o));
     assert!(!text(&o).contains(&miss.0));
+
+    // The selection the tasks were started with: only O with seed 0, which is complete (plan
+    // order is method, then seed), so exit 0; the other directories are outside the selection.
+    assert_eq!((c.1.as_str(), c.0.contains("-s0-")), ("O", true));
+    let o = bench(&["status", "runs", "--protocol", "fx.toml", "--seeds", "0", "--only", "O"], t.path());
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        text(&o).contains("fx: 1 runs: 1 complete") && text(&o).contains("not in the plan (3"),
+        "{}",
+        text(&o)
+    );
+    let o = bench(&["status", "runs", "--protocol", "fx.toml", "--only", "X"], t.path());
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
 
     // Make everything complete: exit 0 (the stray directory does not count against it).
     for x in [f, r, miss] {
@@ -360,6 +374,7 @@ fn status_of_a_fixture_tree_per_shard_and_exit_codes() {
     // Bad usage: exit 2.
     for args in [
         vec!["status", "runs", "--shards", "2"],
+        vec!["status", "runs", "--seeds", "0"],
         vec!["status", "nowhere"],
         vec!["status", "runs", "--protocol", "nope.toml"],
         vec!["status", "runs", "--protocol", "fx.toml", "--shards", "0"],
