@@ -12,4 +12,5 @@ pub mod protocol;
 pub mod report;
 pub mod results;
 pub mod runner;
+pub mod slurm;
 pub mod stats;

@@ -37,6 +37,12 @@ enum Command {
     /// Check a protocol file and print the runs it expands to.
     #[command(after_help = "Example:\n  bench validate protocols/cross_dataset.toml")]
     Validate(harness::plan::ValidateArgs),
+    /// Write an sbatch array script running one shard of a protocol's plan per task.
+    #[command(after_help = "Examples:\n  bench slurm protocols/cross_dataset.toml --shards 8 --partition gpu --time 04:00:00 --cpus-per-task 8 --mem 32G --gres gpu:1\n  bench slurm protocols/optimizers.toml --shards 4 --out /shared/runs --data-cache /shared/data-cache -- --seeds 0 --no-weights\n  sbatch slurm/cross_dataset.sbatch")]
+    Slurm(harness::slurm::SlurmArgs),
+    /// List complete, failed, interrupted and missing runs of a results directory (per shard).
+    #[command(after_help = "Examples:\n  bench status results/runs\n  bench status results/runs --protocol protocols/cross_dataset.toml --shards 8\nExit status: 0 all complete, 1 some failed or missing, 2 bad usage.")]
+    Status(harness::slurm::StatusArgs),
     /// List the known methods, backbones, datasets and shipped protocols.
     #[command(after_help = "Example:\n  bench list")]
     List(harness::list::ListArgs),
@@ -66,6 +72,8 @@ fn main() -> ExitCode {
         Command::Eval(a) => harness::eval::cmd_eval(a, verbosity),
         Command::Data(a) => harness::data::cmd_data(a, verbosity),
         Command::Validate(a) => harness::plan::cmd_validate(a, verbosity),
+        Command::Slurm(a) => harness::slurm::cmd_slurm(a, verbosity),
+        Command::Status(a) => harness::slurm::cmd_status(a, verbosity),
         Command::List(a) => harness::list::cmd_list(a, verbosity),
     };
     match result {

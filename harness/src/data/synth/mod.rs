@@ -745,7 +745,22 @@ fn sibling(out: &Path, tag: &str) -> anyhow::Result<PathBuf> {
     // Unique per call as well as per process, so concurrent calls never share a directory.
     static CALLS: AtomicU64 = AtomicU64::new(0);
     let n = CALLS.fetch_add(1, Ordering::Relaxed);
-    Ok(parent.join(format!(".{}.{tag}-{}-{n}", name.to_string_lossy(), std::process::id())))
+    // The host is part of the name because a cache on a shared filesystem is written by processes
+    // of several machines (Slurm array tasks): a process id says nothing about another host's.
+    Ok(parent.join(format!(".{}.{tag}-{}-{n}-{}", name.to_string_lossy(), std::process::id(), host_tag())))
+}
+
+/// This machine's hostname, reduced to characters safe in a file name.
+fn host_tag() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .unwrap_or_default();
+    let tag: String = host
+        .trim()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '_' { c } else { '_' })
+        .collect();
+    if tag.is_empty() { "unknown".to_string() } else { tag }
 }
 
 /// Generate the benchmark at `out`. `out` must not exist, be an empty directory, or hold a
@@ -850,15 +865,23 @@ fn cached_ok(dir: &Path, preset: Preset, seed: u64) -> bool {
     })
 }
 
-/// Temporary directories of interrupted generations (`.<name>.tmp-<pid>-<n>` whose process is
-/// gone) are removed; those of a live process, this one included, are left alone.
+/// Temporary directories of interrupted generations (`.<name>.tmp-<pid>-<n>-<host>` of this host
+/// whose process is gone) are removed; those of a live process, this one included, and those of
+/// other hosts (whose processes cannot be checked from here) are left alone.
 fn remove_stale_temps(root: &Path, name: &str) -> anyhow::Result<()> {
     let prefix = format!(".{name}.tmp-");
+    let me = host_tag();
     for entry in std::fs::read_dir(root).with_context(|| format!("reading {}", root.display()))? {
         let entry = entry?;
         let fname = entry.file_name().to_string_lossy().into_owned();
-        let pid = fname.strip_prefix(&prefix).and_then(|p| p.split('-').next()).and_then(|p| p.parse().ok());
-        let Some(pid) = pid else { continue };
+        let Some(rest) = fname.strip_prefix(&prefix) else { continue };
+        let mut parts = rest.splitn(3, '-');
+        let Some(pid) = parts.next().and_then(|p| p.parse().ok()) else { continue };
+        // Names without a host come from before hosts were recorded: treated as this host's.
+        let host = parts.nth(1);
+        if host.is_some_and(|h| h != me) {
+            continue;
+        }
         if !pid_alive(pid) {
             std::fs::remove_dir_all(entry.path())
                 .with_context(|| format!("removing stale {}", entry.path().display()))?;
