@@ -20,7 +20,7 @@ PIDS=()
 log() { echo "slurm-test: $*"; }
 skip() {
     log "SKIPPED: $*"
-    echo "slurm test: 0 passed, 0 failed, 1 skipped"
+    echo "slurm: 0 passed, 0 failed, 1 skipped"
     exit 0
 }
 fail() {
@@ -30,7 +30,7 @@ fail() {
         echo "---- $f (last 30 lines)"
         tail -n 30 "$f"
     done
-    echo "slurm test: 0 passed, 1 failed"
+    echo "slurm: 0 passed, 1 failed"
     exit 1
 }
 cleanup() {
@@ -276,4 +276,4 @@ cmp -s "$T/local/slurm-ci/$victim/metrics.csv" "$T/cluster/slurm-ci/$victim/metr
     || fail "$victim: metrics.csv differs after the re-run of shard $shard"
 log "re-submitted shard $shard (job $JOB) restored $victim"
 log "$n runs complete on the cluster, metrics.csv identical to the local run"
-echo "slurm test: 1 passed, 0 failed"
+echo "slurm: 1 passed, 0 failed"
