@@ -8,6 +8,10 @@
 //! The detector is Meso4 (DeepfakeBench's layout: bias-free convolutions, two BatchNorms shared by
 //! pairs of convolutions) plus a one-logit classifier and no projection head (`--head-layers 0`),
 //! which the reference script builds too; both print their parameter count.
+//!
+//! `--backbone NAME`, `--head-layers N` and `--method erm|erm-os|cs-dfd` (O+S: two batches of
+//! `--batch` per step) time other configurations for BENCHMARKS.md's step-share figures; only the
+//! defaults (Meso4, no head, ERM on O) have a PyTorch counterpart.
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
@@ -26,6 +30,7 @@ struct Args {
     threads: usize,
     head_layers: usize,
     backbone: String,
+    method: String,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -37,6 +42,7 @@ fn parse_args() -> Result<Args, String> {
         threads: 2,
         head_layers: 0,
         backbone: "meso4".into(),
+        method: "erm".into(),
     };
     let mut it = std::env::args().skip(1).peekable();
     let num = |flag: &str, v: Option<String>| -> Result<usize, String> {
@@ -62,12 +68,18 @@ fn parse_args() -> Result<Args, String> {
             "--head-layers" => a.head_layers = num("--head-layers", it.next())?,
             // Other backbones only for rough step-time estimates (BENCHMARKS.md); no reference.
             "--backbone" => a.backbone = it.next().ok_or("--backbone needs a name")?,
+            "--method" => {
+                a.method = it.next().ok_or("--method needs a name")?;
+                if !["erm", "erm-os", "cs-dfd"].contains(&a.method.as_str()) {
+                    return Err(format!("--method: expected erm, erm-os or cs-dfd, got `{}`", a.method));
+                }
+            }
             // cargo bench hands `--bench` to every bench binary.
             "--bench" => {}
             other => {
                 return Err(format!(
                     "unknown argument `{other}`; expected --sizes N.., --batch, --steps, --warmup, --threads, \
-                     --head-layers, --backbone"
+                     --head-layers, --backbone, --method"
                 ));
             }
         }
@@ -78,22 +90,38 @@ fn parse_args() -> Result<Args, String> {
     Ok(a)
 }
 
-fn images_per_second(a: &Args, size: usize) -> anyhow::Result<(f64, usize)> {
+fn random_batch(rng: &mut ChaCha8Rng, batch: usize, size: usize) -> anyhow::Result<Batch> {
+    let x: Vec<f32> = (0..batch * 3 * size * size).map(|_| rng.random_range(-2.0f32..2.0)).collect();
+    let y: Vec<f32> = (0..batch).map(|_| if rng.random_bool(0.5) { 1.0 } else { 0.0 }).collect();
+    Ok(Batch {
+        images: Tensor::from_vec(x, (batch, 3, size, size), &Device::Cpu)?,
+        labels: Tensor::from_vec(y, batch, &Device::Cpu)?,
+    })
+}
+
+/// Images per second, seconds per step and the number of trainable parameters.
+fn images_per_second(a: &Args, size: usize) -> anyhow::Result<(f64, f64, usize)> {
     let pb = ParamStore::new(&Device::Cpu).builder(0);
     let det = Detector::new(&pb, a.head_layers, |pb| detectors::backbones::build(&a.backbone, pb, size))?;
     let adam = OptimizerConfig::Adam { lr: 2e-4, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
-    let params = MethodParams::new().with("streams", ParamValue::Str("original".into()));
-    let mut method = build_method("erm", &params, &adam, &det, 0)?;
-    let mut rng = ChaCha8Rng::seed_from_u64(0);
-    let x: Vec<f32> = (0..a.batch * 3 * size * size).map(|_| rng.random_range(-2.0f32..2.0)).collect();
-    let y: Vec<f32> = (0..a.batch).map(|_| if rng.random_bool(0.5) { 1.0 } else { 0.0 }).collect();
-    let input = StepInput {
-        original: Some(Batch {
-            images: Tensor::from_vec(x, (a.batch, 3, size, size), &Device::Cpu)?,
-            labels: Tensor::from_vec(y, a.batch, &Device::Cpu)?,
-        }),
-        ..Default::default()
+    // `erm` (stream O only) is what the PyTorch reference does; `erm-os` and `cs-dfd` (O and S
+    // batches of `--batch` each) give step times for BENCHMARKS.md's share estimates.
+    let (kind, streams) = match a.method.as_str() {
+        "erm" => ("erm", Some("original")),
+        "erm-os" => ("erm", Some("both")),
+        _ => ("cs-dfd", None),
     };
+    let mut params = MethodParams::new();
+    if let Some(st) = streams {
+        params.set("streams", ParamValue::Str(st.into()));
+    }
+    let mut method = build_method(kind, &params, &adam, &det, 0)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let original = Some(random_batch(&mut rng, a.batch, size)?);
+    let two = streams != Some("original");
+    let online = if two { Some(random_batch(&mut rng, a.batch, size)?) } else { None };
+    let input = StepInput { original, online, ..Default::default() };
+    let images = if two { 2 * a.batch } else { a.batch };
     for s in 0..a.warmup {
         method.step(&det, &input, s, 2e-4)?;
     }
@@ -102,7 +130,7 @@ fn images_per_second(a: &Args, size: usize) -> anyhow::Result<(f64, usize)> {
         method.step(&det, &input, a.warmup + s, 2e-4)?;
     }
     let elapsed = start.elapsed().as_secs_f64();
-    Ok(((a.batch * a.steps) as f64 / elapsed, det.params().total()))
+    Ok(((images * a.steps) as f64 / elapsed, elapsed / a.steps as f64, det.params().total()))
 }
 
 fn main() {
@@ -131,10 +159,11 @@ fn main() {
     );
     for &size in &a.sizes {
         match images_per_second(&a, size) {
-            Ok((ips, n)) => println!(
-                "{} train {size}px: {ips:.1} img/s ({:.1} ms/step), {n} parameters",
+            Ok((ips, secs, n)) => println!(
+                "{}{} train {size}px: {ips:.1} img/s ({:.1} ms/step), {n} parameters",
                 a.backbone,
-                a.batch as f64 / ips * 1000.0
+                if a.method == "erm" { String::new() } else { format!(" {}", a.method) },
+                secs * 1000.0
             ),
             Err(e) => {
                 eprintln!("meso4_train: {size} px: {e:#}");
