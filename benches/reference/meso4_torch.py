@@ -7,10 +7,15 @@ Setup, outside git (the repository ignores .venv/):
 Run (2 threads, as on the 2-core benchmark machine):
     .venv/bin/python benches/reference/meso4_torch.py [--sizes 128 256] [--steps 10] [--threads 2]
 
-The network follows DeepfakeBench's Meso4 (conv without bias -> ReLU -> BatchNorm -> max-pool,
-four times, pools 2, 2, 2, 4; dropout 0.5, fc 16*s*s -> 16, LeakyReLU(0.1), dropout 0.5, fc -> 1)
-with one BatchNorm per convolution (DeepfakeBench shares two of them; same cost) and a single
-logit trained with BCE-with-logits. Inputs are random: only the speed is measured.
+The network is DeepfakeBench's Meso4 features (conv without bias -> ReLU -> BatchNorm -> max-pool,
+four times, pools 2, 2, 2, 4; one BatchNorm shared by conv1 and conv2, another by conv3 and conv4,
+as in DeepfakeBench and dfbench) followed by one of two classifiers:
+  --classifier dfbench (default): what dfbench's `Detector` builds and `benches/meso4_train.rs`
+      times: `--head-layers` Linear(d, d) layers with ReLU between them, then Linear(d, 1); no
+      dropout. Same parameter count as dfbench (printed by both).
+  --classifier deepfakebench: DeepfakeBench's dropout 0.5, Linear(d, 16), LeakyReLU(0.1),
+      dropout 0.5, Linear(16, 1).
+A single logit is trained with BCE-with-logits. Inputs are random: only the speed is measured.
 """
 import argparse
 import time
@@ -20,35 +25,37 @@ import torch.nn as nn
 
 
 class Meso4(nn.Module):
-    def __init__(self, size: int):
+    def __init__(self, size: int, classifier: str, head_layers: int):
         super().__init__()
-        chans = [(3, 8, 3), (8, 8, 5), (8, 16, 5), (16, 16, 5)]
-        pools = [2, 2, 2, 4]
-        blocks = []
-        for (cin, cout, k), pool in zip(chans, pools):
-            blocks += [
-                nn.Conv2d(cin, cout, k, padding=k // 2, bias=False),
-                nn.ReLU(inplace=True),
-                nn.BatchNorm2d(cout),
-                nn.MaxPool2d(pool),
-            ]
-        self.features = nn.Sequential(*blocks)
-        side = size // 32
-        self.classifier = nn.Sequential(
-            nn.Dropout(0.5),
-            nn.Linear(16 * side * side, 16),
-            nn.LeakyReLU(0.1),
-            nn.Dropout(0.5),
-            nn.Linear(16, 1),
+        self.convs = nn.ModuleList(
+            nn.Conv2d(cin, cout, k, padding=k // 2, bias=False)
+            for cin, cout, k in [(3, 8, 3), (8, 8, 5), (8, 16, 5), (16, 16, 5)]
         )
+        self.bn1 = nn.BatchNorm2d(8)
+        self.bn2 = nn.BatchNorm2d(16)
+        self.pools = [2, 2, 2, 4]
+        d = 16 * (size // 32) ** 2
+        if classifier == "dfbench":
+            layers = []
+            for i in range(head_layers):
+                if i > 0:
+                    layers.append(nn.ReLU())
+                layers.append(nn.Linear(d, d))
+            layers.append(nn.Linear(d, 1))
+        else:
+            layers = [nn.Dropout(0.5), nn.Linear(d, 16), nn.LeakyReLU(0.1), nn.Dropout(0.5), nn.Linear(16, 1)]
+        self.classifier = nn.Sequential(*layers)
 
     def forward(self, x):
-        return self.classifier(torch.flatten(self.features(x), 1))
+        for conv, bn, pool in zip(self.convs, [self.bn1, self.bn1, self.bn2, self.bn2], self.pools):
+            x = nn.functional.max_pool2d(bn(torch.relu(conv(x))), pool)
+        return self.classifier(torch.flatten(x, 1))
 
 
-def images_per_second(size: int, batch: int, steps: int, warmup: int) -> float:
+def images_per_second(size: int, batch: int, steps: int, warmup: int, classifier: str, head_layers: int):
     torch.manual_seed(0)
-    model = Meso4(size).train()
+    model = Meso4(size, classifier, head_layers).train()
+    n_params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.Adam(model.parameters(), lr=2e-4)
     loss_fn = nn.BCEWithLogitsLoss()
     x = torch.randn(batch, 3, size, size)
@@ -66,7 +73,7 @@ def images_per_second(size: int, batch: int, steps: int, warmup: int) -> float:
     for _ in range(steps):
         step()
     elapsed = time.perf_counter() - start
-    return batch * steps / elapsed
+    return batch * steps / elapsed, n_params
 
 
 def main():
@@ -76,13 +83,15 @@ def main():
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--classifier", choices=["dfbench", "deepfakebench"], default="dfbench")
+    ap.add_argument("--head-layers", type=int, default=0)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
+    print(f"torch {torch.__version__} ({args.classifier} classifier), {torch.get_num_threads()} threads, batch {args.batch}, "
           f"{args.steps} timed steps after {args.warmup} warm-up")
     for size in args.sizes:
-        ips = images_per_second(size, args.batch, args.steps, args.warmup)
-        print(f"meso4 train {size}px: {ips:.1f} img/s ({args.batch / ips * 1000:.1f} ms/step)")
+        ips, n = images_per_second(size, args.batch, args.steps, args.warmup, args.classifier, args.head_layers)
+        print(f"meso4 train {size}px: {ips:.1f} img/s ({args.batch / ips * 1000:.1f} ms/step), {n} parameters")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,174 @@
+//! Meso4 training throughput (images per second): ERM with Adam on random inputs, the same
+//! shapes, steps and threads as `benches/reference/meso4_torch.py`, and the same output format,
+//! so that `benches/reference/side_by_side.sh` can run both back to back. Not a criterion bench:
+//! the PyTorch figure it is compared with is a plain timed loop, and so is this.
+//!
+//! Run: `cargo bench -p harness --bench meso4_train -- [--sizes 128 256] [--steps 10] [--threads 2]`
+//!
+//! The detector is Meso4 (DeepfakeBench's layout: bias-free convolutions, two BatchNorms shared by
+//! pairs of convolutions) plus a one-logit classifier and no projection head (`--head-layers 0`),
+//! which the reference script builds too; both print their parameter count.
+//!
+//! `--backbone NAME`, `--head-layers N` and `--method erm|erm-os|cs-dfd` (O+S: two batches of
+//! `--batch` per step) time other configurations for BENCHMARKS.md's step-share figures; only the
+//! defaults (Meso4, no head, ERM on O) have a PyTorch counterpart.
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use detectors::config::OptimizerConfig;
+use detectors::methods::{MethodParams, ParamValue, build_method};
+use detectors::model::Detector;
+use detectors::{Batch, ParamStore, StepInput};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+struct Args {
+    sizes: Vec<usize>,
+    batch: usize,
+    steps: usize,
+    warmup: usize,
+    threads: usize,
+    head_layers: usize,
+    backbone: String,
+    method: String,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut a = Args {
+        sizes: vec![128, 256],
+        batch: 32,
+        steps: 10,
+        warmup: 3,
+        threads: 2,
+        head_layers: 0,
+        backbone: "meso4".into(),
+        method: "erm".into(),
+    };
+    let mut it = std::env::args().skip(1).peekable();
+    let num = |flag: &str, v: Option<String>| -> Result<usize, String> {
+        let v = v.ok_or_else(|| format!("{flag} needs a value"))?;
+        v.parse().map_err(|_| format!("{flag}: expected a non-negative integer, got `{v}`"))
+    };
+    while let Some(flag) = it.next() {
+        match flag.as_str() {
+            "--sizes" => {
+                a.sizes.clear();
+                while let Some(v) = it.peek().filter(|v| !v.starts_with("--")).cloned() {
+                    it.next();
+                    a.sizes.push(num("--sizes", Some(v))?);
+                }
+                if a.sizes.is_empty() {
+                    return Err("--sizes needs at least one image size".into());
+                }
+            }
+            "--batch" => a.batch = num("--batch", it.next())?,
+            "--steps" => a.steps = num("--steps", it.next())?,
+            "--warmup" => a.warmup = num("--warmup", it.next())?,
+            "--threads" => a.threads = num("--threads", it.next())?,
+            "--head-layers" => a.head_layers = num("--head-layers", it.next())?,
+            // Other backbones only for rough step-time estimates (BENCHMARKS.md); no reference.
+            "--backbone" => a.backbone = it.next().ok_or("--backbone needs a name")?,
+            "--method" => {
+                a.method = it.next().ok_or("--method needs a name")?;
+                if !["erm", "erm-os", "cs-dfd"].contains(&a.method.as_str()) {
+                    return Err(format!("--method: expected erm, erm-os or cs-dfd, got `{}`", a.method));
+                }
+            }
+            // cargo bench hands `--bench` to every bench binary.
+            "--bench" => {}
+            other => {
+                return Err(format!(
+                    "unknown argument `{other}`; expected --sizes N.., --batch, --steps, --warmup, --threads, \
+                     --head-layers, --backbone, --method"
+                ));
+            }
+        }
+    }
+    if a.batch == 0 || a.steps == 0 || a.threads == 0 {
+        return Err("--batch, --steps and --threads must be at least 1".into());
+    }
+    Ok(a)
+}
+
+fn random_batch(rng: &mut ChaCha8Rng, batch: usize, size: usize) -> anyhow::Result<Batch> {
+    let x: Vec<f32> = (0..batch * 3 * size * size).map(|_| rng.random_range(-2.0f32..2.0)).collect();
+    let y: Vec<f32> = (0..batch).map(|_| if rng.random_bool(0.5) { 1.0 } else { 0.0 }).collect();
+    Ok(Batch {
+        images: Tensor::from_vec(x, (batch, 3, size, size), &Device::Cpu)?,
+        labels: Tensor::from_vec(y, batch, &Device::Cpu)?,
+    })
+}
+
+/// Images per second, seconds per step and the number of trainable parameters.
+fn images_per_second(a: &Args, size: usize) -> anyhow::Result<(f64, f64, usize)> {
+    let pb = ParamStore::new(&Device::Cpu).builder(0);
+    let det = Detector::new(&pb, a.head_layers, |pb| detectors::backbones::build(&a.backbone, pb, size))?;
+    let adam = OptimizerConfig::Adam { lr: 2e-4, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
+    // `erm` (stream O only) is what the PyTorch reference does; `erm-os` and `cs-dfd` (O and S
+    // batches of `--batch` each) give step times for BENCHMARKS.md's share estimates.
+    let (kind, streams) = match a.method.as_str() {
+        "erm" => ("erm", Some("original")),
+        "erm-os" => ("erm", Some("both")),
+        _ => ("cs-dfd", None),
+    };
+    let mut params = MethodParams::new();
+    if let Some(st) = streams {
+        params.set("streams", ParamValue::Str(st.into()));
+    }
+    let mut method = build_method(kind, &params, &adam, &det, 0)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let original = Some(random_batch(&mut rng, a.batch, size)?);
+    let two = streams != Some("original");
+    let online = if two { Some(random_batch(&mut rng, a.batch, size)?) } else { None };
+    let input = StepInput { original, online, ..Default::default() };
+    let images = if two { 2 * a.batch } else { a.batch };
+    for s in 0..a.warmup {
+        method.step(&det, &input, s, 2e-4)?;
+    }
+    let start = Instant::now();
+    for s in 0..a.steps {
+        method.step(&det, &input, a.warmup + s, 2e-4)?;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    Ok(((images * a.steps) as f64 / elapsed, elapsed / a.steps as f64, det.params().total()))
+}
+
+fn main() {
+    let a = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("meso4_train: {e}");
+            std::process::exit(2);
+        }
+    };
+    // candle's matmuls read RAYON_NUM_THREADS; set it before any thread pool exists.
+    // SAFETY: no other thread runs yet.
+    unsafe { std::env::set_var("RAYON_NUM_THREADS", a.threads.to_string()) };
+    rayon::ThreadPoolBuilder::new().num_threads(a.threads).build_global().expect("first pool");
+    // As the `bench` binary does: keep freed blocks in the process instead of page-faulting them
+    // back in every step.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: allocator tuning only, before the training starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+    }
+    println!(
+        "dfbench (candle, ops::conv), {} threads, batch {}, {} timed steps after {} warm-up",
+        a.threads, a.batch, a.steps, a.warmup
+    );
+    for &size in &a.sizes {
+        match images_per_second(&a, size) {
+            Ok((ips, secs, n)) => println!(
+                "{}{} train {size}px: {ips:.1} img/s ({:.1} ms/step), {n} parameters",
+                a.backbone,
+                if a.method == "erm" { String::new() } else { format!(" {}", a.method) },
+                secs * 1000.0
+            ),
+            Err(e) => {
+                eprintln!("meso4_train: {size} px: {e:#}");
+                std::process::exit(1);
+            }
+        }
+    }
+}

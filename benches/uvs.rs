@@ -1,0 +1,85 @@
+//! The flat-vector math of CS-DFD (UVS statistics and closed form, CGR's conflict term, the
+//! combination and the trace's norms) against a same-size axpy, the memory-bandwidth bound, for
+//! 1e4 to 1e7 parameters. See BENCHMARKS.md for the recorded ratios.
+//!
+//! Run: `cargo bench -p detectors --bench uvs -- --warm-up-time 1 --measurement-time 3`
+//! 1e8 parameters (3 vectors of 400 MB, ~1.2 GB in all) only with `DFBENCH_UVS_1E8=1` in the
+//! environment: the shared development machine has neither the memory headroom nor the time to
+//! make it part of the default run.
+use std::hint::black_box;
+use std::ops::Range;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use detectors::gradvec::FlatGrad;
+use detectors::methods::combine::{Pair, cgr_head, uvs_two};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// The projection head's share of the flat vector: ResNet-18 with a 2-layer 512-wide head has
+/// 2 * (512 * 512 + 512) = 525,312 head parameters of 11.7M, about 1/22; 1/16 is used here. The
+/// split barely matters for the cost: every element is read by UVS's statistics or by CGR.
+fn head_of(n: usize) -> Range<usize> {
+    n - n / 16..n
+}
+
+fn random(rng: &mut ChaCha8Rng, n: usize) -> FlatGrad {
+    FlatGrad::from_vec((0..n).map(|_| rng.random_range(-1e-3f32..1e-3)).collect())
+}
+
+/// Everything CS-DFD does on the flat gradients in one step (`TwoStream::step` with the default
+/// `uvs = true, cgr = true`): the trace's norms and cosine, UVS's statistics outside the head and
+/// its closed form, `v = a1 g1 + a2 g2` outside the head, CGR on the head, and `||v||`.
+/// `FlatGrad::set_lin2` stands in for the step's private `lin2_outside` (same formula, one pass
+/// over the whole vector; the head part is then overwritten by CGR, as cheap as the skip).
+fn cs_dfd_combine(g1: &FlatGrad, g2: &FlatGrad, v: &mut FlatGrad, head: &Range<usize>) -> f64 {
+    let n1 = g1.norm();
+    let n2 = g2.norm();
+    let cos = g1.dot(g2) / (n1.max(1e-12) * n2.max(1e-12));
+    let sol = uvs_two(&Pair::from_vectors(&g1.data, &g2.data, Some(head)), 0.5);
+    v.set_lin2(sol.coef[0], g1, sol.coef[1], g2);
+    cgr_head(&g1.data[head.clone()], &g2.data[head.clone()], 0.01, &mut v.data[head.clone()]);
+    v.norm() + cos
+}
+
+fn bench(c: &mut Criterion) {
+    let mut sizes = vec![10_000usize, 100_000, 1_000_000, 10_000_000];
+    if std::env::var_os("DFBENCH_UVS_1E8").is_some() {
+        sizes.push(100_000_000);
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(17);
+    let mut group = c.benchmark_group("uvs_cgr");
+    group.sample_size(10);
+    for &n in &sizes {
+        let g1 = random(&mut rng, n);
+        let g2 = random(&mut rng, n);
+        let mut v = FlatGrad::zeros(n);
+        let head = head_of(n);
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_function(BenchmarkId::new("axpy", n), |b| {
+            // y += a x with a tiny a keeps y bounded over many iterations.
+            b.iter(|| v.axpy(black_box(1e-9), &g1))
+        });
+        group.bench_function(BenchmarkId::new("dot", n), |b| b.iter(|| black_box(g1.dot(&g2))));
+        group.bench_function(BenchmarkId::new("uvs_pair_stats", n), |b| {
+            b.iter(|| black_box(Pair::from_vectors(&g1.data, &g2.data, Some(&head))))
+        });
+        let pair = Pair::from_vectors(&g1.data, &g2.data, Some(&head));
+        group.bench_function(BenchmarkId::new("uvs_two_closed_form", n), |b| {
+            b.iter(|| black_box(uvs_two(black_box(&pair), 0.5)))
+        });
+        group.bench_function(BenchmarkId::new("cgr_head_whole_vector", n), |b| {
+            b.iter(|| cgr_head(&g1.data, &g2.data, 0.01, black_box(&mut v.data)))
+        });
+        group.bench_function(BenchmarkId::new("cs_dfd_combine", n), |b| {
+            b.iter(|| black_box(cs_dfd_combine(&g1, &g2, &mut v, &head)))
+        });
+    }
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().without_plots();
+    targets = bench
+}
+criterion_main!(benches);
