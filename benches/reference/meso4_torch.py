@@ -8,8 +8,9 @@ Run (2 threads, as on the 2-core benchmark machine):
     .venv/bin/python benches/reference/meso4_torch.py [--sizes 128 256] [--steps 10] [--threads 2]
 
 The network is DeepfakeBench's Meso4 features (conv without bias -> ReLU -> BatchNorm -> max-pool,
-four times, pools 2, 2, 2, 4; one BatchNorm shared by conv1 and conv2, another by conv3 and conv4,
-as in DeepfakeBench and dfbench) followed by one of two classifiers:
+four times, pools 2, 2, 2, 4; one BatchNorm per convolution as in dfbench's meso.rs and Afchar et
+al. -- DeepfakeBench shares one BatchNorm between two convolutions, `--shared-bn` reproduces that)
+followed by one of two classifiers:
   --classifier dfbench (default): what dfbench's `Detector` builds and `benches/meso4_train.rs`
       times: `--head-layers` Linear(d, d) layers with ReLU between them, then Linear(d, 1); no
       dropout. Same parameter count as dfbench (printed by both).
@@ -25,14 +26,19 @@ import torch.nn as nn
 
 
 class Meso4(nn.Module):
-    def __init__(self, size: int, classifier: str, head_layers: int):
+    def __init__(self, size: int, classifier: str, head_layers: int, shared_bn: bool = False):
         super().__init__()
         self.convs = nn.ModuleList(
             nn.Conv2d(cin, cout, k, padding=k // 2, bias=False)
             for cin, cout, k in [(3, 8, 3), (8, 8, 5), (8, 16, 5), (16, 16, 5)]
         )
-        self.bn1 = nn.BatchNorm2d(8)
-        self.bn2 = nn.BatchNorm2d(16)
+        if shared_bn:
+            bn1, bn2 = nn.BatchNorm2d(8), nn.BatchNorm2d(16)
+            self.bns = nn.ModuleList([bn1, bn2])
+            self.order = [bn1, bn1, bn2, bn2]
+        else:
+            self.bns = nn.ModuleList(nn.BatchNorm2d(c) for c in [8, 8, 16, 16])
+            self.order = list(self.bns)
         self.pools = [2, 2, 2, 4]
         d = 16 * (size // 32) ** 2
         if classifier == "dfbench":
@@ -47,14 +53,15 @@ class Meso4(nn.Module):
         self.classifier = nn.Sequential(*layers)
 
     def forward(self, x):
-        for conv, bn, pool in zip(self.convs, [self.bn1, self.bn1, self.bn2, self.bn2], self.pools):
+        for conv, bn, pool in zip(self.convs, self.order, self.pools):
             x = nn.functional.max_pool2d(bn(torch.relu(conv(x))), pool)
         return self.classifier(torch.flatten(x, 1))
 
 
-def images_per_second(size: int, batch: int, steps: int, warmup: int, classifier: str, head_layers: int):
+def images_per_second(size: int, batch: int, steps: int, warmup: int, classifier: str, head_layers: int,
+                      shared_bn: bool = False):
     torch.manual_seed(0)
-    model = Meso4(size, classifier, head_layers).train()
+    model = Meso4(size, classifier, head_layers, shared_bn).train()
     n_params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.Adam(model.parameters(), lr=2e-4)
     loss_fn = nn.BCEWithLogitsLoss()
@@ -85,12 +92,14 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--classifier", choices=["dfbench", "deepfakebench"], default="dfbench")
     ap.add_argument("--head-layers", type=int, default=0)
+    ap.add_argument("--shared-bn", action="store_true", help="DeepfakeBench's shared BatchNorms")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__} ({args.classifier} classifier), {torch.get_num_threads()} threads, batch {args.batch}, "
           f"{args.steps} timed steps after {args.warmup} warm-up")
     for size in args.sizes:
-        ips, n = images_per_second(size, args.batch, args.steps, args.warmup, args.classifier, args.head_layers)
+        ips, n = images_per_second(size, args.batch, args.steps, args.warmup, args.classifier, args.head_layers,
+                                   args.shared_bn)
         print(f"meso4 train {size}px: {ips:.1f} img/s ({args.batch / ips * 1000:.1f} ms/step), {n} parameters")
 
 
