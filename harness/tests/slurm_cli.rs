@@ -22,7 +22,7 @@ fn text(o: &Output) -> String {
 
 /// A tiny protocol: 2 seeds x (O, and SAM with a learning rate that diverges when `diverge`).
 fn write_protocol(dir: &Path, name: &str, diverge: bool) -> PathBuf {
-    let sam_opt = if diverge { "optimizer = { name = \"sgd\", lr = 10 }\n" } else { "" };
+    let sam_opt = if diverge { "optimizer = { name = \"sgd\", lr = 10, momentum = 0.9 }\nsteps = 12\n" } else { "" };
     let text = format!(
         r#"name = "{name}"
 seeds = [0, 1]
