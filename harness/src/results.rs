@@ -468,27 +468,21 @@ impl Cols<'_> {
     }
 }
 
-fn to_u32(file: &Path, name: &str, v: Vec<i64>) -> Result<Vec<u32>> {
+/// Integer column values as an unsigned type; a negative or too large value names its row.
+fn to_unsigned<T: TryFrom<i64>>(file: &Path, name: &str, v: Vec<i64>) -> Result<Vec<T>> {
     v.into_iter()
         .enumerate()
         .map(|(i, x)| {
-            u32::try_from(x).map_err(|_| anyhow!("{}: row {i}: `{name}` = {x} out of range", file.display()))
-        })
-        .collect()
-}
-
-fn to_u64(file: &Path, name: &str, v: Vec<i64>) -> Result<Vec<u64>> {
-    v.into_iter()
-        .enumerate()
-        .map(|(i, x)| {
-            u64::try_from(x).map_err(|_| anyhow!("{}: row {i}: `{name}` = {x} is negative", file.display()))
+            T::try_from(x).map_err(|_| {
+                anyhow!("{}: row {i}: `{name}` = {x} is out of range (expected a non-negative count)", file.display())
+            })
         })
         .collect()
 }
 
 pub fn trace_rows(df: &DataFrame, file: &Path) -> Result<Vec<TraceRow>> {
     let c = Cols { df, file };
-    let step = to_u32(file, "step", c.i64_req("step")?)?;
+    let step = to_unsigned(file, "step", c.i64_req("step")?)?;
     let domain = c.str_opt("domain")?;
     let [loss, l1, l2, cos, ng1, ng2, nu, mu1, mu2, lr, wall] =
         ["loss", "l1", "l2", "cos_g1_g2", "norm_g1", "norm_g2", "norm_update", "mu1", "mu2", "lr", "wall_s"]
@@ -553,9 +547,9 @@ pub fn metric_rows(df: &DataFrame, file: &Path) -> Result<Vec<MetricRow>> {
         ["auc", "ap", "eer", "eer_interp", "acc", "acc_real", "acc_fake"].map(|n| c.f64_opt(n));
     let (auc, ap, eer, eer_i, acc, acc_r, acc_f) = (auc?, ap?, eer?, eer_i?, acc?, acc_r?, acc_f?);
     let reason = c.str_opt("undefined_reason")?;
-    let n = to_u64(file, "n", c.i64_req("n")?)?;
-    let n_real = to_u64(file, "n_real", c.i64_req("n_real")?)?;
-    let n_fake = to_u64(file, "n_fake", c.i64_req("n_fake")?)?;
+    let n = to_unsigned(file, "n", c.i64_req("n")?)?;
+    let n_real = to_unsigned(file, "n_real", c.i64_req("n_real")?)?;
+    let n_fake = to_unsigned(file, "n_fake", c.i64_req("n_fake")?)?;
     let mut out = Vec::with_capacity(df.height());
     for i in 0..df.height() {
         out.push(MetricRow {
