@@ -417,18 +417,18 @@ fn score_and_store(
         let test = &c.tests[*i];
         let (scores, _, ids) =
             predict(&t.det, &p.test_store, index, p.batch).with_context(|| format!("scoring test set `{}`", test.name))?;
+        // Video identity must include the label name (FF++ fakes of four methods share names).
         let frames: Vec<FrameScore> = ids
             .iter()
             .zip(&scores)
-            .map(|(id, &s)| FrameScore { dataset: id.dataset.clone(), label: id.label, video: id.video.clone(), score: s })
+            .map(|(id, &s)| FrameScore {
+                dataset: id.dataset.clone(),
+                label: id.label,
+                video: format!("{}/{}", id.label_name, id.video),
+                score: s,
+            })
             .collect();
-        // Video identity must include the label name (FF++ fakes of four methods share names).
-        let frames_keyed: Vec<FrameScore> = ids
-            .iter()
-            .zip(&frames)
-            .map(|(id, f)| FrameScore { video: format!("{}/{}", id.label_name, id.video), ..f.clone() })
-            .collect();
-        let levels = metrics::evaluate(&frames_keyed);
+        let levels = metrics::evaluate(&frames);
         let role = match test.role {
             TestRole::InDomain => Role::InDomain,
             TestRole::Unseen => Role::Unseen,
