@@ -59,11 +59,11 @@ fn metric_rows(scores: &[ScoreRow], test_sets: &[(&str, Role)]) -> Vec<MetricRow
                     l.push(r.label);
                 }
             } else {
-                let mut v: BTreeMap<(u8, String), Vec<f64>> = BTreeMap::new();
+                let mut v: BTreeMap<(u8, String, String), Vec<f64>> = BTreeMap::new();
                 for r in scores.iter().filter(|r| r.test_set == ts) {
-                    v.entry((r.label, r.video.clone())).or_default().push(r.score);
+                    v.entry((r.label, r.label_name.clone(), r.video.clone())).or_default().push(r.score);
                 }
-                for ((lab, _), xs) in v {
+                for ((lab, _, _), xs) in v {
                     s.push(xs.iter().sum::<f64>() / xs.len() as f64);
                     l.push(lab);
                 }
@@ -125,8 +125,15 @@ fn write_run(store: &ResultsStore, protocol: &str, sp: &Spec) -> String {
                     test_set: ts.into(),
                     dataset: ts.to_uppercase(),
                     label,
-                    label_name: if label == 1 { "fake" } else { "real" }.into(),
-                    video: format!("{:03}", v % 8), // real and fake share names: keyed by label too
+                    // As in FF++: real and fake videos share names, and so do the fakes of two
+                    // manipulations (000-003 each), so identity needs the label name.
+                    label_name: match (label, v % 2) {
+                        (0, _) => "real",
+                        (_, 0) => "FF-DF",
+                        _ => "FF-F2F",
+                    }
+                    .into(),
+                    video: if label == 0 { format!("{v:03}") } else { format!("{:03}", (v - 8) / 2) },
                     frame: format!("{f:03}.png"),
                     score,
                 });

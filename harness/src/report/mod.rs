@@ -422,8 +422,10 @@ fn conflict_table(ctx: &Ctx) -> Option<Table> {
     })
 }
 
-type FrameKey = (String, u8, String, String);
-type VideoKey = (String, u8, String);
+/// (dataset, label, label name, video, frame): FF++'s fakes of four manipulations share the
+/// source video's name and frame file names, so the label name is part of a sample's identity.
+type FrameKey = (String, u8, String, String, String);
+type VideoKey = (String, u8, String, String);
 
 fn scores_of<'a>(run: &'a Run, test_set: &str) -> impl Iterator<Item = &'a ScoreRow> {
     let ts = test_set.to_string();
@@ -431,24 +433,27 @@ fn scores_of<'a>(run: &'a Run, test_set: &str) -> impl Iterator<Item = &'a Score
 }
 
 /// (score, label) pairs of one run and test set at a level; video level averages the frames of
-/// each (dataset, label, video), keyed so that FF++ fakes sharing a folder name stay apart.
+/// each (dataset, label, label name, video), so that FF++ fakes sharing a folder name stay apart.
 fn keyed_scores(run: &Run, test_set: &str, level: Level) -> BTreeMap<FrameKey, f64> {
     let mut m = BTreeMap::new();
     match level {
         Level::Frame => {
             for s in scores_of(run, test_set) {
-                m.insert((s.dataset.clone(), s.label, s.video.clone(), s.frame.clone()), s.score);
+                m.insert(
+                    (s.dataset.clone(), s.label, s.label_name.clone(), s.video.clone(), s.frame.clone()),
+                    s.score,
+                );
             }
         }
         Level::Video => {
             let mut acc: BTreeMap<VideoKey, (f64, usize)> = BTreeMap::new();
             for s in scores_of(run, test_set) {
-                let e = acc.entry((s.dataset.clone(), s.label, s.video.clone())).or_default();
+                let e = acc.entry((s.dataset.clone(), s.label, s.label_name.clone(), s.video.clone())).or_default();
                 e.0 += s.score;
                 e.1 += 1;
             }
-            for ((d, l, v), (sum, n)) in acc {
-                m.insert((d, l, v, String::new()), sum / n as f64);
+            for ((d, l, ln, v), (sum, n)) in acc {
+                m.insert((d, l, ln, v, String::new()), sum / n as f64);
             }
         }
     }
@@ -599,19 +604,19 @@ fn delong_csv(ctx: &Ctx, baseline: &str) -> String {
     out
 }
 
-/// Bootstrap videos of a group and test set: every (dataset, label, video) seen in any seed, in
+/// Bootstrap videos of a group and test set: every (dataset, label, label name, video) seen in any seed, in
 /// key order, with its frame scores per seed run.
 fn boot_videos(runs: &[&Run], test_set: &str) -> Vec<stats::BootVideo> {
     let mut map: BTreeMap<VideoKey, Vec<Vec<f64>>> = BTreeMap::new();
     for (i, r) in runs.iter().enumerate() {
         for s in scores_of(r, test_set) {
             let e = map
-                .entry((s.dataset.clone(), s.label, s.video.clone()))
+                .entry((s.dataset.clone(), s.label, s.label_name.clone(), s.video.clone()))
                 .or_insert_with(|| vec![Vec::new(); runs.len()]);
             e[i].push(s.score);
         }
     }
-    map.into_iter().map(|((_, label, _), per_run)| stats::BootVideo { label, per_run }).collect()
+    map.into_iter().map(|((_, label, _, _), per_run)| stats::BootVideo { label, per_run }).collect()
 }
 
 type CiMap = BTreeMap<(Group, String, Level), stats::Ci>;
