@@ -1,6 +1,6 @@
 //! The flat-vector math of CS-DFD (UVS statistics and closed form, CGR's conflict term, the
-//! combination and the trace's norms) against a same-size axpy, the memory-bandwidth bound, for
-//! 1e4 to 1e7 parameters. See BENCHMARKS.md for the recorded ratios.
+//! combination and the trace's norms, as `TwoStream::step` runs it) against a same-size axpy,
+//! the memory-bandwidth bound, for 1e4 to 1e7 parameters; also the pre-fusion multi-pass code. See BENCHMARKS.md for the recorded ratios.
 //!
 //! Run: `cargo bench -p detectors --bench uvs -- --warm-up-time 1 --measurement-time 3`
 //! 1e8 parameters (3 vectors of 400 MB, ~1.2 GB in all) only with `DFBENCH_UVS_1E8=1` in the
@@ -11,7 +11,9 @@ use std::ops::Range;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use detectors::gradvec::FlatGrad;
-use detectors::methods::combine::{Pair, cgr_head, uvs_two};
+use detectors::methods::combine::{
+    HeadRule, Pair, cgr_head, cs_dfd_direction, two_stream_stats, uvs_two, uvs_two_fixed, write_two,
+};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -26,12 +28,18 @@ fn random(rng: &mut ChaCha8Rng, n: usize) -> FlatGrad {
     FlatGrad::from_vec((0..n).map(|_| rng.random_range(-1e-3f32..1e-3)).collect())
 }
 
-/// Everything CS-DFD does on the flat gradients in one step (`TwoStream::step` with the default
-/// `uvs = true, cgr = true`): the trace's norms and cosine, UVS's statistics outside the head and
-/// its closed form, `v = a1 g1 + a2 g2` outside the head, CGR on the head, and `||v||`.
-/// `FlatGrad::set_lin2` stands in for the step's private `lin2_outside` (same formula, one pass
-/// over the whole vector; the head part is then overwritten by CGR, as cheap as the skip).
+/// Everything CS-DFD does on the flat gradients in one step, exactly as `TwoStream::step` calls
+/// it with the default `uvs = true, cgr = true`: the fused statistics pass (trace norms and
+/// cosine, CGR's head norms, UVS's sums outside the head), the residual pass for `D`, the closed
+/// form, and the fused write of `v` (UVS outside the head, CGR on it) with `||v||`.
 fn cs_dfd_combine(g1: &FlatGrad, g2: &FlatGrad, v: &mut FlatGrad, head: &Range<usize>) -> f64 {
+    let r = cs_dfd_direction(&g1.data, &g2.data, Some(head), Some(0.5), HeadRule::Cgr { tau: 0.01 }, &mut v.data);
+    r.norm_update + r.cos_g1_g2
+}
+
+/// The same work as the step did it before the fusion (about eight passes over the vectors),
+/// kept for the side-by-side comparison; same results bit for bit.
+fn cs_dfd_combine_multipass(g1: &FlatGrad, g2: &FlatGrad, v: &mut FlatGrad, head: &Range<usize>) -> f64 {
     let n1 = g1.norm();
     let n2 = g2.norm();
     let cos = g1.dot(g2) / (n1.max(1e-12) * n2.max(1e-12));
@@ -60,18 +68,26 @@ fn bench(c: &mut Criterion) {
             b.iter(|| v.axpy(black_box(1e-9), &g1))
         });
         group.bench_function(BenchmarkId::new("dot", n), |b| b.iter(|| black_box(g1.dot(&g2))));
-        group.bench_function(BenchmarkId::new("uvs_pair_stats", n), |b| {
-            b.iter(|| black_box(Pair::from_vectors(&g1.data, &g2.data, Some(&head))))
+        group.bench_function(BenchmarkId::new("stats_fused_read", n), |b| {
+            b.iter(|| black_box(two_stream_stats(&g1.data, &g2.data, Some(&head), true)))
         });
-        let pair = Pair::from_vectors(&g1.data, &g2.data, Some(&head));
+        let stats = two_stream_stats(&g1.data, &g2.data, Some(&head), true);
+        let pair = stats.pair.expect("asked for");
         group.bench_function(BenchmarkId::new("uvs_two_closed_form", n), |b| {
-            b.iter(|| black_box(uvs_two(black_box(&pair), 0.5)))
+            b.iter(|| black_box(uvs_two_fixed(black_box(&pair), 0.5)))
         });
-        group.bench_function(BenchmarkId::new("cgr_head_whole_vector", n), |b| {
-            b.iter(|| cgr_head(&g1.data, &g2.data, 0.01, black_box(&mut v.data)))
+        let coef = uvs_two_fixed(&pair, 0.5).coef;
+        group.bench_function(BenchmarkId::new("write_fused", n), |b| {
+            b.iter(|| {
+                let rule = Some((&head, HeadRule::Cgr { tau: 0.01 }));
+                black_box(write_two(&mut v.data, &g1.data, &g2.data, (coef[0], coef[1]), rule, &stats))
+            })
         });
         group.bench_function(BenchmarkId::new("cs_dfd_combine", n), |b| {
             b.iter(|| black_box(cs_dfd_combine(&g1, &g2, &mut v, &head)))
+        });
+        group.bench_function(BenchmarkId::new("cs_dfd_combine_multipass", n), |b| {
+            b.iter(|| black_box(cs_dfd_combine_multipass(&g1, &g2, &mut v, &head)))
         });
     }
     group.finish();
