@@ -33,7 +33,8 @@ fn random(rng: &mut ChaCha8Rng, n: usize) -> FlatGrad {
 /// cosine, CGR's head norms, UVS's sums outside the head), the residual pass for `D`, the closed
 /// form, and the fused write of `v` (UVS outside the head, CGR on it) with `||v||`.
 fn cs_dfd_combine(g1: &FlatGrad, g2: &FlatGrad, v: &mut FlatGrad, head: &Range<usize>) -> f64 {
-    let r = cs_dfd_direction(&g1.data, &g2.data, Some(head), Some(0.5), HeadRule::Cgr { tau: 0.01 }, &mut v.data);
+    let r =
+        cs_dfd_direction(&g1.data, &g2.data, Some(head), Some(0.5), HeadRule::Cgr { tau: 0.01 }, &mut v.data);
     r.norm_update + r.cos_g1_g2
 }
 

@@ -502,7 +502,8 @@ impl Pass2 {
         for i in r.start..b0 {
             edge(i, out, &mut lanes);
         }
-        let chunks = out[b0..b1].chunks_exact_mut(4).zip(g1[b0..b1].chunks_exact(4)).zip(g2[b0..b1].chunks_exact(4));
+        let chunks =
+            out[b0..b1].chunks_exact_mut(4).zip(g1[b0..b1].chunks_exact(4)).zip(g2[b0..b1].chunks_exact(4));
         for ((o4, x4), y4) in chunks {
             for l in 0..4 {
                 let v = f(x4[l] as f64, y4[l] as f64);
@@ -613,7 +614,14 @@ mod tests {
         uvs_c: Option<f64>,
         cgr_tau: Option<f64>,
     ) -> (Vec<f32>, TwoStepNumbers, Option<Pair>) {
-        fn lin2_outside(out: &mut [f32], a1: f64, g1: &[f32], a2: f64, g2: &[f32], skip: Option<&Range<usize>>) {
+        fn lin2_outside(
+            out: &mut [f32],
+            a1: f64,
+            g1: &[f32],
+            a2: f64,
+            g2: &[f32],
+            skip: Option<&Range<usize>>,
+        ) {
             let n = out.len();
             let segs = match skip {
                 None => [0..n, n..n],
@@ -665,9 +673,13 @@ mod tests {
     }
 
     fn check_pair(p: &Pair, q: &Pair, what: &str) {
-        for (name, a, b) in
-            [("g11", p.g11, q.g11), ("g12", p.g12, q.g12), ("g22", p.g22, q.g22), ("a", p.a, q.a), ("d", p.d, q.d)]
-        {
+        for (name, a, b) in [
+            ("g11", p.g11, q.g11),
+            ("g12", p.g12, q.g12),
+            ("g22", p.g22, q.g22),
+            ("a", p.a, q.a),
+            ("d", p.d, q.d),
+        ] {
             assert_eq!(bits(a), bits(b), "{what}: pair.{name} {a:e} vs {b:e}");
         }
     }
@@ -691,7 +703,9 @@ mod tests {
                 g2.copy_from_slice(&g1); // A = 0: the degenerate branch
             }
             for head in &heads {
-                for (uvs_c, cgr_tau) in [(Some(0.5), Some(0.01)), (Some(0.5), None), (None, Some(0.01)), (None, None)] {
+                for (uvs_c, cgr_tau) in
+                    [(Some(0.5), Some(0.01)), (Some(0.5), None), (None, Some(0.01)), (None, None)]
+                {
                     let what = format!("n = {n}, head = {head:?}, uvs = {uvs_c:?}, cgr = {cgr_tau:?}");
                     let (v_old, num_old, pair_old) = old_step(&g1, &g2, head.as_ref(), uvs_c, cgr_tau);
                     let rule = cgr_tau.map_or(HeadRule::Sum, |tau| HeadRule::Cgr { tau });
