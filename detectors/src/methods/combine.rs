@@ -1,6 +1,8 @@
 //! Gradient combination rules on flat vectors (methods.md sections 2 and 3): UVS (closed form
 //! for two gradients, projected gradient on the simplex for more), CAGrad in LibMTL's
-//! convention, PCGrad and CGR's conflict term. Pure functions: every dot product in f64.
+//! convention, PCGrad and CGR's conflict term, and the fused passes the two-stream step runs
+//! ([`cs_dfd_direction`], [`two_stream_stats`], [`write_two`]). Pure functions: every dot
+//! product in f64.
 use std::ops::Range;
 
 use crate::gradvec::{dot, dot_outside};
@@ -277,17 +279,20 @@ pub fn cgr_head(g1: &[f32], g2: &[f32], tau: f64, out: &mut [f32]) {
 // Fused passes for the two-stream step.
 //
 // The step used to read g1 and g2 about eight times (three trace dots, two `Pair` passes, the
-// combination, CGR, `||v||`). The functions below read them twice (plus the residual pass that
+// combination, CGR, `||v||`). The functions below read them once (plus the residual pass that
 // `D` needs, methods.md 2.1) and write `v` once, with every accumulator summed in exactly the
 // order the multi-pass code used: the whole-vector dots keep `gradvec::dot`'s four lanes by
 // index mod 4 and its sequential tail, the head norms keep `dot`'s lanes relative to the head's
 // start, and the `Pair` sums stay single sequential chains. Results are therefore bit for bit
 // those of the old code (a test in this module checks it against a copy of that code), so runs
-// recorded before the fusion reproduce.
+// recorded before the fusion reproduce. The price: those chains cannot be vectorised or split
+// (each add waits for the previous one), which is what bounds this code at several times an
+// axpy; BENCHMARKS.md ("UVS + CGR") has the figures and what relaxing the order would buy.
 // ---------------------------------------------------------------------------------------------
 
-/// Four `gradvec::dot`-style lanes: element `i` (a global index) goes to lane `i & 3` while
-/// `i < lane_end`; the rest is a sequential tail added after the lanes are combined.
+/// Four `gradvec::dot`-style lanes: element `i` (a global index) goes to lane `i & 3` while it
+/// lies before the last partial group of four; the rest is a sequential tail added after the
+/// lanes are combined.
 #[derive(Clone, Copy)]
 struct Lanes {
     acc: [f64; 4],
