@@ -1,7 +1,6 @@
 //! Two-stream gradient-conflict methods: CS-DFD (UVS + CGR and its ablations), PCGrad and
 //! CAGrad. One forward over the concatenated O and S batches (as ERM O+S does, so the methods
 //! differ only in how they combine gradients), then one backward per stream loss on that graph.
-use std::ops::Range;
 use std::time::Instant;
 
 use candle_core::{Result, Tensor};
@@ -9,7 +8,9 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
-use super::combine::{Pair, cagrad_libmtl, cgr_head, pcgrad, uvs_two};
+use super::combine::{
+    HeadRule, cs_dfd_direction, pcgrad, trace_numbers, two_stream_stats, uvs_two_fixed, write_two,
+};
 use super::{StepCtx, StreamNeeds, TrainingMethod};
 use crate::batch::StepInput;
 use crate::config::OptimizerConfig;
@@ -60,20 +61,6 @@ impl TwoStream {
     }
 }
 
-/// `out = a1 g1 + a2 g2` over the flat indices outside `skip`.
-fn lin2_outside(out: &mut [f32], a1: f64, g1: &[f32], a2: f64, g2: &[f32], skip: Option<&Range<usize>>) {
-    let n = out.len();
-    let segs = match skip {
-        None => [0..n, n..n],
-        Some(r) => [0..r.start, r.end..n],
-    };
-    for s in segs {
-        for i in s {
-            out[i] = (a1 * g1[i] as f64 + a2 * g2[i] as f64) as f32;
-        }
-    }
-}
-
 impl TrainingMethod for TwoStream {
     fn kind(&self) -> &str {
         self.kind
@@ -90,50 +77,37 @@ impl TrainingMethod for TwoStream {
         self.g2.fill_from(set, &l2.backward()?)?;
         let l1v = l1.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
         let l2v = l2.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
-        let n1 = self.g1.norm();
-        let n2 = self.g2.norm();
-        let cos = self.g1.dot(&self.g2) / (n1.max(1e-12) * n2.max(1e-12));
         let n = set.total();
         self.v.resize(n);
         let (g1, g2) = (&self.g1.data, &self.g2.data);
-        let mut mu = None;
-        match &mut self.rule {
+        let nums = match &mut self.rule {
             Rule::CsDfd { c, tau, uvs, cgr } => {
                 let head = det.head_range();
                 if *cgr && head.is_none() {
                     candle_core::bail!("cs-dfd with cgr = true needs a projection head (head_layers >= 1)");
                 }
-                let (a1, a2) = if *uvs {
-                    let sol = uvs_two(&Pair::from_vectors(g1, g2, head.as_ref()), *c);
-                    mu = Some((sol.mu[0], sol.mu[1]));
-                    (sol.coef[0], sol.coef[1])
-                } else {
-                    (1.0, 1.0)
-                };
-                lin2_outside(&mut self.v.data, a1, g1, a2, g2, head.as_ref());
-                if let Some(h) = head {
-                    if *cgr {
-                        cgr_head(&g1[h.clone()], &g2[h.clone()], *tau, &mut self.v.data[h]);
-                    } else {
-                        lin2_outside(&mut self.v.data[h.clone()], 1.0, &g1[h.clone()], 1.0, &g2[h], None);
-                    }
-                }
+                let rule = if *cgr { HeadRule::Cgr { tau: *tau } } else { HeadRule::Sum };
+                cs_dfd_direction(g1, g2, head.as_ref(), uvs.then_some(*c), rule, &mut self.v.data)
             }
             Rule::CaGrad { c } => {
-                let sol = uvs_two(&Pair::from_vectors(g1, g2, None), *c);
-                mu = Some((sol.mu[0], sol.mu[1]));
-                let a = cagrad_libmtl(&sol, *c);
-                lin2_outside(&mut self.v.data, a[0], g1, a[1], g2, None);
+                let stats = two_stream_stats(g1, g2, None, true);
+                let pair = stats.pair.expect("asked for UVS statistics");
+                let sol = uvs_two_fixed(&pair, *c);
+                // `cagrad_libmtl` for K = 2, without its allocation.
+                let a = sol.coef.map(|a| a / (2.0 * (1.0 + *c * *c)));
+                let sq = write_two(&mut self.v.data, g1, g2, (a[0], a[1]), None, &stats);
+                trace_numbers(&stats, sq.sqrt(), Some(sol.mu))
             }
             Rule::PcGrad { rng } => {
-                let mut orders = vec![vec![1usize], vec![0usize]];
+                let stats = two_stream_stats(g1, g2, None, false);
+                let mut orders = [vec![1usize], vec![0usize]];
                 for o in &mut orders {
                     o.shuffle(rng);
                 }
                 pcgrad(&[g1, g2], &orders, &mut self.v.data, &mut self.scratch);
+                trace_numbers(&stats, self.v.norm(), None)
             }
-        }
-        let norm_update = self.v.norm();
+        };
         self.v.to_tensors(set, &mut self.dir)?;
         self.opt.step(set, &self.dir, lr)?;
         Ok(StepTrace {
@@ -141,12 +115,12 @@ impl TrainingMethod for TwoStream {
             l1: Some(l1v),
             l2: Some(l2v),
             loss: l1v + l2v,
-            cos_g1_g2: Some(cos),
-            norm_g1: Some(n1),
-            norm_g2: Some(n2),
-            norm_update: Some(norm_update),
-            mu1: mu.map(|m| m.0),
-            mu2: mu.map(|m| m.1),
+            cos_g1_g2: Some(nums.cos_g1_g2),
+            norm_g1: Some(nums.norm_g1),
+            norm_g2: Some(nums.norm_g2),
+            norm_update: Some(nums.norm_update),
+            mu1: nums.mu.map(|m| m[0]),
+            mu2: nums.mu.map(|m| m[1]),
             lr,
             wall_s: t0.elapsed().as_secs_f64(),
             domains: Vec::new(),
