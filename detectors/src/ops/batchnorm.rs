@@ -20,6 +20,7 @@
 //!
 //! [`batch_norm_train`] and [`batch_norm_eval`] dispatch here for f32 CPU tensors and to the
 //! composed candle code ([`batch_norm_train_composed`], [`batch_norm_eval_composed`]) otherwise.
+use std::mem::MaybeUninit;
 use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Storage, Tensor, bail};
@@ -214,6 +215,22 @@ fn min_planes(hw: usize) -> usize {
     (4096 / hw.max(1)).max(1)
 }
 
+/// A new buffer of `len` values whose `hw`-sized planes `fill(plane_index, plane)` writes in
+/// parallel. `fill` must write every element of its plane. Not zero-initialised: below the
+/// `mmap` threshold the allocator hands back used memory, and zeroing it costs a full extra pass.
+fn planewise(len: usize, hw: usize, fill: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync + Send) -> Vec<f32> {
+    debug_assert!(hw > 0 && len % hw == 0);
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    out.spare_capacity_mut()[..len]
+        .par_chunks_mut(hw)
+        .with_min_len(min_planes(hw))
+        .enumerate()
+        .for_each(|(p, plane)| fill(p, plane));
+    // SAFETY: the chunks cover `0..len` and every caller writes each element of its chunk.
+    unsafe { out.set_len(len) };
+    out
+}
+
 impl BatchNormOp {
     fn forward(&self, x: &[f32], g: &[f32], b: &[f32], (n, c, hw): (usize, usize, usize)) -> Vec<f32> {
         let (mean, var) = match &self.fixed {
@@ -235,14 +252,13 @@ impl BatchNormOp {
         let inv_std: Vec<f64> = var.iter().map(|&v| 1.0 / (v + self.eps).sqrt()).collect();
         let mean32: Vec<f32> = mean.iter().map(|&m| m as f32).collect();
         let scale: Vec<f32> = (0..c).map(|ci| (g[ci] as f64 * inv_std[ci]) as f32).collect();
-        let mut y = vec![0f32; x.len()];
         // Centre first: `x * scale + shift` would lose the low bits of `x - mean` when
         // |mean| >> std.
-        y.par_chunks_mut(hw).with_min_len(min_planes(hw)).enumerate().for_each(|(p, yp)| {
+        let y = planewise(x.len(), hw, |p, yp| {
             let ci = p % c;
             let (m, s, bb) = (mean32[ci], scale[ci], b[ci]);
             for (o, &v) in yp.iter_mut().zip(&x[p * hw..(p + 1) * hw]) {
-                *o = (v - m) * s + bb;
+                o.write((v - m) * s + bb);
             }
         });
         *self.saved.lock().expect("batch norm state poisoned") = Saved { mean, var, inv_std };
@@ -291,17 +307,15 @@ impl BatchNormOp {
                     }
                 })
                 .collect();
-            let mut dx = vec![0f32; x.len()];
-            dx.par_chunks_mut(hw).with_min_len(min_planes(hw)).enumerate().for_each(|(p, o)| {
+            planewise(x.len(), hw, |p, o| {
                 let ci = p % c;
                 let [k1, k2, k3] = coef[ci];
                 let m = mean32[ci];
                 let r = p * hw..(p + 1) * hw;
                 for ((o, &d), &v) in o.iter_mut().zip(&dy[r.clone()]).zip(&x[r]) {
-                    *o = k1 * d + k2 * (v - m) + k3;
+                    o.write(k1 * d + k2 * (v - m) + k3);
                 }
-            });
-            dx
+            })
         });
         (dx, dgamma, dbeta)
     }
