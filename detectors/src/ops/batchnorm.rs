@@ -77,8 +77,7 @@ pub fn batch_norm_eval(
     if !is_supported(x, gamma, beta) || mean.elem_count() != c || var.elem_count() != c {
         return batch_norm_eval_composed(x, gamma, beta, mean, var, eps);
     }
-    let read =
-        |t: &Tensor| -> Result<Vec<f64>> { Ok(t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?) };
+    let read = |t: &Tensor| -> Result<Vec<f64>> { t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>() };
     let op = BatchNormOp { eps, fixed: Some((read(mean)?, read(var)?)), saved: Arc::default() };
     x.contiguous()?.apply_op3_arc(&gamma.contiguous()?, &beta.contiguous()?, Arc::new(Box::new(op)))
 }
@@ -219,7 +218,7 @@ fn min_planes(hw: usize) -> usize {
 /// parallel. `fill` must write every element of its plane. Not zero-initialised: below the
 /// `mmap` threshold the allocator hands back used memory, and zeroing it costs a full extra pass.
 fn planewise(len: usize, hw: usize, fill: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync + Send) -> Vec<f32> {
-    debug_assert!(hw > 0 && len % hw == 0);
+    debug_assert!(hw > 0 && len.is_multiple_of(hw));
     let mut out: Vec<f32> = Vec::with_capacity(len);
     out.spare_capacity_mut()[..len]
         .par_chunks_mut(hw)
