@@ -5,9 +5,9 @@
 //!
 //! Run: `cargo bench -p harness --bench meso4_train -- [--sizes 128 256] [--steps 10] [--threads 2]`
 //!
-//! The detector is Meso4 (DeepfakeBench's layout: bias-free convolutions, two BatchNorms shared by
-//! pairs of convolutions) plus a one-logit classifier and no projection head (`--head-layers 0`),
-//! which the reference script builds too; both print their parameter count.
+//! The detector is Meso4 (bias-free convolutions, one BatchNorm per convolution as in
+//! `detectors/src/backbones/meso.rs`) plus a one-logit classifier and no projection head
+//! (`--head-layers 0`), which the reference script builds too; both print their parameter count.
 //!
 //! `--backbone NAME`, `--head-layers N` and `--method erm|erm-os|cs-dfd` (O+S: two batches of
 //! `--batch` per step) time other configurations for BENCHMARKS.md's step-share figures; only the
@@ -154,7 +154,7 @@ fn main() {
         libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
     }
     println!(
-        "dfbench (candle, ops::conv), {} threads, batch {}, {} timed steps after {} warm-up",
+        "dfbench (candle, ops::conv + ops::batchnorm), {} threads, batch {}, {} timed steps after {} warm-up",
         a.threads, a.batch, a.steps, a.warmup
     );
     for &size in &a.sizes {

@@ -10,6 +10,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::model::Mode;
+use crate::ops::batchnorm;
 use crate::params::{Init, ParamBuilder};
 
 /// `y = x W^T + b`, PyTorch's layout (`weight: [out, in]`) and default initialisation.
@@ -190,41 +191,29 @@ impl BatchNorm2d {
         })
     }
 
+    /// Runs [`crate::ops::batchnorm`]: a fused kernel for f32 on the CPU, candle ops elsewhere.
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         let (b, c, h, w) = x.dims4()?;
         if c != self.channels {
             candle_core::bail!("batch norm: expected {} channels, got input {:?}", self.channels, x.dims());
         }
-        let shape = (1, c, 1, 1);
         match mode {
-            Mode::Eval => {
-                // Fold the statistics into one scale and shift: two passes over x.
-                // Detached: the statistics are state, not parameters; no gradient is wanted.
-                let rm = self.running_mean.as_tensor().detach().to_dtype(x.dtype())?;
-                let rv = self.running_var.as_tensor().detach().to_dtype(x.dtype())?;
-                let scale = (self.weight.to_dtype(x.dtype())? / (rv + self.eps)?.sqrt()?)?;
-                let shift = (self.bias.to_dtype(x.dtype())? - (rm * &scale)?)?;
-                x.broadcast_mul(&scale.reshape(shape)?)?.broadcast_add(&shift.reshape(shape)?)
-            }
+            Mode::Eval => batchnorm::batch_norm_eval(
+                x,
+                &self.weight,
+                &self.bias,
+                self.running_mean.as_tensor(),
+                self.running_var.as_tensor(),
+                self.eps,
+            ),
             Mode::Train | Mode::TrainFrozenStats => {
-                let n = b * h * w;
-                if n < 2 {
-                    candle_core::bail!(
-                        "batch norm in training mode needs more than one value per channel, got {:?}",
-                        x.dims()
-                    );
-                }
-                let mean = x.mean_keepdim((0, 2, 3))?;
-                let xc = x.broadcast_sub(&mean)?;
-                let var = xc.sqr()?.mean_keepdim((0, 2, 3))?;
-                let inv_std = (var.clone() + self.eps)?.sqrt()?.recip()?;
-                let scale = inv_std.broadcast_mul(&self.weight.reshape(shape)?)?;
-                let y = xc.broadcast_mul(&scale)?.broadcast_add(&self.bias.reshape(shape)?)?;
+                let (y, mean, var) = batchnorm::batch_norm_train(x, &self.weight, &self.bias, self.eps)?;
                 if mode == Mode::Train {
                     let m = self.momentum;
+                    let n = b * h * w;
                     let unbiased = n as f64 / (n as f64 - 1.0);
-                    let bm = mean.detach().flatten_all()?.to_dtype(DType::F32)?;
-                    let bv = (var.detach().flatten_all()? * unbiased)?.to_dtype(DType::F32)?;
+                    let bm = mean.to_dtype(DType::F32)?;
+                    let bv = (var * unbiased)?.to_dtype(DType::F32)?;
                     let rm = ((self.running_mean.as_tensor() * (1.0 - m))? + (bm * m)?)?;
                     let rv = ((self.running_var.as_tensor() * (1.0 - m))? + (bv * m)?)?;
                     self.running_mean.set(&rm)?;

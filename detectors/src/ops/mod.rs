@@ -2,6 +2,7 @@
 //! kernels (custom ops with their own backward) can replace candle's without touching models.
 use candle_core::{Result, Tensor};
 
+pub mod batchnorm;
 pub mod conv;
 pub mod pool;
 

@@ -1,0 +1,639 @@
+//! Fused 2-D batch normalisation (f32, contiguous NCHW, CPU) as a candle custom op.
+//!
+//! Composed from candle ops, a training-mode BatchNorm costs two strided `ReduceSum`s over
+//! `(0, 2, 3)` in the forward (candle runs them single-threaded), five broadcast element-wise ops
+//! with their temporaries, and in the backward one more reduction per broadcast operand. This op
+//! does the forward in two passes over `x` (statistics, then normalise) and the backward in two
+//! passes over `x` and `dy` (the two per-channel sums, then `dx`), parallel over the `N x C`
+//! planes, and delivers the gradients of `x`, `gamma` and `beta` itself (it is a [`CustomOp3`]).
+//!
+//! Statistics are accumulated over values shifted by one sample of their channel
+//! (`x[0, c, 0, 0]`): the shift keeps the one-pass `E[(x-s)^2] - E[x-s]^2` free of the
+//! cancellation that plain `E[x^2] - E[x]^2` suffers when `|mean| >> std`. Sums run in f32 over
+//! short blocks (vectorised) and in f64 across blocks, which keeps them exact enough for any batch
+//! a CPU can hold, so one read of `x` suffices where a two-pass (mean, then centred squares)
+//! scheme would need two.
+//!
+//! Results are bit-identical across calls and thread counts: every plane's partial sums are
+//! computed by one work item in a fixed order, and the per-channel totals add the planes in
+//! sample order.
+//!
+//! [`batch_norm_train`] and [`batch_norm_eval`] dispatch here for f32 CPU tensors and to the
+//! composed candle code ([`batch_norm_train_composed`], [`batch_norm_eval_composed`]) otherwise.
+use std::mem::MaybeUninit;
+use std::sync::{Arc, Mutex};
+
+use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Storage, Tensor, bail};
+use rayon::prelude::*;
+
+/// Whether the fused op handles these operands: f32 on the CPU, `x` rank 4, `gamma`/`beta` of
+/// one element per channel.
+pub fn is_supported(x: &Tensor, gamma: &Tensor, beta: &Tensor) -> bool {
+    let c = match x.dims() {
+        [_, c, _, _] => *c,
+        _ => return false,
+    };
+    [x, gamma, beta].iter().all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
+        && gamma.elem_count() == c
+        && beta.elem_count() == c
+}
+
+/// Training-mode batch norm over `(0, 2, 3)` of `x` `[N, C, H, W]`: returns
+/// `(y, batch_mean [C], biased_batch_var [C])`; the statistics are detached, in `x`'s dtype.
+pub fn batch_norm_train(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let (n, c, h, w) = x.dims4()?;
+    if n * h * w < 2 {
+        bail!("batch norm in training mode needs more than one value per channel, got {:?}", x.dims());
+    }
+    if !is_supported(x, gamma, beta) {
+        return batch_norm_train_composed(x, gamma, beta, eps);
+    }
+    let saved = Arc::new(Mutex::new(Saved::default()));
+    let op = BatchNormOp { eps, fixed: None, saved: saved.clone() };
+    let y =
+        x.contiguous()?.apply_op3_arc(&gamma.contiguous()?, &beta.contiguous()?, Arc::new(Box::new(op)))?;
+    let s = saved.lock().expect("batch norm state poisoned");
+    let to_t = |v: &[f64]| Tensor::from_vec(v.iter().map(|&a| a as f32).collect::<Vec<_>>(), c, &Device::Cpu);
+    Ok((y, to_t(&s.mean)?, to_t(&s.var)?))
+}
+
+/// Inference-mode batch norm with fixed statistics `mean`/`var` `[C]` (the running ones):
+/// `y = (x - mean) / sqrt(var + eps) * gamma + beta`. Differentiable with respect to `x`,
+/// `gamma` and `beta`; never with respect to the statistics.
+pub fn batch_norm_eval(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    mean: &Tensor,
+    var: &Tensor,
+    eps: f64,
+) -> Result<Tensor> {
+    let (_, c, _, _) = x.dims4()?;
+    if !is_supported(x, gamma, beta) || mean.elem_count() != c || var.elem_count() != c {
+        return batch_norm_eval_composed(x, gamma, beta, mean, var, eps);
+    }
+    let read = |t: &Tensor| -> Result<Vec<f64>> { t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>() };
+    let op = BatchNormOp { eps, fixed: Some((read(mean)?, read(var)?)), saved: Arc::default() };
+    x.contiguous()?.apply_op3_arc(&gamma.contiguous()?, &beta.contiguous()?, Arc::new(Box::new(op)))
+}
+
+/// Training-mode batch norm from candle ops (any device and dtype); same contract as
+/// [`batch_norm_train`].
+pub fn batch_norm_train_composed(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let (_, c, _, _) = x.dims4()?;
+    let shape = (1, c, 1, 1);
+    let mean = x.mean_keepdim((0, 2, 3))?;
+    let xc = x.broadcast_sub(&mean)?;
+    let var = xc.sqr()?.mean_keepdim((0, 2, 3))?;
+    let inv_std = (var.clone() + eps)?.sqrt()?.recip()?;
+    let scale = inv_std.broadcast_mul(&gamma.reshape(shape)?)?;
+    let y = xc.broadcast_mul(&scale)?.broadcast_add(&beta.reshape(shape)?)?;
+    Ok((y, mean.detach().flatten_all()?, var.detach().flatten_all()?))
+}
+
+/// Inference-mode batch norm from candle ops (any device and dtype); same contract as
+/// [`batch_norm_eval`].
+pub fn batch_norm_eval_composed(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    mean: &Tensor,
+    var: &Tensor,
+    eps: f64,
+) -> Result<Tensor> {
+    let (_, c, _, _) = x.dims4()?;
+    let shape = (1, c, 1, 1);
+    // Fold the statistics into one scale and shift: two passes over x.
+    let rm = mean.detach().to_dtype(x.dtype())?;
+    let rv = var.detach().to_dtype(x.dtype())?;
+    let scale = (gamma.to_dtype(x.dtype())? / (rv + eps)?.sqrt()?)?;
+    let shift = (beta.to_dtype(x.dtype())? - (rm * &scale)?)?;
+    x.broadcast_mul(&scale.reshape(shape)?)?.broadcast_add(&shift.reshape(shape)?)
+}
+
+/// Per-channel statistics of the last forward, read by its backward (and, for the batch
+/// statistics, by the caller to update the running statistics).
+#[derive(Default)]
+struct Saved {
+    mean: Vec<f64>,
+    /// Biased variance.
+    var: Vec<f64>,
+    inv_std: Vec<f64>,
+}
+
+struct BatchNormOp {
+    eps: f64,
+    /// `Some((mean, var))`: normalise with these fixed statistics (eval mode), whose gradient is
+    /// not wanted; `None`: with the batch statistics (training mode).
+    fixed: Option<(Vec<f64>, Vec<f64>)>,
+    saved: Arc<Mutex<Saved>>,
+}
+
+fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    let CpuStorage::F32(v) = s else {
+        bail!("batch norm: {what} must be f32, got {:?}", candle_core::backend::BackendStorage::dtype(s));
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&v[a..b]),
+        None => bail!("batch norm: {what} must be contiguous (layout {l:?})"),
+    }
+}
+
+/// Lanes of independent f32 accumulators: lets the compiler vectorise the sums (a single
+/// accumulator is a serial chain of dependent adds).
+const LANES: usize = 16;
+/// Elements summed in f32 before the partial sums move to f64: 16 terms per lane keeps the f32
+/// rounding below ~1e-6 relative, and the f64 totals keep planes of any size exact enough.
+const BLOCK: usize = 16 * LANES;
+
+/// Sums `(f(a, b), g(a, b))` over paired elements of `a` and `b`, in f32 blocks added in f64.
+#[inline(always)]
+fn pair_sums(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> (f32, f32)) -> [f64; 2] {
+    let (mut t1, mut t2) = (0f64, 0f64);
+    for (ab, bb) in a.chunks(BLOCK).zip(b.chunks(BLOCK)) {
+        let mut s1 = [0f32; LANES];
+        let mut s2 = [0f32; LANES];
+        let mut ac = ab.chunks_exact(LANES);
+        let mut bc = bb.chunks_exact(LANES);
+        for (x, y) in (&mut ac).zip(&mut bc) {
+            for l in 0..LANES {
+                let (u, v) = f(x[l], y[l]);
+                s1[l] += u;
+                s2[l] += v;
+            }
+        }
+        for (&x, &y) in ac.remainder().iter().zip(bc.remainder()) {
+            let (u, v) = f(x, y);
+            s1[0] += u;
+            s2[0] += v;
+        }
+        t1 += s1.iter().map(|&v| v as f64).sum::<f64>();
+        t2 += s2.iter().map(|&v| v as f64).sum::<f64>();
+    }
+    [t1, t2]
+}
+
+/// `(sum (a - s), sum (a - s)^2)` over one plane.
+fn shifted_moments(a: &[f32], s: f32) -> [f64; 2] {
+    pair_sums(a, a, |v, _| {
+        let d = v - s;
+        (d, d * d)
+    })
+}
+
+/// `(sum dy, sum dy * (x - m))` over one plane.
+fn grad_moments(dy: &[f32], x: &[f32], m: f32) -> [f64; 2] {
+    pair_sums(dy, x, |g, v| (g, g * (v - m)))
+}
+
+/// Per-plane pair sums reduced per channel in sample order (deterministic for any thread count).
+fn per_channel(n: usize, c: usize, hw: usize, f: impl Fn(usize) -> [f64; 2] + Sync + Send) -> Vec<[f64; 2]> {
+    let planes: Vec<[f64; 2]> = (0..n * c).into_par_iter().with_min_len(min_planes(hw)).map(f).collect();
+    let mut tot = vec![[0f64; 2]; c];
+    for (p, v) in planes.iter().enumerate() {
+        let t = &mut tot[p % c];
+        t[0] += v[0];
+        t[1] += v[1];
+    }
+    tot
+}
+
+/// Planes per rayon work item, so that small planes (late ResNet layers, 7x7) do not drown in
+/// scheduling overhead.
+fn min_planes(hw: usize) -> usize {
+    (4096 / hw.max(1)).max(1)
+}
+
+/// A new buffer of `len` values whose `hw`-sized planes `fill(plane_index, plane)` writes in
+/// parallel. `fill` must write every element of its plane. Not zero-initialised: below the
+/// `mmap` threshold the allocator hands back used memory, and zeroing it costs a full extra pass.
+fn planewise(len: usize, hw: usize, fill: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync + Send) -> Vec<f32> {
+    debug_assert!(hw > 0 && len.is_multiple_of(hw));
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    out.spare_capacity_mut()[..len]
+        .par_chunks_mut(hw)
+        .with_min_len(min_planes(hw))
+        .enumerate()
+        .for_each(|(p, plane)| fill(p, plane));
+    // SAFETY: the chunks cover `0..len` and every caller writes each element of its chunk.
+    unsafe { out.set_len(len) };
+    out
+}
+
+impl BatchNormOp {
+    fn forward(&self, x: &[f32], g: &[f32], b: &[f32], (n, c, hw): (usize, usize, usize)) -> Vec<f32> {
+        let (mean, var) = match &self.fixed {
+            Some((m, v)) => (m.clone(), v.clone()),
+            None => {
+                let cnt = (n * hw) as f64;
+                let shift: Vec<f32> = (0..c).map(|ci| x[ci * hw]).collect();
+                let tot = per_channel(n, c, hw, |p| shifted_moments(&x[p * hw..(p + 1) * hw], shift[p % c]));
+                let mut mean = Vec::with_capacity(c);
+                let mut var = Vec::with_capacity(c);
+                for (ci, t) in tot.iter().enumerate() {
+                    let d = t[0] / cnt;
+                    mean.push(shift[ci] as f64 + d);
+                    var.push((t[1] / cnt - d * d).max(0.0));
+                }
+                (mean, var)
+            }
+        };
+        let inv_std: Vec<f64> = var.iter().map(|&v| 1.0 / (v + self.eps).sqrt()).collect();
+        let mean32: Vec<f32> = mean.iter().map(|&m| m as f32).collect();
+        let scale: Vec<f32> = (0..c).map(|ci| (g[ci] as f64 * inv_std[ci]) as f32).collect();
+        // Centre first: `x * scale + shift` would lose the low bits of `x - mean` when
+        // |mean| >> std.
+        let y = planewise(x.len(), hw, |p, yp| {
+            let ci = p % c;
+            let (m, s, bb) = (mean32[ci], scale[ci], b[ci]);
+            for (o, &v) in yp.iter_mut().zip(&x[p * hw..(p + 1) * hw]) {
+                o.write((v - m) * s + bb);
+            }
+        });
+        *self.saved.lock().expect("batch norm state poisoned") = Saved { mean, var, inv_std };
+        y
+    }
+
+    /// `(dx, dgamma, dbeta)`, each only where `need` asks for it.
+    #[allow(clippy::type_complexity)]
+    fn backward(
+        &self,
+        x: &[f32],
+        g: &[f32],
+        dy: &[f32],
+        (n, c, hw): (usize, usize, usize),
+        need: [bool; 3],
+    ) -> (Option<Vec<f32>>, Option<Vec<f32>>, Option<Vec<f32>>) {
+        let saved = self.saved.lock().expect("batch norm state poisoned");
+        let mean32: Vec<f32> = saved.mean.iter().map(|&m| m as f32).collect();
+        let batch = self.fixed.is_none();
+        // The sums are needed for the affine gradients, and in training mode for dx too
+        // (the batch statistics depend on every x).
+        let sums = if need[1] || need[2] || (batch && need[0]) {
+            per_channel(n, c, hw, |p| {
+                let r = p * hw..(p + 1) * hw;
+                grad_moments(&dy[r.clone()], &x[r], mean32[p % c])
+            })
+        } else {
+            Vec::new()
+        };
+        let dgamma =
+            need[1].then(|| sums.iter().zip(&saved.inv_std).map(|(s, &is)| (s[1] * is) as f32).collect());
+        let dbeta = need[2].then(|| sums.iter().map(|s| s[0] as f32).collect());
+        let dx = need[0].then(|| {
+            // dx = gamma * inv_std * (dy - mean(dy) - x_hat * mean(dy * x_hat)) in training mode,
+            // gamma * inv_std * dy with fixed statistics; written as k1 * dy + k2 * (x - mean) + k3.
+            let cnt = (n * hw) as f64;
+            let coef: Vec<[f32; 3]> = (0..c)
+                .map(|ci| {
+                    let is = saved.inv_std[ci];
+                    let k1 = g[ci] as f64 * is;
+                    if batch {
+                        let [sdy, sdyxc] = sums[ci];
+                        [k1 as f32, (-k1 * is * is * sdyxc / cnt) as f32, (-k1 * sdy / cnt) as f32]
+                    } else {
+                        [k1 as f32, 0.0, 0.0]
+                    }
+                })
+                .collect();
+            planewise(x.len(), hw, |p, o| {
+                let ci = p % c;
+                let [k1, k2, k3] = coef[ci];
+                let m = mean32[ci];
+                let r = p * hw..(p + 1) * hw;
+                for ((o, &d), &v) in o.iter_mut().zip(&dy[r.clone()]).zip(&x[r]) {
+                    o.write(k1 * d + k2 * (v - m) + k3);
+                }
+            })
+        });
+        (dx, dgamma, dbeta)
+    }
+}
+
+impl CustomOp3 for BatchNormOp {
+    fn name(&self) -> &'static str {
+        "dfbench-batch-norm2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let &[n, c, h, w] = l1.dims() else {
+            bail!("batch norm: expected input [N, C, H, W], got {:?}", l1.dims());
+        };
+        let x = f32_slice(s1, l1, "input")?;
+        let g = f32_slice(s2, l2, "weight")?;
+        let b = f32_slice(s3, l3, "bias")?;
+        if g.len() != c || b.len() != c {
+            bail!("batch norm: weight {:?} and bias {:?} must have {c} elements", l2.dims(), l3.dims());
+        }
+        if let Some((m, v)) = &self.fixed
+            && (m.len() != c || v.len() != c)
+        {
+            bail!("batch norm: statistics have {} and {} elements, expected {c}", m.len(), v.len());
+        }
+        if n * c * h * w == 0 {
+            bail!("batch norm: empty input {:?}", l1.dims());
+        }
+        let y = self.forward(x, g, b, (n, c, h * w));
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let need = [x.track_op(), gamma.track_op(), beta.track_op()];
+        if need == [false; 3] {
+            return Ok((None, None, None));
+        }
+        let (n, c, h, w) = x.dims4()?;
+        let grad = grad.to_dtype(DType::F32)?.contiguous()?;
+        if grad.dims() != x.dims() {
+            bail!("batch norm backward: output gradient {:?} for input {:?}", grad.dims(), x.dims());
+        }
+        let (xs, xl) = x.storage_and_layout();
+        let (gs, gl) = gamma.storage_and_layout();
+        let (ds, dl) = grad.storage_and_layout();
+        let (Storage::Cpu(xs), Storage::Cpu(gs), Storage::Cpu(ds)) = (&*xs, &*gs, &*ds) else {
+            bail!("batch norm backward: operands must be on the CPU");
+        };
+        let xv = f32_slice(xs, xl, "input")?;
+        let gv = f32_slice(gs, gl, "weight")?;
+        let dy = f32_slice(ds, dl, "output gradient")?;
+        let (dx, dg, db) = self.backward(xv, gv, dy, (n, c, h * w), need);
+        let dx = dx.map(|v| Tensor::from_vec(v, x.shape(), &Device::Cpu)).transpose()?;
+        let dg = dg.map(|v| Tensor::from_vec(v, gamma.shape(), &Device::Cpu)).transpose()?;
+        let db = db.map(|v| Tensor::from_vec(v, beta.shape(), &Device::Cpu)).transpose()?;
+        Ok((dx, dg, db))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::Var;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    use super::*;
+
+    fn rand_vec(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        (0..n).map(|_| rng.random_range(lo..hi)).collect()
+    }
+
+    fn t(v: Vec<f32>, shape: &[usize]) -> Tensor {
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    fn vecf(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    }
+
+    /// Largest `|a - b| / (1 + |b|)`.
+    fn rel_err(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        a.iter().zip(b).map(|(x, y)| (x - y).abs() / (1.0 + y.abs())).fold(0.0, f32::max)
+    }
+
+    /// Training-mode batch norm in f64 with plain loops (two-pass statistics), and the weighted
+    /// loss `sum r * y` that the gradient tests differentiate.
+    fn brute_train(x: &[f64], g: &[f64], b: &[f64], dims: [usize; 4], eps: f64) -> Vec<f64> {
+        let [n, c, h, w] = dims;
+        let hw = h * w;
+        let mut y = vec![0.0; x.len()];
+        for ci in 0..c {
+            let idx: Vec<usize> =
+                (0..n).flat_map(|ni| (0..hw).map(move |i| (ni * c + ci) * hw + i)).collect();
+            let m = idx.iter().map(|&i| x[i]).sum::<f64>() / idx.len() as f64;
+            let v = idx.iter().map(|&i| (x[i] - m).powi(2)).sum::<f64>() / idx.len() as f64;
+            for &i in &idx {
+                y[i] = (x[i] - m) / (v + eps).sqrt() * g[ci] + b[ci];
+            }
+        }
+        y
+    }
+
+    fn loss(y: &[f64], r: &[f64]) -> f64 {
+        y.iter().zip(r).map(|(a, b)| a * b).sum()
+    }
+
+    struct Case {
+        x: Var,
+        g: Var,
+        b: Var,
+        r: Tensor,
+    }
+
+    fn case(dims: [usize; 4], seed: u64, offset: f32) -> Case {
+        let [_, c, _, _] = dims;
+        let len = dims.iter().product();
+        let x = rand_vec(len, seed, -2.0, 2.0).into_iter().map(|v| v + offset).collect();
+        Case {
+            x: Var::from_tensor(&t(x, &dims)).unwrap(),
+            g: Var::from_tensor(&t(rand_vec(c, seed + 1, 0.5, 1.5), &[c])).unwrap(),
+            b: Var::from_tensor(&t(rand_vec(c, seed + 2, -1.0, 1.0), &[c])).unwrap(),
+            r: t(rand_vec(len, seed + 3, -1.0, 1.0), &dims),
+        }
+    }
+
+    #[test]
+    fn train_forward_matches_composed_and_brute_force() -> Result<()> {
+        for (dims, offset) in [
+            ([3, 5, 7, 4], 0.0),
+            ([2, 3, 1, 1], 0.0),
+            ([4, 2, 9, 11], 50.0),
+            ([1, 1, 3, 5], 0.0),
+            ([2, 3, 40, 33], 3.0),
+        ] {
+            let k = case(dims, 7, offset);
+            let (y, m, v) = batch_norm_train(k.x.as_tensor(), k.g.as_tensor(), k.b.as_tensor(), 1e-5)?;
+            let (yc, mc, vc) =
+                batch_norm_train_composed(k.x.as_tensor(), k.g.as_tensor(), k.b.as_tensor(), 1e-5)?;
+            assert_eq!(y.dims(), &dims);
+            assert!(rel_err(&vecf(&y), &vecf(&yc)) < 1e-5, "{dims:?}");
+            assert!(rel_err(&vecf(&m), &vecf(&mc)) < 1e-5, "{dims:?}");
+            assert!(rel_err(&vecf(&v), &vecf(&vc)) < 1e-4, "{dims:?}");
+            let f64v = |t: &Tensor| vecf(t).iter().map(|&a| a as f64).collect::<Vec<_>>();
+            let want = brute_train(
+                &f64v(k.x.as_tensor()),
+                &f64v(k.g.as_tensor()),
+                &f64v(k.b.as_tensor()),
+                dims,
+                1e-5,
+            );
+            let want: Vec<f32> = want.iter().map(|&a| a as f32).collect();
+            assert!(rel_err(&vecf(&y), &want) < 1e-5, "{dims:?} vs f64 reference");
+            // Same bits on a second call (fixed reduction order).
+            let (y2, _, _) = batch_norm_train(k.x.as_tensor(), k.g.as_tensor(), k.b.as_tensor(), 1e-5)?;
+            assert_eq!(vecf(&y), vecf(&y2));
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn large_offset_keeps_variance_accurate() -> Result<()> {
+        // |mean| / std = 1e4: the naive E[x^2] - E[x]^2 in f32 would return garbage.
+        let dims = [4, 2, 8, 8];
+        let x: Vec<f32> = rand_vec(512, 3, -1.0, 1.0).into_iter().map(|v| 1e4 + v).collect();
+        let xf: Vec<f64> = x.iter().map(|&a| a as f64).collect();
+        let (y, _, v) = batch_norm_train(&t(x, &dims), &t(vec![1.0; 2], &[2]), &t(vec![0.0; 2], &[2]), 1e-5)?;
+        let want: Vec<f32> =
+            brute_train(&xf, &[1.0; 2], &[0.0; 2], dims, 1e-5).iter().map(|&a| a as f32).collect();
+        assert!(rel_err(&vecf(&y), &want) < 1e-3);
+        assert!(vecf(&v).iter().all(|&a| (a - 1.0 / 3.0).abs() < 0.05), "{:?}", vecf(&v));
+        Ok(())
+    }
+
+    #[test]
+    fn train_gradients_match_composed_autograd() -> Result<()> {
+        for dims in [[3, 5, 7, 4], [2, 3, 1, 2], [5, 2, 3, 3], [2, 2, 30, 21]] {
+            let k = case(dims, 11, 0.3);
+            let run = |fused: bool| -> Result<Vec<Vec<f32>>> {
+                let (y, _, _) = if fused {
+                    batch_norm_train(k.x.as_tensor(), k.g.as_tensor(), k.b.as_tensor(), 1e-5)?
+                } else {
+                    batch_norm_train_composed(k.x.as_tensor(), k.g.as_tensor(), k.b.as_tensor(), 1e-5)?
+                };
+                let grads = (y * &k.r)?.sum_all()?.backward()?;
+                Ok([&k.x, &k.g, &k.b].iter().map(|v| vecf(grads.get(v.as_tensor()).unwrap())).collect())
+            };
+            let (fused, composed) = (run(true)?, run(false)?);
+            for (i, (a, b)) in fused.iter().zip(&composed).enumerate() {
+                assert!(rel_err(a, b) < 1e-4, "{dims:?} operand {i}: {a:?} vs {b:?}");
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn train_gradients_match_finite_differences() -> Result<()> {
+        let dims = [2, 3, 2, 3];
+        let k = case(dims, 5, 0.7);
+        let (y, _, _) = batch_norm_train(k.x.as_tensor(), k.g.as_tensor(), k.b.as_tensor(), 1e-3)?;
+        let grads = (y * &k.r)?.sum_all()?.backward()?;
+        let f64v = |t: &Tensor| vecf(t).iter().map(|&a| a as f64).collect::<Vec<_>>();
+        let (x, g, b, r) = (f64v(k.x.as_tensor()), f64v(k.g.as_tensor()), f64v(k.b.as_tensor()), f64v(&k.r));
+        let f = |x: &[f64], g: &[f64], b: &[f64]| loss(&brute_train(x, g, b, dims, 1e-3), &r);
+        let h = 1e-6;
+        let numeric = |which: usize, len: usize| -> Vec<f32> {
+            (0..len)
+                .map(|i| {
+                    let mut p = [x.clone(), g.clone(), b.clone()];
+                    let mut m = p.clone();
+                    p[which][i] += h;
+                    m[which][i] -= h;
+                    ((f(&p[0], &p[1], &p[2]) - f(&m[0], &m[1], &m[2])) / (2.0 * h)) as f32
+                })
+                .collect()
+        };
+        for (which, v) in [&k.x, &k.g, &k.b].iter().enumerate() {
+            let got = vecf(grads.get(v.as_tensor()).unwrap());
+            let want = numeric(which, got.len());
+            assert!(rel_err(&got, &want) < 1e-4, "operand {which}: {got:?} vs {want:?}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn eval_mode_forward_and_gradients() -> Result<()> {
+        let dims = [3, 5, 7, 4];
+        let k = case(dims, 21, 1.0);
+        let rm = t(rand_vec(5, 30, -1.0, 1.0), &[5]);
+        let rv = t(rand_vec(5, 31, 0.2, 3.0), &[5]);
+        let fwd = |fused: bool| -> Result<Tensor> {
+            let (x, g, b) = (k.x.as_tensor(), k.g.as_tensor(), k.b.as_tensor());
+            if fused {
+                batch_norm_eval(x, g, b, &rm, &rv, 1e-5)
+            } else {
+                batch_norm_eval_composed(x, g, b, &rm, &rv, 1e-5)
+            }
+        };
+        let (y, yc) = (fwd(true)?, fwd(false)?);
+        assert!(rel_err(&vecf(&y), &vecf(&yc)) < 1e-5);
+        // Hand formula on one element: x[1, 2, 3, 1].
+        let i = ((5 + 2) * 7 + 3) * 4 + 1;
+        let (xv, gv, bv, m, v) =
+            (vecf(k.x.as_tensor()), vecf(k.g.as_tensor()), vecf(k.b.as_tensor()), vecf(&rm), vecf(&rv));
+        let want = (xv[i] - m[2]) / (v[2] + 1e-5).sqrt() * gv[2] + bv[2];
+        assert!((vecf(&y)[i] - want).abs() < 1e-5);
+        let grads = |y: Tensor| -> Result<Vec<Vec<f32>>> {
+            let gr = (y * &k.r)?.sum_all()?.backward()?;
+            Ok([&k.x, &k.g, &k.b].iter().map(|v| vecf(gr.get(v.as_tensor()).unwrap())).collect())
+        };
+        for (i, (a, b)) in grads(y)?.iter().zip(&grads(yc)?).enumerate() {
+            assert!(rel_err(a, b) < 1e-4, "operand {i}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn input_without_gradient_and_strided_input() -> Result<()> {
+        // A plain tensor input gets no gradient, the affine parameters still do.
+        let k = case([2, 3, 4, 5], 41, 0.0);
+        let x = k.x.as_tensor().detach();
+        let (y, _, _) = batch_norm_train(&x, k.g.as_tensor(), k.b.as_tensor(), 1e-5)?;
+        let gr = (y * &k.r)?.sum_all()?.backward()?;
+        assert!(gr.get(&x).is_none());
+        assert_eq!(vecf(gr.get(k.b.as_tensor()).unwrap()).len(), 3);
+        // A non-contiguous view (channels and height swapped back) gives the contiguous result.
+        let xt = x.transpose(1, 2)?.contiguous()?.transpose(1, 2)?;
+        assert!(!xt.is_contiguous());
+        let (yt, _, _) = batch_norm_train(&xt, k.g.as_tensor(), k.b.as_tensor(), 1e-5)?;
+        let (y0, _, _) = batch_norm_train(&x, k.g.as_tensor(), k.b.as_tensor(), 1e-5)?;
+        assert_eq!(vecf(&yt), vecf(&y0));
+        // Bad shapes are errors, not panics.
+        assert!(batch_norm_train(&x, &t(vec![1.0; 2], &[2]), k.b.as_tensor(), 1e-5).is_err());
+        assert!(
+            batch_norm_train(&t(vec![1.0; 3], &[1, 3, 1, 1]), k.g.as_tensor(), k.b.as_tensor(), 1e-5)
+                .is_err()
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn layer_running_stats_match_composed_update() -> Result<()> {
+        use crate::layers::BatchNorm2d;
+        use crate::model::Mode;
+        use crate::params::ParamStore;
+        let pb = ParamStore::new(&Device::Cpu).builder(0);
+        let bn = BatchNorm2d::new(&pb.pp("bn"), 5)?;
+        let x = case([3, 5, 7, 4], 51, 2.0).x.as_tensor().clone();
+        let (rm, rv) = (vecf(bn.running_mean.as_tensor()), vecf(bn.running_var.as_tensor()));
+        bn.forward(&x, Mode::TrainFrozenStats)?;
+        assert_eq!(
+            (vecf(bn.running_mean.as_tensor()), vecf(bn.running_var.as_tensor())),
+            (rm.clone(), rv.clone())
+        );
+        bn.forward(&x, Mode::Train)?;
+        // The update the composed layer made: momentum 0.1, unbiased variance.
+        let (_, m, v) = batch_norm_train_composed(&x, &bn.weight, &bn.bias, 1e-5)?;
+        let n = (3 * 7 * 4) as f32;
+        let want_m: Vec<f32> = rm.iter().zip(vecf(&m)).map(|(r, m)| 0.9 * r + 0.1 * m).collect();
+        let want_v: Vec<f32> =
+            rv.iter().zip(vecf(&v)).map(|(r, v)| 0.9 * r + 0.1 * v * n / (n - 1.0)).collect();
+        assert!(rel_err(&vecf(bn.running_mean.as_tensor()), &want_m) < 1e-6);
+        assert!(rel_err(&vecf(bn.running_var.as_tensor()), &want_v) < 1e-6);
+        Ok(())
+    }
+}
