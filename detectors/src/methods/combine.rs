@@ -984,8 +984,11 @@ mod tests {
             .collect()
     }
 
+    /// `g1`, `g2` and the head ranges to try on them.
+    type Case = (Vec<f32>, Vec<f32>, Vec<Option<Range<usize>>>);
+
     /// Odd lengths (below a lane group, below and across blocks) and heads at unaligned places.
-    fn cases(rng: &mut ChaCha8Rng) -> Vec<(Vec<f32>, Vec<f32>, Vec<Option<Range<usize>>>)> {
+    fn cases(rng: &mut ChaCha8Rng) -> Vec<Case> {
         let mut v = Vec::new();
         for &n in &[1usize, 3, 7, 9, 31, 1001, 2049, 4099, 10_007] {
             let mut heads: Vec<Option<Range<usize>>> = vec![None, Some(0..n), Some(n..n), Some(0..n / 2)];
