@@ -278,48 +278,290 @@ pub fn cgr_head(g1: &[f32], g2: &[f32], tau: f64, out: &mut [f32]) {
 // ---------------------------------------------------------------------------------------------
 // Fused passes for the two-stream step.
 //
-// The step used to read g1 and g2 about eight times (three trace dots, two `Pair` passes, the
-// combination, CGR, `||v||`). The functions below read them once (plus the residual pass that
-// `D` needs, methods.md 2.1) and write `v` once, with every accumulator summed in exactly the
-// order the multi-pass code used: the whole-vector dots keep `gradvec::dot`'s four lanes by
-// index mod 4 and its sequential tail, the head norms keep `dot`'s lanes relative to the head's
-// start, and the `Pair` sums stay single sequential chains. Results are therefore bit for bit
-// those of the old code (a test in this module checks it against a copy of that code), so runs
-// recorded before the fusion reproduce. The price: those chains cannot be vectorised or split
-// (each add waits for the previous one), which is what bounds this code at several times an
-// axpy; BENCHMARKS.md ("UVS + CGR") has the figures and what relaxing the order would buy.
+// The step reads g1 and g2 from memory once (every statistic, `D` included) and writes `v` once.
+// Every sum is accumulated lane-wise: a fixed `LANES` accumulators per quantity (element `j` of
+// a block goes to lane `j mod LANES`), combined in a fixed tree per block of `BLOCK` elements,
+// and the block totals added with Neumaier compensation. The lane count, the block boundaries
+// (counted from each segment's start) and every combination order are constants of the code, so
+// the results depend only on the inputs: not on the CPU, the instruction set the dispatcher picks
+// or the thread count. The instruction sets differ only in how many lanes one instruction handles
+// (`Simd`); no path uses FMA (Rust never contracts `a * b + c`, and no `mul_add` is called), so
+// each lane's sequence of IEEE operations is the same everywhere. A test compares the paths bit
+// for bit; another compares every statistic with a compensated sequential reference.
+//
+// `D = ||g2 - t (g1 - g2)||^2` with `t = B / A` (methods.md 2.1 asks for the residual form, not
+// `(g11 g22 - g12^2) / A`, which cancels) needs `t` before it can be summed. Instead of a second
+// pass over memory, each block computes its own `t_b` and re-reads itself from L1 for its
+// residual sum `RSS_b`; blocks are merged exactly with the least-squares identity
+// `RSS_{A+B} = RSS_A + RSS_B + (t_A - t_B)^2 S_A S_B / (S_A + S_B)` (S the sums of `d^2`), whose
+// terms are all non-negative: no cancellation.
 // ---------------------------------------------------------------------------------------------
 
-/// Four `gradvec::dot`-style lanes: element `i` (a global index) goes to lane `i & 3` while it
-/// lies before the last partial group of four; the rest is a sequential tail added after the
-/// lanes are combined.
-#[derive(Clone, Copy)]
-struct Lanes {
-    acc: [f64; 4],
+/// Accumulators per quantity. Eight f64 lanes are two AVX2 registers or one AVX-512 register;
+/// changing it changes results in the last bits (it is part of the summation order).
+const LANES: usize = 8;
+/// Elements per block: two f32 blocks (16 KiB) stay in L1 for `D`'s re-read, and the per-lane
+/// chains stay short (256 adds) before the compensated block sum takes over.
+const BLOCK: usize = 2048;
+
+/// Neumaier's compensated running sum, for block totals.
+#[derive(Clone, Copy, Default)]
+struct Comp {
+    s: f64,
+    c: f64,
 }
 
-impl Lanes {
-    const ZERO: Self = Self { acc: [0.0; 4] };
-    /// `dot`'s combination `(l0 + l1) + (l2 + l3)`, where local lane `j` of a slice starting at
-    /// global index `start` is global lane `(start + j) & 3`.
-    fn combine(&self, start: usize) -> f64 {
-        let l = |j: usize| self.acc[(start + j) & 3];
-        (l(0) + l(1)) + (l(2) + l(3))
+impl Comp {
+    #[inline(always)]
+    fn add(&mut self, v: f64) {
+        let t = self.s + v;
+        if self.s.abs() >= v.abs() {
+            self.c += (self.s - t) + v;
+        } else {
+            self.c += (v - t) + self.s;
+        }
+        self.s = t;
     }
+    #[inline(always)]
+    fn value(&self) -> f64 {
+        self.s + self.c
+    }
+}
+
+/// The fixed combination order of the lanes.
+#[inline(always)]
+fn tree(l: &[f64; LANES]) -> f64 {
+    ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]))
+}
+
+/// Eight f64 lanes, the unit every fused kernel computes with. Each backend applies the same
+/// IEEE operation to every lane (f32 -> f64 widening is exact; f64 -> f32 rounds to nearest
+/// even; add, sub and mul round once; no fused multiply-add), so a kernel written once against
+/// this trait gives the same bits on every backend.
+trait V8: Copy {
+    fn zero() -> Self;
+    fn splat(x: f64) -> Self;
+    fn load(p: &[f32; LANES]) -> Self;
+    fn store(self, p: &mut [f32; LANES]);
+    fn add(self, o: Self) -> Self;
+    fn sub(self, o: Self) -> Self;
+    fn mul(self, o: Self) -> Self;
+    fn lanes(self) -> [f64; LANES];
+}
+
+/// Plain arrays: what the build's baseline target makes of them.
+#[derive(Clone, Copy)]
+struct Portable([f64; LANES]);
+
+impl V8 for Portable {
+    #[inline(always)]
+    fn zero() -> Self {
+        Self([0.0; LANES])
+    }
+    #[inline(always)]
+    fn splat(x: f64) -> Self {
+        Self([x; LANES])
+    }
+    #[inline(always)]
+    fn load(p: &[f32; LANES]) -> Self {
+        Self(p.map(|x| x as f64))
+    }
+    #[inline(always)]
+    fn store(self, p: &mut [f32; LANES]) {
+        *p = self.0.map(|x| x as f32);
+    }
+    #[inline(always)]
+    fn add(self, o: Self) -> Self {
+        Self(std::array::from_fn(|l| self.0[l] + o.0[l]))
+    }
+    #[inline(always)]
+    fn sub(self, o: Self) -> Self {
+        Self(std::array::from_fn(|l| self.0[l] - o.0[l]))
+    }
+    #[inline(always)]
+    fn mul(self, o: Self) -> Self {
+        Self(std::array::from_fn(|l| self.0[l] * o.0[l]))
+    }
+    #[inline(always)]
+    fn lanes(self) -> [f64; LANES] {
+        self.0
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::{LANES, V8};
+
+    // SAFETY (every `unsafe` block below): these methods are only ever inlined into functions
+    // compiled with `#[target_feature(enable = "avx2")]` (`Avx2`) or `"avx512f"` (`Avx512`),
+    // which the dispatcher calls only after `is_x86_feature_detected!` confirmed the feature;
+    // the loads and stores go through `&[f32; 8]` / `&mut [f32; 8]`, so they are in bounds.
+
+    /// Two 256-bit registers.
+    #[derive(Clone, Copy)]
+    pub(super) struct Avx2(__m256d, __m256d);
+
+    impl V8 for Avx2 {
+        #[inline(always)]
+        fn zero() -> Self {
+            unsafe { Self(_mm256_setzero_pd(), _mm256_setzero_pd()) }
+        }
+        #[inline(always)]
+        fn splat(x: f64) -> Self {
+            unsafe { Self(_mm256_set1_pd(x), _mm256_set1_pd(x)) }
+        }
+        #[inline(always)]
+        fn load(p: &[f32; LANES]) -> Self {
+            unsafe {
+                let q = p.as_ptr();
+                Self(_mm256_cvtps_pd(_mm_loadu_ps(q)), _mm256_cvtps_pd(_mm_loadu_ps(q.add(4))))
+            }
+        }
+        #[inline(always)]
+        fn store(self, p: &mut [f32; LANES]) {
+            unsafe {
+                let q = p.as_mut_ptr();
+                _mm_storeu_ps(q, _mm256_cvtpd_ps(self.0));
+                _mm_storeu_ps(q.add(4), _mm256_cvtpd_ps(self.1));
+            }
+        }
+        #[inline(always)]
+        fn add(self, o: Self) -> Self {
+            unsafe { Self(_mm256_add_pd(self.0, o.0), _mm256_add_pd(self.1, o.1)) }
+        }
+        #[inline(always)]
+        fn sub(self, o: Self) -> Self {
+            unsafe { Self(_mm256_sub_pd(self.0, o.0), _mm256_sub_pd(self.1, o.1)) }
+        }
+        #[inline(always)]
+        fn mul(self, o: Self) -> Self {
+            unsafe { Self(_mm256_mul_pd(self.0, o.0), _mm256_mul_pd(self.1, o.1)) }
+        }
+        #[inline(always)]
+        fn lanes(self) -> [f64; LANES] {
+            let mut r = [0f64; LANES];
+            unsafe {
+                _mm256_storeu_pd(r.as_mut_ptr(), self.0);
+                _mm256_storeu_pd(r.as_mut_ptr().add(4), self.1);
+            }
+            r
+        }
+    }
+
+    /// One 512-bit register.
+    #[derive(Clone, Copy)]
+    pub(super) struct Avx512(__m512d);
+
+    impl V8 for Avx512 {
+        #[inline(always)]
+        fn zero() -> Self {
+            unsafe { Self(_mm512_setzero_pd()) }
+        }
+        #[inline(always)]
+        fn splat(x: f64) -> Self {
+            unsafe { Self(_mm512_set1_pd(x)) }
+        }
+        #[inline(always)]
+        fn load(p: &[f32; LANES]) -> Self {
+            unsafe { Self(_mm512_cvtps_pd(_mm256_loadu_ps(p.as_ptr()))) }
+        }
+        #[inline(always)]
+        fn store(self, p: &mut [f32; LANES]) {
+            unsafe { _mm256_storeu_ps(p.as_mut_ptr(), _mm512_cvtpd_ps(self.0)) }
+        }
+        #[inline(always)]
+        fn add(self, o: Self) -> Self {
+            unsafe { Self(_mm512_add_pd(self.0, o.0)) }
+        }
+        #[inline(always)]
+        fn sub(self, o: Self) -> Self {
+            unsafe { Self(_mm512_sub_pd(self.0, o.0)) }
+        }
+        #[inline(always)]
+        fn mul(self, o: Self) -> Self {
+            unsafe { Self(_mm512_mul_pd(self.0, o.0)) }
+        }
+        #[inline(always)]
+        fn lanes(self) -> [f64; LANES] {
+            let mut r = [0f64; LANES];
+            unsafe { _mm512_storeu_pd(r.as_mut_ptr(), self.0) };
+            r
+        }
+    }
+}
+
+/// The last `< LANES` elements of a block, zero-padded to a full lane group. Zeros add `+0` to
+/// every lane sum (lanes start at `+0` and never become `-0`), so padding changes no bits.
+#[inline(always)]
+fn padded(r: &[f32]) -> [f32; LANES] {
+    let mut p = [0f32; LANES];
+    p[..r.len()].copy_from_slice(r);
+    p
+}
+
+/// `[sum x^2, sum x y, sum y^2]` over one block.
+#[inline(always)]
+fn block3<V: V8>(x: &[f32], y: &[f32]) -> [f64; 3] {
+    let (mut s11, mut s12, mut s22) = (V::zero(), V::zero(), V::zero());
+    let (x8, xr) = x.as_chunks::<LANES>();
+    let (y8, yr) = y.as_chunks::<LANES>();
+    let mut step = |x8: &[f32; LANES], y8: &[f32; LANES]| {
+        let (a, b) = (V::load(x8), V::load(y8));
+        s11 = s11.add(a.mul(a));
+        s12 = s12.add(a.mul(b));
+        s22 = s22.add(b.mul(b));
+    };
+    for (x8, y8) in x8.iter().zip(y8) {
+        step(x8, y8);
+    }
+    if !xr.is_empty() {
+        step(&padded(xr), &padded(yr));
+    }
+    [tree(&s11.lanes()), tree(&s12.lanes()), tree(&s22.lanes())]
+}
+
+/// UVS's sums over one block, `[g11, g12, g22, A, B]` with `d = x - y`, `A = sum d^2`,
+/// `B = sum y d`, and the block's own residual sum `sum (y - t_b d)^2`, `t_b = B / A`.
+#[inline(always)]
+fn block_pair<V: V8>(x: &[f32], y: &[f32]) -> ([f64; 5], f64) {
+    let mut acc = [V::zero(); 5];
+    let (x8, xr) = x.as_chunks::<LANES>();
+    let (y8, yr) = y.as_chunks::<LANES>();
+    let (xp, yp) = (padded(xr), padded(yr));
+    let tail = (!xr.is_empty()).then_some((&xp, &yp));
+    for (x8, y8) in x8.iter().zip(y8).chain(tail) {
+        let (a, b) = (V::load(x8), V::load(y8));
+        let d = a.sub(b);
+        acc[0] = acc[0].add(a.mul(a));
+        acc[1] = acc[1].add(a.mul(b));
+        acc[2] = acc[2].add(b.mul(b));
+        acc[3] = acc[3].add(d.mul(d));
+        acc[4] = acc[4].add(b.mul(d));
+    }
+    let s = acc.map(|v| tree(&v.lanes()));
+    let t = V::splat(if s[3] > 0.0 { s[4] / s[3] } else { 0.0 });
+    let mut r = V::zero();
+    for (x8, y8) in x8.iter().zip(y8).chain(tail) {
+        let (a, b) = (V::load(x8), V::load(y8));
+        let q = b.sub(t.mul(a.sub(b)));
+        r = r.add(q.mul(q));
+    }
+    (s, tree(&r.lanes()))
 }
 
 /// Everything CS-DFD's step (and CAGrad's, PCGrad's) reads from the two stream gradients.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TwoStats {
-    /// `||g1||^2`, `g1 . g2`, `||g2||^2` over the whole vector (bits of `gradvec::dot`).
+    /// `||g1||^2`, `g1 . g2`, `||g2||^2` over the whole vector (outside-head sums plus head sums).
     pub n11: f64,
     pub n12: f64,
     pub n22: f64,
-    /// `||g1_h||^2`, `||g2_h||^2` over the head range (bits of `gradvec::dot` on the head's
-    /// slices); zero without a head.
+    /// `||g1_h||^2`, `||g2_h||^2` over the head range; zero without a head.
     pub head11: f64,
     pub head22: f64,
-    /// UVS's statistics outside the head (bits of `Pair::from_vectors`), when asked for.
+    /// UVS's statistics outside the head, when asked for.
     pub pair: Option<Pair>,
 }
 
@@ -330,149 +572,142 @@ fn head_or_empty(n: usize, head: Option<&Range<usize>>) -> Range<usize> {
     h
 }
 
-/// The aligned body of `s..e`: `[b0, b1)` with `b0 = s` rounded up to 4 and `b1 <= cap`
-/// rounded down to 4, so that every element in it gets the same treatment lane by lane.
-fn body(s: usize, e: usize, cap: usize) -> (usize, usize) {
-    let b0 = s.next_multiple_of(4).min(e);
-    let b1 = (cap.min(e) & !3).max(b0);
-    (b0, b1)
+/// The instruction set the fused passes run on. Every variant runs the same code with the same
+/// lane count, combination order and no FMA, so all give the same bits; they differ in speed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Simd {
+    /// Whatever the build targets (baseline x86-64: SSE2).
+    Portable,
+    /// x86-64 with AVX2 (four f64 per instruction).
+    Avx2,
+    /// x86-64 with AVX-512F (eight f64 per instruction).
+    Avx512,
 }
 
-struct Pass1 {
-    n4: usize,
-    h4: usize,
-    w11: Lanes,
-    w12: Lanes,
-    w22: Lanes,
-    h11: Lanes,
-    h22: Lanes,
-    /// `Pair`'s sequential sums: g11, g12, g22, A, g2 . (g1 - g2).
-    s: [f64; 5],
-}
-
-impl Pass1 {
-    #[inline(always)]
-    fn elem<const HEAD: bool, const PAIR: bool>(&mut self, i: usize, x: f32, y: f32) {
-        let (x, y) = (x as f64, y as f64);
-        let (p11, p12, p22) = (x * x, x * y, y * y);
-        let l = i & 3;
-        if i < self.n4 {
-            self.w11.acc[l] += p11;
-            self.w12.acc[l] += p12;
-            self.w22.acc[l] += p22;
-        }
-        if HEAD {
-            if i < self.h4 {
-                self.h11.acc[l] += p11;
-                self.h22.acc[l] += p22;
+impl Simd {
+    /// The widest variant this CPU supports (what the public passes use).
+    pub fn best() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                return Simd::Avx512;
             }
-        } else if PAIR {
-            self.s[0] += p11;
-            self.s[1] += p12;
-            self.s[2] += p22;
-            let di = x - y;
-            self.s[3] += di * di;
-            self.s[4] += y * di;
+            if std::arch::is_x86_feature_detected!("avx2") {
+                return Simd::Avx2;
+            }
+        }
+        Simd::Portable
+    }
+
+    /// Every variant this CPU supports, `Portable` first.
+    pub fn available() -> Vec<Self> {
+        [Simd::Portable, Simd::Avx2, Simd::Avx512].into_iter().filter(|s| s.supported()).collect()
+    }
+
+    fn supported(self) -> bool {
+        match self {
+            Simd::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx2 => std::arch::is_x86_feature_detected!("avx2"),
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
         }
     }
 
-    /// One segment that lies either wholly inside the head (`HEAD`) or wholly outside it.
-    fn run<const HEAD: bool, const PAIR: bool>(&mut self, g1: &[f32], g2: &[f32], r: Range<usize>) {
-        let cap = if HEAD { self.n4.min(self.h4) } else { self.n4 };
-        let (b0, b1) = body(r.start, r.end, cap);
-        for i in r.start..b0 {
-            self.elem::<HEAD, PAIR>(i, g1[i], g2[i]);
+    fn check(self) {
+        assert!(self.supported(), "{self:?} is not supported by this CPU");
+    }
+}
+
+#[inline(always)]
+fn stats_body<V: V8>(g1: &[f32], g2: &[f32], h: Range<usize>, with_pair: bool) -> TwoStats {
+    let n = g1.len();
+    let mut head = [Comp::default(); 3];
+    for (x, y) in g1[h.clone()].chunks(BLOCK).zip(g2[h.clone()].chunks(BLOCK)) {
+        let b = block3::<V>(x, y);
+        for k in 0..3 {
+            head[k].add(b[k]);
         }
-        // Locals so that the accumulators live in registers across the hot loop.
-        let (mut w11, mut w12, mut w22, mut h11, mut h22, mut s) =
-            (self.w11.acc, self.w12.acc, self.w22.acc, self.h11.acc, self.h22.acc, self.s);
-        for (x4, y4) in g1[b0..b1].chunks_exact(4).zip(g2[b0..b1].chunks_exact(4)) {
-            for l in 0..4 {
-                let (x, y) = (x4[l] as f64, y4[l] as f64);
-                let (p11, p12, p22) = (x * x, x * y, y * y);
-                w11[l] += p11;
-                w12[l] += p12;
-                w22[l] += p22;
-                if HEAD {
-                    h11[l] += p11;
-                    h22[l] += p22;
-                } else if PAIR {
-                    s[0] += p11;
-                    s[1] += p12;
-                    s[2] += p22;
-                    let di = x - y;
-                    s[3] += di * di;
-                    s[4] += y * di;
+    }
+    // g11, g12, g22, A, B outside the head, and the merged residual sum.
+    let mut out = [Comp::default(); 5];
+    let mut rss = Comp::default();
+    for seg in [0..h.start, h.end..n] {
+        for (x, y) in g1[seg.clone()].chunks(BLOCK).zip(g2[seg].chunks(BLOCK)) {
+            if with_pair {
+                let (b, rb) = block_pair::<V>(x, y);
+                let (sa, sb) = (out[3].value(), b[3]);
+                rss.add(rb);
+                if sa > 0.0 && sb > 0.0 {
+                    let dt = out[4].value() / sa - b[4] / sb;
+                    rss.add(dt * dt * (sa * sb / (sa + sb)));
+                }
+                for k in 0..5 {
+                    out[k].add(b[k]);
+                }
+            } else {
+                let b = block3::<V>(x, y);
+                for k in 0..3 {
+                    out[k].add(b[k]);
                 }
             }
         }
-        (self.w11.acc, self.w12.acc, self.w22.acc, self.h11.acc, self.h22.acc, self.s) =
-            (w11, w12, w22, h11, h22, s);
-        for i in b1..r.end {
-            self.elem::<HEAD, PAIR>(i, g1[i], g2[i]);
-        }
     }
+    let v = |c: &Comp| c.value();
+    let pair = with_pair.then(|| {
+        let a = v(&out[3]);
+        Pair { g11: v(&out[0]), g12: v(&out[1]), g22: v(&out[2]), a, d: if a > 0.0 { v(&rss) } else { 0.0 } }
+    });
+    TwoStats {
+        n11: v(&out[0]) + v(&head[0]),
+        n12: v(&out[1]) + v(&head[1]),
+        n22: v(&out[2]) + v(&head[2]),
+        head11: v(&head[0]),
+        head22: v(&head[2]),
+        pair,
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn stats_avx2(g1: &[f32], g2: &[f32], h: Range<usize>, with_pair: bool) -> TwoStats {
+    stats_body::<x86::Avx2>(g1, g2, h, with_pair)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn stats_avx512(g1: &[f32], g2: &[f32], h: Range<usize>, with_pair: bool) -> TwoStats {
+    stats_body::<x86::Avx512>(g1, g2, h, with_pair)
 }
 
 /// One read pass over `g1, g2` for the trace's norms and cosine, CGR's head norms and (with
-/// `with_pair`) UVS's statistics outside `head`; then, when UVS needs it, the residual pass for
-/// `D` over the indices outside the head (methods.md 2.1 asks for `D` from the residual vector,
-/// which needs `B/A` from the first pass).
+/// `with_pair`) UVS's statistics outside `head`, `D` included, on the widest instruction set
+/// available (same bits on every one).
 pub fn two_stream_stats(g1: &[f32], g2: &[f32], head: Option<&Range<usize>>, with_pair: bool) -> TwoStats {
-    assert_eq!(g1.len(), g2.len(), "two-stream statistics of gradients of different lengths");
-    let n = g1.len();
-    let h = head_or_empty(n, head);
-    let mut p = Pass1 {
-        n4: n & !3,
-        h4: h.start + (h.len() & !3),
-        w11: Lanes::ZERO,
-        w12: Lanes::ZERO,
-        w22: Lanes::ZERO,
-        h11: Lanes::ZERO,
-        h22: Lanes::ZERO,
-        s: [0.0; 5],
-    };
-    if with_pair {
-        p.run::<false, true>(g1, g2, 0..h.start);
-        p.run::<true, true>(g1, g2, h.clone());
-        p.run::<false, true>(g1, g2, h.end..n);
-    } else {
-        p.run::<false, false>(g1, g2, 0..h.start);
-        p.run::<true, false>(g1, g2, h.clone());
-        p.run::<false, false>(g1, g2, h.end..n);
-    }
-    let (mut n11, mut n12, mut n22) = (p.w11.combine(0), p.w12.combine(0), p.w22.combine(0));
-    for i in p.n4..n {
-        let (x, y) = (g1[i] as f64, g2[i] as f64);
-        n11 += x * x;
-        n12 += x * y;
-        n22 += y * y;
-    }
-    let (mut head11, mut head22) = (p.h11.combine(h.start), p.h22.combine(h.start));
-    for i in p.h4..h.end {
-        let (x, y) = (g1[i] as f64, g2[i] as f64);
-        head11 += x * x;
-        head22 += y * y;
-    }
-    let pair = with_pair.then(|| {
-        let [g11, g12, g22, a, bdot] = p.s;
-        let d = if a > 0.0 { residual_d(g1, g2, &h, bdot / a) } else { 0.0 };
-        Pair { g11, g12, g22, a, d }
-    });
-    TwoStats { n11, n12, n22, head11, head22, pair }
+    two_stream_stats_on(Simd::best(), g1, g2, head, with_pair)
 }
 
-/// `D = sum (g2 - t (g1 - g2))^2` over the indices outside `h`, one sequential sum.
-fn residual_d(g1: &[f32], g2: &[f32], h: &Range<usize>, t: f64) -> f64 {
-    let mut d = 0f64;
-    for r in [0..h.start, h.end..g1.len()] {
-        for (&x, &y) in g1[r.clone()].iter().zip(&g2[r]) {
-            let (x, y) = (x as f64, y as f64);
-            let r = y - t * (x - y);
-            d += r * r;
-        }
+/// [`two_stream_stats`] on a given instruction set (panics when the CPU lacks it).
+pub fn two_stream_stats_on(
+    simd: Simd,
+    g1: &[f32],
+    g2: &[f32],
+    head: Option<&Range<usize>>,
+    with_pair: bool,
+) -> TwoStats {
+    assert_eq!(g1.len(), g2.len(), "two-stream statistics of gradients of different lengths");
+    let h = head_or_empty(g1.len(), head);
+    simd.check();
+    match simd {
+        // SAFETY (both arms): `check` has verified that the CPU supports the feature.
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx2 => unsafe { stats_avx2(g1, g2, h, with_pair) },
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx512 => unsafe { stats_avx512(g1, g2, h, with_pair) },
+        _ => stats_body::<Portable>(g1, g2, h, with_pair),
     }
-    d
 }
 
 /// How the head's slice of the update is formed.
@@ -484,76 +719,148 @@ pub enum HeadRule {
     Cgr { tau: f64 },
 }
 
-struct Pass2 {
-    n4: usize,
-    lanes: [f64; 4],
+/// The per-element map of one segment of the write pass, on eight lanes at a time.
+trait ElemRule: Copy {
+    fn apply<V: V8>(self, x: V, y: V) -> V;
 }
 
-impl Pass2 {
-    /// Writes `out[i] = f(g1[i], g2[i])` over `r` and adds `out[i]^2` to the lanes of `||out||`
-    /// (in index order, as `dot(out, out)` would after the fact).
+/// `a1 x + a2 y`.
+#[derive(Clone, Copy)]
+struct Lin(f64, f64);
+impl ElemRule for Lin {
     #[inline(always)]
-    fn run(&mut self, out: &mut [f32], g1: &[f32], g2: &[f32], r: Range<usize>, f: impl Fn(f64, f64) -> f32) {
-        let (b0, b1) = body(r.start, r.end, self.n4);
-        let n4 = self.n4;
-        let mut lanes = self.lanes;
-        let edge = |i: usize, out: &mut [f32], lanes: &mut [f64; 4]| {
-            let v = f(g1[i] as f64, g2[i] as f64);
-            out[i] = v;
-            if i < n4 {
-                lanes[i & 3] += v as f64 * v as f64;
-            }
-        };
-        for i in r.start..b0 {
-            edge(i, out, &mut lanes);
-        }
-        let chunks =
-            out[b0..b1].chunks_exact_mut(4).zip(g1[b0..b1].chunks_exact(4)).zip(g2[b0..b1].chunks_exact(4));
-        for ((o4, x4), y4) in chunks {
-            for l in 0..4 {
-                let v = f(x4[l] as f64, y4[l] as f64);
-                o4[l] = v;
-                lanes[l] += v as f64 * v as f64;
-            }
-        }
-        for i in b1..r.end {
-            edge(i, out, &mut lanes);
-        }
-        self.lanes = lanes;
+    fn apply<V: V8>(self, x: V, y: V) -> V {
+        V::splat(self.0).mul(x).add(V::splat(self.1).mul(y))
     }
 }
 
+/// CGR's `x + y - gamma x y (x + y)`, in [`cgr_head`]'s order of operations.
+#[derive(Clone, Copy)]
+struct Cgr(f64);
+impl ElemRule for Cgr {
+    #[inline(always)]
+    fn apply<V: V8>(self, x: V, y: V) -> V {
+        let s = x.add(y);
+        s.sub(V::splat(self.0).mul(x).mul(y).mul(s))
+    }
+}
+
+/// Writes `out[i] = rule(g1[i], g2[i])` (rounded to f32) over one segment and adds
+/// `sum out[i]^2` of the rounded values to `acc`, lane-wise per block like the read pass.
+#[inline(always)]
+fn write_seg<V: V8, R: ElemRule>(out: &mut [f32], g1: &[f32], g2: &[f32], rule: R, acc: &mut Comp) {
+    for ((o, x), y) in out.chunks_mut(BLOCK).zip(g1.chunks(BLOCK)).zip(g2.chunks(BLOCK)) {
+        let mut sq = V::zero();
+        let (o8, or) = o.as_chunks_mut::<LANES>();
+        let (x8, xr) = x.as_chunks::<LANES>();
+        let (y8, yr) = y.as_chunks::<LANES>();
+        for ((o8, x8), y8) in o8.iter_mut().zip(x8).zip(y8) {
+            rule.apply(V::load(x8), V::load(y8)).store(o8);
+            let v = V::load(o8);
+            sq = sq.add(v.mul(v));
+        }
+        if !or.is_empty() {
+            let mut p = [0f32; LANES];
+            rule.apply(V::load(&padded(xr)), V::load(&padded(yr))).store(&mut p);
+            // Padded lanes hold rule(0, 0) = 0; only the real ones are written and squared.
+            p[or.len()..].fill(0.0);
+            or.copy_from_slice(&p[..or.len()]);
+            let v = V::load(&p);
+            sq = sq.add(v.mul(v));
+        }
+        acc.add(tree(&sq.lanes()));
+    }
+}
+
+#[inline(always)]
+fn write_body<V: V8>(
+    out: &mut [f32],
+    g1: &[f32],
+    g2: &[f32],
+    lin: (f64, f64),
+    h: Range<usize>,
+    gamma: Option<f64>,
+) -> f64 {
+    let n = g1.len();
+    let mut acc = Comp::default();
+    let lin = Lin(lin.0, lin.1);
+    write_seg::<V, _>(&mut out[..h.start], &g1[..h.start], &g2[..h.start], lin, &mut acc);
+    let (oh, xh, yh) = (&mut out[h.clone()], &g1[h.clone()], &g2[h.clone()]);
+    match gamma {
+        // `1 x + 1 y` is `x + y` exactly: the Sum rule is the linear one with unit weights.
+        None => write_seg::<V, _>(oh, xh, yh, Lin(1.0, 1.0), &mut acc),
+        Some(g) => write_seg::<V, _>(oh, xh, yh, Cgr(g), &mut acc),
+    }
+    write_seg::<V, _>(&mut out[h.end..], &g1[h.end..n], &g2[h.end..n], lin, &mut acc);
+    acc.value()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn write_avx2(
+    out: &mut [f32],
+    g1: &[f32],
+    g2: &[f32],
+    lin: (f64, f64),
+    h: Range<usize>,
+    gamma: Option<f64>,
+) -> f64 {
+    write_body::<x86::Avx2>(out, g1, g2, lin, h, gamma)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn write_avx512(
+    out: &mut [f32],
+    g1: &[f32],
+    g2: &[f32],
+    lin: (f64, f64),
+    h: Range<usize>,
+    gamma: Option<f64>,
+) -> f64 {
+    write_body::<x86::Avx512>(out, g1, g2, lin, h, gamma)
+}
+
 /// One write pass: `out = a1 g1 + a2 g2` outside `head`, the head's slice by `rule`, and
-/// `||out||^2` accumulated on the fly (bits of `gradvec::dot(out, out)`). `stats` supplies the
-/// head norms CGR needs.
+/// `||out||^2` accumulated on the fly (lane-wise, as the read pass). `stats` supplies the head
+/// norms CGR needs.
 pub fn write_two(
     out: &mut [f32],
     g1: &[f32],
     g2: &[f32],
-    (a1, a2): (f64, f64),
+    coef: (f64, f64),
+    head: Option<(&Range<usize>, HeadRule)>,
+    stats: &TwoStats,
+) -> f64 {
+    write_two_on(Simd::best(), out, g1, g2, coef, head, stats)
+}
+
+/// [`write_two`] on a given instruction set (panics when the CPU lacks it).
+pub fn write_two_on(
+    simd: Simd,
+    out: &mut [f32],
+    g1: &[f32],
+    g2: &[f32],
+    coef: (f64, f64),
     head: Option<(&Range<usize>, HeadRule)>,
     stats: &TwoStats,
 ) -> f64 {
     let n = g1.len();
     assert!(g2.len() == n && out.len() == n, "combination of vectors of different lengths");
     let h = head_or_empty(n, head.map(|(r, _)| r));
-    let rule = head.map_or(HeadRule::Sum, |(_, r)| r);
-    let mut p = Pass2 { n4: n & !3, lanes: [0.0; 4] };
-    let lin = move |x: f64, y: f64| (a1 * x + a2 * y) as f32;
-    p.run(out, g1, g2, 0..h.start, lin);
-    match rule {
-        HeadRule::Sum => p.run(out, g1, g2, h.clone(), |x, y| (1.0 * x + 1.0 * y) as f32),
-        HeadRule::Cgr { tau } => {
-            let gamma = tau / (stats.head11.sqrt().max(1e-8) * stats.head22.sqrt().max(1e-8));
-            p.run(out, g1, g2, h.clone(), move |a, b| (a + b - gamma * a * b * (a + b)) as f32)
-        }
+    let gamma = match head.map_or(HeadRule::Sum, |(_, r)| r) {
+        HeadRule::Sum => None,
+        HeadRule::Cgr { tau } => Some(tau / (stats.head11.sqrt().max(1e-8) * stats.head22.sqrt().max(1e-8))),
+    };
+    simd.check();
+    match simd {
+        // SAFETY (both arms): `check` has verified that the CPU supports the feature.
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx2 => unsafe { write_avx2(out, g1, g2, coef, h, gamma) },
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx512 => unsafe { write_avx512(out, g1, g2, coef, h, gamma) },
+        _ => write_body::<Portable>(out, g1, g2, coef, h, gamma),
     }
-    p.run(out, g1, g2, h.end..n, lin);
-    let mut s = Lanes { acc: p.lanes }.combine(0);
-    for &v in &out[p.n4..] {
-        s += v as f64 * v as f64;
-    }
-    s
 }
 
 /// What a two-stream step reports besides the update direction.
@@ -570,7 +877,7 @@ pub struct TwoStepNumbers {
 /// CS-DFD's flat-vector work for one step (methods.md 2.1-2.2), as `TwoStream::step` runs it:
 /// with `uvs_c = Some(c)`, UVS with that `c` on every index outside `head`, else `g1 + g2`
 /// there; `head_rule` on the head. Writes the direction into `out` and returns the trace's
-/// numbers. Two reads of `g1, g2` (three with UVS) and one write of `out`.
+/// numbers. One read of `g1, g2` and one write of `out`.
 pub fn cs_dfd_direction(
     g1: &[f32],
     g2: &[f32],
@@ -579,7 +886,20 @@ pub fn cs_dfd_direction(
     head_rule: HeadRule,
     out: &mut [f32],
 ) -> TwoStepNumbers {
-    let stats = two_stream_stats(g1, g2, head, uvs_c.is_some());
+    cs_dfd_direction_on(Simd::best(), g1, g2, head, uvs_c, head_rule, out)
+}
+
+/// [`cs_dfd_direction`] on a given instruction set (panics when the CPU lacks it).
+pub fn cs_dfd_direction_on(
+    simd: Simd,
+    g1: &[f32],
+    g2: &[f32],
+    head: Option<&Range<usize>>,
+    uvs_c: Option<f64>,
+    head_rule: HeadRule,
+    out: &mut [f32],
+) -> TwoStepNumbers {
+    let stats = two_stream_stats_on(simd, g1, g2, head, uvs_c.is_some());
     let (coef, mu) = match (uvs_c, &stats.pair) {
         (Some(c), Some(pair)) => {
             let sol = uvs_two_fixed(pair, c);
@@ -587,7 +907,7 @@ pub fn cs_dfd_direction(
         }
         _ => ((1.0, 1.0), None),
     };
-    let norm_update = write_two(out, g1, g2, coef, head.map(|h| (h, head_rule)), &stats).sqrt();
+    let norm_update = write_two_on(simd, out, g1, g2, coef, head.map(|h| (h, head_rule)), &stats).sqrt();
     trace_numbers(&stats, norm_update, mu)
 }
 
@@ -610,60 +930,51 @@ mod tests {
 
     use super::*;
 
-    /// The step's flat-vector code as it was before the fusion (several passes), kept verbatim
-    /// in substance as the reference the fused code must match bit for bit.
-    fn old_step(
-        g1: &[f32],
-        g2: &[f32],
-        head: Option<&Range<usize>>,
-        uvs_c: Option<f64>,
-        cgr_tau: Option<f64>,
-    ) -> (Vec<f32>, TwoStepNumbers, Option<Pair>) {
-        fn lin2_outside(
-            out: &mut [f32],
-            a1: f64,
-            g1: &[f32],
-            a2: f64,
-            g2: &[f32],
-            skip: Option<&Range<usize>>,
-        ) {
-            let n = out.len();
-            let segs = match skip {
-                None => [0..n, n..n],
-                Some(r) => [0..r.start, r.end..n],
-            };
-            for s in segs {
-                for i in s {
-                    out[i] = (a1 * g1[i] as f64 + a2 * g2[i] as f64) as f32;
-                }
-            }
+    /// Sequential Neumaier sum of `terms`, each formed in f64: the independent reference.
+    fn kahan(terms: impl Iterator<Item = f64>) -> (f64, f64) {
+        let (mut c, mut abs) = (Comp::default(), 0f64);
+        for t in terms {
+            c.add(t);
+            abs += t.abs();
         }
-        let n1 = dot(g1, g1).sqrt();
-        let n2 = dot(g2, g2).sqrt();
-        let cos = dot(g1, g2) / (n1.max(1e-12) * n2.max(1e-12));
-        let mut v = vec![0f32; g1.len()];
-        let (mut mu, mut pair) = (None, None);
-        let (a1, a2) = match uvs_c {
-            Some(c) => {
-                let p = Pair::from_vectors(g1, g2, head);
-                let sol = uvs_two(&p, c);
-                (mu, pair) = (Some([sol.mu[0], sol.mu[1]]), Some(p));
-                (sol.coef[0], sol.coef[1])
-            }
-            None => (1.0, 1.0),
-        };
-        lin2_outside(&mut v, a1, g1, a2, g2, head);
-        if let Some(h) = head {
-            match cgr_tau {
-                Some(tau) => cgr_head(&g1[h.clone()], &g2[h.clone()], tau, &mut v[h.clone()]),
-                None => lin2_outside(&mut v[h.clone()], 1.0, &g1[h.clone()], 1.0, &g2[h.clone()], None),
-            }
-        }
-        let norm_update = dot(&v, &v).sqrt();
-        (v, TwoStepNumbers { norm_g1: n1, norm_g2: n2, cos_g1_g2: cos, norm_update, mu }, pair)
+        (c.value(), abs)
     }
 
-    /// Values spread over many binades, so that any change of summation order shows in the bits.
+    /// Reference statistics by brute force: one compensated sequential sum per quantity over
+    /// the indices outside (or inside) the head, `D` from the residual with the global `t`.
+    /// Returns `(value, sum of |terms|)` pairs, the latter to bound signed sums.
+    struct Reference {
+        out: [(f64, f64); 5],
+        d: (f64, f64),
+        head: [(f64, f64); 3],
+    }
+
+    fn reference(g1: &[f32], g2: &[f32], h: &Range<usize>) -> Reference {
+        let n = g1.len();
+        let outside = || (0..h.start).chain(h.end..n).map(|i| (g1[i] as f64, g2[i] as f64));
+        let inside = || h.clone().map(|i| (g1[i] as f64, g2[i] as f64));
+        let out = [
+            kahan(outside().map(|(x, _)| x * x)),
+            kahan(outside().map(|(x, y)| x * y)),
+            kahan(outside().map(|(_, y)| y * y)),
+            kahan(outside().map(|(x, y)| (x - y) * (x - y))),
+            kahan(outside().map(|(x, y)| y * (x - y))),
+        ];
+        let t = if out[3].0 > 0.0 { out[4].0 / out[3].0 } else { 0.0 };
+        let d = if out[3].0 > 0.0 {
+            kahan(outside().map(|(x, y)| (y - t * (x - y)).powi(2)))
+        } else {
+            (0.0, 0.0)
+        };
+        let head = [
+            kahan(inside().map(|(x, _)| x * x)),
+            kahan(inside().map(|(x, y)| x * y)),
+            kahan(inside().map(|(_, y)| y * y)),
+        ];
+        Reference { out, d, head }
+    }
+
+    /// Values spread over many binades, so that summation order shows in the low bits.
     fn random(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
         (0..n)
             .map(|_| {
@@ -673,84 +984,198 @@ mod tests {
             .collect()
     }
 
-    fn bits(x: f64) -> u64 {
-        x.to_bits()
-    }
+    /// `g1`, `g2` and the head ranges to try on them.
+    type Case = (Vec<f32>, Vec<f32>, Vec<Option<Range<usize>>>);
 
-    fn check_pair(p: &Pair, q: &Pair, what: &str) {
-        for (name, a, b) in [
-            ("g11", p.g11, q.g11),
-            ("g12", p.g12, q.g12),
-            ("g22", p.g22, q.g22),
-            ("a", p.a, q.a),
-            ("d", p.d, q.d),
-        ] {
-            assert_eq!(bits(a), bits(b), "{what}: pair.{name} {a:e} vs {b:e}");
-        }
-    }
-
-    #[test]
-    fn fused_step_is_bit_identical_to_the_multi_pass_code() {
-        let mut rng = ChaCha8Rng::seed_from_u64(7);
-        let mut cases = 0;
-        for &n in &[1usize, 2, 3, 5, 7, 8, 13, 31, 1001, 4099, 10_007] {
+    /// Odd lengths (below a lane group, below and across blocks) and heads at unaligned places.
+    fn cases(rng: &mut ChaCha8Rng) -> Vec<Case> {
+        let mut v = Vec::new();
+        for &n in &[1usize, 3, 7, 9, 31, 1001, 2049, 4099, 10_007] {
             let mut heads: Vec<Option<Range<usize>>> = vec![None, Some(0..n), Some(n..n), Some(0..n / 2)];
-            for _ in 0..6 {
+            for _ in 0..4 {
                 let a = rng.random_range(0..=n);
                 let b = rng.random_range(a..=n);
                 heads.push(Some(a..b));
             }
             heads.push(Some(n - n / 16..n));
-            heads.push(Some(n.min(3)..(n - n / 3).max(n.min(3))));
-            let g1 = random(&mut rng, n);
-            let mut g2 = random(&mut rng, n);
+            let g1 = random(rng, n);
+            let mut g2 = random(rng, n);
             if n == 31 {
                 g2.copy_from_slice(&g1); // A = 0: the degenerate branch
             }
+            if n == 10_007 {
+                // The first blocks have g1 = g2 (S = 0 on one side of the block merge).
+                g2[..5000].copy_from_slice(&g1[..5000]);
+            }
+            v.push((g1, g2, heads));
+        }
+        v
+    }
+
+    fn rules() -> [(Option<f64>, HeadRule); 4] {
+        let cgr = HeadRule::Cgr { tau: 0.01 };
+        [(Some(0.5), cgr), (Some(0.5), HeadRule::Sum), (None, cgr), (None, HeadRule::Sum)]
+    }
+
+    #[track_caller]
+    fn close(got: f64, (want, abs): (f64, f64), what: &str) {
+        assert!(
+            (got - want).abs() <= 1e-12 * abs,
+            "{what}: {got:e} vs reference {want:e} (sum |terms| {abs:e})"
+        );
+    }
+
+    #[test]
+    fn stats_match_a_compensated_sequential_reference() {
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let mut checked = 0;
+        for (g1, g2, heads) in cases(&mut rng) {
             for head in &heads {
-                for (uvs_c, cgr_tau) in
-                    [(Some(0.5), Some(0.01)), (Some(0.5), None), (None, Some(0.01)), (None, None)]
-                {
-                    let what = format!("n = {n}, head = {head:?}, uvs = {uvs_c:?}, cgr = {cgr_tau:?}");
-                    let (v_old, num_old, pair_old) = old_step(&g1, &g2, head.as_ref(), uvs_c, cgr_tau);
-                    let rule = cgr_tau.map_or(HeadRule::Sum, |tau| HeadRule::Cgr { tau });
+                let what = format!("n = {}, head = {head:?}", g1.len());
+                let h = head.clone().unwrap_or(g1.len()..g1.len());
+                let r = reference(&g1, &g2, &h);
+                let st = two_stream_stats(&g1, &g2, head.as_ref(), true);
+                let p = st.pair.expect("asked for");
+                for (name, got, want) in [
+                    ("g11", p.g11, r.out[0]),
+                    ("g12", p.g12, r.out[1]),
+                    ("g22", p.g22, r.out[2]),
+                    ("A", p.a, r.out[3]),
+                    ("D", p.d, r.d),
+                    ("head11", st.head11, r.head[0]),
+                    ("head22", st.head22, r.head[2]),
+                    ("n11", st.n11, (r.out[0].0 + r.head[0].0, r.out[0].1 + r.head[0].1)),
+                    ("n12", st.n12, (r.out[1].0 + r.head[1].0, r.out[1].1 + r.head[1].1)),
+                    ("n22", st.n22, (r.out[2].0 + r.head[2].0, r.out[2].1 + r.head[2].1)),
+                ] {
+                    close(got, want, &format!("{what}: {name}"));
+                }
+                // Without UVS the same whole-vector and head sums.
+                let st3 = two_stream_stats(&g1, &g2, head.as_ref(), false);
+                assert_eq!(st3.pair, None);
+                assert_eq!((st3.n11, st3.n12, st3.n22), (st.n11, st.n12, st.n22), "{what}");
+                assert_eq!((st3.head11, st3.head22), (st.head11, st.head22), "{what}");
+                checked += 1;
+            }
+        }
+        assert!(checked >= 70);
+    }
+
+    /// The update vector and the trace against a brute-force step built from the reference
+    /// statistics: every element within f32 rounding of its own terms, the norms to 1e-12.
+    #[test]
+    fn step_matches_a_brute_force_step() {
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        for (g1, g2, heads) in cases(&mut rng) {
+            let n = g1.len();
+            for head in &heads {
+                let h = head.clone().unwrap_or(n..n);
+                let r = reference(&g1, &g2, &h);
+                for (uvs_c, rule) in rules() {
+                    let what = format!("n = {n}, head = {head:?}, uvs = {uvs_c:?}, rule = {rule:?}");
                     let mut v = vec![f32::NAN; n];
                     let num = cs_dfd_direction(&g1, &g2, head.as_ref(), uvs_c, rule, &mut v);
-                    let vb: Vec<u32> = v.iter().map(|x| x.to_bits()).collect();
-                    let vb_old: Vec<u32> = v_old.iter().map(|x| x.to_bits()).collect();
-                    assert_eq!(vb, vb_old, "{what}: update vector");
-                    for (name, a, b) in [
-                        ("norm_g1", num.norm_g1, num_old.norm_g1),
-                        ("norm_g2", num.norm_g2, num_old.norm_g2),
-                        ("cos", num.cos_g1_g2, num_old.cos_g1_g2),
-                        ("norm_update", num.norm_update, num_old.norm_update),
-                    ] {
-                        assert_eq!(bits(a), bits(b), "{what}: {name} {a:e} vs {b:e}");
+                    let (a1, a2, mu) = match uvs_c {
+                        Some(c) => {
+                            let pair = Pair {
+                                g11: r.out[0].0,
+                                g12: r.out[1].0,
+                                g22: r.out[2].0,
+                                a: r.out[3].0,
+                                d: r.d.0,
+                            };
+                            let s = uvs_two(&pair, c);
+                            (s.coef[0], s.coef[1], Some([s.mu[0], s.mu[1]]))
+                        }
+                        None => (1.0, 1.0, None),
+                    };
+                    match (num.mu, mu) {
+                        (Some(m), Some(w)) => {
+                            assert!(
+                                (m[0] - w[0]).abs() <= 1e-9 && (m[1] - w[1]).abs() <= 1e-9,
+                                "{what}: mu {m:?} vs {w:?}"
+                            )
+                        }
+                        (m, w) => assert_eq!(m, w, "{what}: mu"),
                     }
-                    assert_eq!(num.mu.map(|m| m.map(bits)), num_old.mu.map(|m| m.map(bits)), "{what}: mu");
-                    let st = two_stream_stats(&g1, &g2, head.as_ref(), uvs_c.is_some());
-                    if let Some(p) = pair_old {
-                        check_pair(&st.pair.expect("pair asked for"), &p, &what);
+                    let gamma = 0.01 / (r.head[0].0.sqrt().max(1e-8) * r.head[2].0.sqrt().max(1e-8));
+                    for i in 0..n {
+                        let (x, y) = (g1[i] as f64, g2[i] as f64);
+                        let (want, scale) = if h.contains(&i) {
+                            match rule {
+                                HeadRule::Sum => (x + y, x.abs() + y.abs()),
+                                HeadRule::Cgr { .. } => {
+                                    let c = gamma * x * y * (x + y);
+                                    (x + y - c, x.abs() + y.abs() + c.abs())
+                                }
+                            }
+                        } else {
+                            (a1 * x + a2 * y, (a1 * x).abs() + (a2 * y).abs())
+                        };
+                        let err = (v[i] as f64 - want).abs();
+                        // Half an f32 ulp of the result, plus the coefficients' f64 error.
+                        let tol = 0.5 * f32::EPSILON as f64 * want.abs() + 1e-9 * scale + f64::MIN_POSITIVE;
+                        assert!(err <= tol, "{what}: v[{i}] = {:e}, brute force {want:e}", v[i]);
                     }
-                    let h = head.clone().unwrap_or(n..n);
-                    assert_eq!(bits(st.head11), bits(dot(&g1[h.clone()], &g1[h.clone()])), "{what}: head11");
-                    assert_eq!(bits(st.head22), bits(dot(&g2[h.clone()], &g2[h.clone()])), "{what}: head22");
-                    assert_eq!(bits(st.n12), bits(dot(&g1, &g2)), "{what}: g1 . g2");
-                    cases += 1;
+                    let nv = kahan(v.iter().map(|&x| x as f64 * x as f64));
+                    close(num.norm_update * num.norm_update, nv, &format!("{what}: ||v||^2"));
+                    let n11 = r.out[0].0 + r.head[0].0;
+                    let n22 = r.out[2].0 + r.head[2].0;
+                    assert!((num.norm_g1 - n11.sqrt()).abs() <= 1e-12 * n11.sqrt(), "{what}: norm_g1");
+                    assert!((num.norm_g2 - n22.sqrt()).abs() <= 1e-12 * n22.sqrt(), "{what}: norm_g2");
                 }
             }
         }
-        assert!(cases > 400);
     }
 
-    /// The bit comparison above can fail: on these inputs a plain sequential sum (one order
-    /// change) already differs from `dot`'s lanes, so matching bits means matching order.
+    /// Every instruction set gives the same bits as the portable code (the same lanes, the
+    /// same order, no FMA); on a CPU without AVX this only checks the portable path.
+    #[test]
+    fn every_instruction_set_gives_the_same_bits() {
+        let simds = Simd::available();
+        eprintln!("instruction sets compared: {simds:?}");
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        for (g1, g2, heads) in cases(&mut rng) {
+            let n = g1.len();
+            for head in &heads {
+                for (uvs_c, rule) in rules() {
+                    let what = format!("n = {n}, head = {head:?}, uvs = {uvs_c:?}, rule = {rule:?}");
+                    let mut v0 = vec![f32::NAN; n];
+                    let num0 =
+                        cs_dfd_direction_on(Simd::Portable, &g1, &g2, head.as_ref(), uvs_c, rule, &mut v0);
+                    let st0 = two_stream_stats_on(Simd::Portable, &g1, &g2, head.as_ref(), uvs_c.is_some());
+                    for &simd in &simds[1..] {
+                        let mut v = vec![f32::NAN; n];
+                        let num = cs_dfd_direction_on(simd, &g1, &g2, head.as_ref(), uvs_c, rule, &mut v);
+                        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                        assert_eq!(bits(&v), bits(&v0), "{what}: {simd:?} update vector");
+                        let nb = |m: &TwoStepNumbers| {
+                            [m.norm_g1, m.norm_g2, m.cos_g1_g2, m.norm_update].map(f64::to_bits)
+                        };
+                        assert_eq!(nb(&num), nb(&num0), "{what}: {simd:?} trace");
+                        assert_eq!(num.mu.map(|m| m.map(f64::to_bits)), num0.mu.map(|m| m.map(f64::to_bits)));
+                        let st = two_stream_stats_on(simd, &g1, &g2, head.as_ref(), uvs_c.is_some());
+                        let sb = |s: &TwoStats| {
+                            let p = s.pair.map(|p| [p.g11, p.g12, p.g22, p.a, p.d].map(f64::to_bits));
+                            ([s.n11, s.n12, s.n22, s.head11, s.head22].map(f64::to_bits), p)
+                        };
+                        assert_eq!(sb(&st), sb(&st0), "{what}: {simd:?} statistics");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The bit comparison above can fail: on these inputs a different lane count (four instead
+    /// of eight) already changes the bits, so matching bits means matching order.
     #[test]
     fn the_inputs_are_sensitive_to_summation_order() {
         let mut rng = ChaCha8Rng::seed_from_u64(7);
         let g = random(&mut rng, 4099);
+        let st = two_stream_stats_on(Simd::Portable, &g, &g, None, false);
+        assert_ne!(st.n11.to_bits(), crate::gradvec::dot(&g, &g).to_bits());
         let seq = g.iter().fold(0f64, |s, &x| s + x as f64 * x as f64);
-        assert_ne!(bits(seq), bits(dot(&g, &g)));
+        assert_ne!(st.n11.to_bits(), seq.to_bits());
     }
 
     #[test]
