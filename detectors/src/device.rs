@@ -34,9 +34,27 @@ pub fn open(spec: &str) -> Result<Device, DeviceError> {
 pub fn describe(device: &Device) -> String {
     match device {
         Device::Cpu => format!("cpu ({} threads)", rayon::current_num_threads()),
-        Device::Cuda(_) => "cuda".to_string(),
+        Device::Cuda(_) => describe_cuda(device),
         Device::Metal(_) => "metal".to_string(),
     }
+}
+
+/// `cuda:N (GPU name)`, so a manifest says which card produced its numbers.
+#[cfg(feature = "cuda")]
+fn describe_cuda(device: &Device) -> String {
+    let ordinal = match device.location() {
+        candle_core::DeviceLocation::Cuda { gpu_id } => gpu_id,
+        _ => 0,
+    };
+    match device.as_cuda_device().map(|d| d.cuda_stream().context().name()) {
+        Ok(Ok(name)) => format!("cuda:{ordinal} ({name})"),
+        _ => format!("cuda:{ordinal}"),
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn describe_cuda(_device: &Device) -> String {
+    "cuda".to_string()
 }
 
 #[cfg(test)]
