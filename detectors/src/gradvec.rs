@@ -81,7 +81,8 @@ impl ParamSet {
     pub fn snapshot(&self, out: &mut Vec<Tensor>) -> Result<()> {
         out.clear();
         for v in &self.vars {
-            out.push(v.as_tensor().copy()?);
+            // A copy of a `Var` records a Copy op on it; the snapshot needs only the values.
+            out.push(v.as_tensor().copy()?.detach());
         }
         Ok(())
     }
@@ -118,7 +119,9 @@ impl ParamSet {
         out.clear();
         for v in &self.vars {
             match grads.get(v.as_tensor()) {
-                Some(g) => out.push(g.clone()),
+                // Detached: the caller keeps `out` across steps, and a gradient from candle's
+                // backward (CUDA conv/matmul rules) references this step's forward graph.
+                Some(g) => out.push(g.detach()),
                 None => out.push(v.as_tensor().zeros_like()?),
             }
         }

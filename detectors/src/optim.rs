@@ -29,12 +29,24 @@ impl Optimizer {
         &self.cfg
     }
 
+    /// The state tensors: SGD momentum buffers or Adam first moments, and Adam second moments
+    /// (empty before the first step).
+    pub fn state(&self) -> (&[Tensor], &[Tensor]) {
+        (&self.m, &self.v)
+    }
+
     /// Steps taken so far.
     pub fn steps(&self) -> u64 {
         self.t
     }
 
     /// `theta <- update(theta, direction, lr)`; `dir[i]` has the shape of parameter `i` of `set`.
+    ///
+    /// Every input is detached first, so the stored momentum/moment tensors never carry a
+    /// backprop graph: a gradient from candle's own backward (its conv2d/matmul rules, used on
+    /// CUDA) references the step's forward activations, and `m_t` built from it would reference
+    /// `m_{t-1}` and so on, keeping every step's activations alive (a GPU OOM after ~85 Meso4
+    /// steps). Detaching shares the storage, so values are unchanged.
     pub fn step(&mut self, set: &ParamSet, dir: &[Tensor], lr: f64) -> Result<()> {
         if dir.len() != set.len() {
             candle_core::bail!("optimizer step: {} directions for {} parameters", dir.len(), set.len());
@@ -44,8 +56,8 @@ impl Optimizer {
         match self.cfg.clone() {
             OptimizerConfig::Sgd { momentum, nesterov, weight_decay, .. } => {
                 for (i, (var, d)) in set.vars().iter().zip(dir).enumerate() {
-                    let p = var.as_tensor();
-                    let mut d = d.clone();
+                    let p = var.as_tensor().detach();
+                    let mut d = d.detach();
                     if weight_decay != 0.0 {
                         d = d.add(&p.affine(weight_decay, 0.0)?)?;
                     }
@@ -85,8 +97,8 @@ impl Optimizer {
         let bc1 = 1.0 - beta1.powi(self.t as i32);
         let bc2 = 1.0 - beta2.powi(self.t as i32);
         for (i, (var, d)) in set.vars().iter().zip(dir).enumerate() {
-            let p = var.as_tensor();
-            let mut g = d.clone();
+            let p = var.as_tensor().detach();
+            let mut g = d.detach();
             if l2 != 0.0 {
                 g = g.add(&p.affine(l2, 0.0)?)?;
             }

@@ -161,3 +161,42 @@ fn bad_schedules_and_optimizers_are_named() {
     assert!(check_optimizer(&adam).unwrap_err().contains("optimizer.beta1"));
     assert!(check_optimizer(&OptimizerConfig::default()).is_ok());
 }
+
+/// A direction that still carries a backprop graph (as candle's own backward returns on CUDA)
+/// must not leave that graph in the optimizer state, which lives across steps: a state tensor
+/// built from it would reference the step's activations and the previous state, so memory
+/// would grow with every step. The update itself must equal the one from a plain direction.
+#[test]
+fn optimizer_state_keeps_no_backprop_graph() -> Result<()> {
+    let cfgs = [
+        OptimizerConfig::Sgd { lr: 0.1, momentum: 0.9, nesterov: true, weight_decay: 0.01 },
+        OptimizerConfig::Adam { lr: 0.1, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 },
+        OptimizerConfig::Adamw { lr: 0.1, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 },
+    ];
+    for cfg in cfgs {
+        let mut finals = Vec::new();
+        for tracked in [true, false] {
+            let b = ParamStore::new(&Device::Cpu).builder(0);
+            b.param("p", 2, Init::Zeros)?;
+            let store = b.store();
+            store.param("p").unwrap().set(&Tensor::new(&[1.0f32, -2.0], &Device::Cpu)?)?;
+            let set = ParamSet::from_store(&store);
+            let x = Var::new(&[0.5f32, -1.0], &Device::Cpu)?;
+            let mut opt = Optimizer::new(&cfg);
+            for _ in 0..3 {
+                // x * 1: a tensor with an op whose graph reaches the variable `x`.
+                let d = if tracked { x.as_tensor().affine(1.0, 0.0)? } else { x.as_tensor().detach() };
+                assert_eq!(d.track_op(), tracked);
+                opt.step(&set, &[d], 0.1)?;
+                let (m, v) = opt.state();
+                assert!(!m.is_empty(), "{cfg:?}: no state after a step");
+                for t in m.iter().chain(v) {
+                    assert!(!t.track_op(), "{cfg:?}: optimizer state carries a backprop graph");
+                }
+            }
+            finals.push(store.param("p").unwrap().as_tensor().to_vec1::<f32>()?);
+        }
+        assert_eq!(finals[0], finals[1], "{cfg:?}: a tracked direction changed the update");
+    }
+    Ok(())
+}

@@ -390,7 +390,8 @@ fn predict(
 }
 
 fn snapshot(store: &ParamStore) -> candle_core::Result<Vec<Tensor>> {
-    store.trainable().chain(store.buffers()).map(|(_, v)| v.as_tensor().copy()).collect()
+    // Detached: a copy of a `Var` records a Copy op on it, and the best-val snapshot only needs values.
+    store.trainable().chain(store.buffers()).map(|(_, v)| Ok(v.as_tensor().copy()?.detach())).collect()
 }
 
 fn restore(store: &ParamStore, saved: &[Tensor]) -> Result<(), String> {
