@@ -11,11 +11,13 @@ pub enum DeviceError {
     Open { name: String, source: candle_core::Error },
 }
 
-/// Parses and opens a device. Never silently falls back to the CPU.
-pub fn open(spec: &str) -> Result<Device, DeviceError> {
+/// Checks that `spec` names a device this build can use, without opening it: `None` for the
+/// CPU, `Some(ordinal)` for CUDA. A dry run calls this so that it fails where a real run would
+/// on configuration alone, even on a machine (a login node) without the GPU.
+pub fn check(spec: &str) -> Result<Option<usize>, DeviceError> {
     let s = spec.trim();
     if s == "cpu" {
-        return Ok(Device::Cpu);
+        return Ok(None);
     }
     let ordinal = if s == "cuda" {
         0
@@ -27,7 +29,17 @@ pub fn open(spec: &str) -> Result<Device, DeviceError> {
     if !cfg!(feature = "cuda") {
         return Err(DeviceError::NoCudaBuild(spec.to_string()));
     }
-    Device::new_cuda(ordinal).map_err(|source| DeviceError::Open { name: spec.to_string(), source })
+    Ok(Some(ordinal))
+}
+
+/// Parses and opens a device. Never silently falls back to the CPU.
+pub fn open(spec: &str) -> Result<Device, DeviceError> {
+    match check(spec)? {
+        None => Ok(Device::Cpu),
+        Some(ordinal) => {
+            Device::new_cuda(ordinal).map_err(|source| DeviceError::Open { name: spec.to_string(), source })
+        }
+    }
 }
 
 /// A human-readable description for manifests.

@@ -154,9 +154,13 @@ fn backbones_match_the_cpu_in_logits_gradients_and_batchnorm_statistics() -> Res
         // Eval mode (BatchNorm an affine map) tests the convolution and pooling backward
         // directly. In training mode BatchNorm's backward subtracts two nearly equal terms when
         // a channel holds few values (Xception ends at 2x2 x batch 4 here), which magnifies f32
-        // rounding; a wrong kernel would be off by O(1), not by 1e-2.
+        // rounding; a wrong kernel would be off by O(1), not by 1e-2. The CPU's fused
+        // BatchNorm (one pass, shifted sums) and CUDA's composed one round differently, and on
+        // the CPU alone switching between the two moves these gradients by 7.3e-3 (ResNet-18,
+        // 64 px, batch 16) and 4.9e-3 (Xception, batch 4) while each layer agrees to 1e-7; on
+        // the H100 ResNet-18 differs by 1.37e-2, run after run (docs/cuda.md).
         assert!(dge < 1e-3, "{name}: eval-mode gradients differ by {dge}");
-        assert!(dg < 1e-2, "{name}: training-mode gradients differ by {dg}");
+        assert!(dg < 3e-2, "{name}: training-mode gradients differ by {dg}");
         assert!(db < 1e-3, "{name}: BatchNorm running statistics differ by {db}");
         assert!(de < 1e-3, "{name}: eval logits differ by {de}");
         // Where the backbone carries BatchNorm, its statistics must have moved off their init.

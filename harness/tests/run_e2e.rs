@@ -581,6 +581,13 @@ fn dry_run_and_usage_errors() {
         "nothing may be trained"
     );
 
+    // A dry run checks the device as a real run would (without opening it).
+    for (device, why) in [("cuda:0", "no CUDA support"), ("gpu", "unknown device `gpu`")] {
+        let o = case.run("out", &["--dry-run", "--device", device]);
+        assert_eq!(code(&o), 2, "{}", text(&o));
+        assert!(text(&o).contains(why), "{}", text(&o));
+    }
+
     let o = case.run("out", &["--shard", "2/2"]);
     assert_eq!(code(&o), 2, "{}", text(&o));
 }

@@ -132,6 +132,8 @@ pub fn cmd_run(args: RunArgs, verbosity: Verbosity) -> anyhow::Result<ExitCode> 
         .collect();
 
     if args.dry_run {
+        detectors::device::check(&protocol.device)
+            .map_err(|e| CliError::config(format!("{}: device: {e}", args.protocol.display())))?;
         println!("{:<40} {:<12} {:<6} {:<10} status", "run", "method", "seed", "fold");
         for r in &runs {
             let done = results::is_complete(&store.protocol_dir(&protocol.name).join(&r.id));
