@@ -323,6 +323,11 @@ fn report_tables_plots_and_byte_identical_regeneration() {
         assert!(out.join(f).is_file(), "missing {f}; got {:?}", summary.files);
     }
 
+    // The README says which device produced the runs.
+    let readme = fs::read_to_string(out.join("README.md")).unwrap();
+    assert!(readme.contains("Device: cpu (6 run(s))."), "{readme}");
+    assert!(!readme.contains("are mixed"), "{readme}");
+
     // Table I numbers against a direct computation from the stored scores.
     let (header, rows) = read_csv(&out.join("tables/csdfd-table1.csv"));
     assert_eq!(header[..4], ["Method", "ffpp", "ffpp std", "ffpp n"]);
@@ -512,6 +517,20 @@ fn folds_sweeps_and_the_remaining_tables() {
     assert!(fs::read_to_string(out.join("tables/csdfd-table2.md")).unwrap().contains("meso4 (ERM"));
     assert!(s.warnings.len() == 1, "{:?}", s.warnings);
     assert!(out.join("plots/sensitivity.png").is_file() && out.join("plots/sensitivity.svg").is_file());
+}
+
+#[test]
+fn mixed_devices_are_named_and_warned_about() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = cross_fixture(tmp.path());
+    let manifest = dir.join("erm-meso4-s0/manifest.json");
+    let text = fs::read_to_string(&manifest).unwrap();
+    assert!(text.contains("\"device\": \"cpu\""), "{text}");
+    fs::write(&manifest, text.replace("\"device\": \"cpu\"", "\"device\": \"cuda:0 (H100)\"")).unwrap();
+    let summary = generate(&args(&dir, None, 20)).unwrap();
+    let readme = fs::read_to_string(summary.out.join("README.md")).unwrap();
+    assert!(readme.contains("Device: cpu (5 run(s)); cuda:0 (H100) (1 run(s))."), "{readme}");
+    assert!(readme.contains("warning: runs from the CPU and from CUDA are mixed"), "{readme}");
 }
 
 #[test]

@@ -47,8 +47,15 @@ pub struct Loaded {
     pub sweep_values: BTreeMap<String, Vec<serde_json::Value>>,
 }
 
+/// The run's sweep point as `key=value, ...`; a swept `model.backbone` is left out, since the
+/// backbone is a grouping and a column of its own.
 pub fn sweep_label(m: &Manifest) -> String {
-    m.sweep.iter().map(|(k, v)| format!("{k}={}", value_text(v))).collect::<Vec<_>>().join(", ")
+    m.sweep
+        .iter()
+        .filter(|(k, _)| k.as_str() != "model.backbone")
+        .map(|(k, v)| format!("{k}={}", value_text(v)))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 pub fn value_text(v: &serde_json::Value) -> String {

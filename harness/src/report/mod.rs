@@ -268,6 +268,23 @@ pub fn generate(args: &ReportArgs) -> Result<ReportSummary> {
         args.bootstrap,
         args.seed
     );
+    // Which machines produced the numbers: CPU and CUDA runs agree only to rounding, which
+    // training amplifies, so a table mixing them compares devices as much as methods.
+    let mut devices: BTreeMap<&str, usize> = BTreeMap::new();
+    for r in &loaded.runs {
+        *devices.entry(r.manifest.device.as_str()).or_default() += 1;
+    }
+    let kinds: BTreeSet<&str> =
+        devices.keys().map(|d| if d.starts_with("cuda") { "cuda" } else { "cpu" }).collect();
+    let listed: Vec<String> = devices.iter().map(|(d, n)| format!("{d} ({n} run(s))")).collect();
+    let _ = writeln!(readme, "Device: {}.\n", listed.join("; "));
+    if kinds.len() > 1 {
+        warnings.push(
+            "runs from the CPU and from CUDA are mixed here; they agree only to rounding, which training \
+             amplifies, so differences between them are partly the device's"
+                .into(),
+        );
+    }
     let _ = writeln!(
         readme,
         "Metric values are the runs' own (metrics.parquet); means and sample standard deviations are over seeds.\n"
