@@ -427,7 +427,8 @@ pub fn render(ctx: &Ctx, id: &str) -> Result<Option<Vec<(String, Vec<u8>)>>> {
             files
         }
         "sensitivity" => {
-            // One line per (backbone, method, fold) over its sweep points.
+            // Groups that differ only in their sweep point belong to one method (with its
+            // backbone and fold).
             let mut lines: Vec<(Group, Vec<&Group>)> = Vec::new();
             for g in groups.iter().filter(|g| !g.sweep.is_empty()) {
                 let base = Group { sweep: String::new(), ..g.clone() };
@@ -436,54 +437,35 @@ pub fn render(ctx: &Ctx, id: &str) -> Result<Option<Vec<(String, Vec<u8>)>>> {
                     None => lines.push((base, vec![g])),
                 }
             }
-            let numeric_x = |g: &Group| -> Option<f64> {
-                let v = ctx.loaded.sweep_values.get(&g.sweep)?;
-                if v.len() == 1 { v[0].as_f64() } else { None }
-            };
-            let all_numeric = lines.iter().all(|(_, gs)| gs.iter().all(|g| numeric_x(g).is_some()));
             let bases: Vec<Group> = lines.iter().map(|(b, _)| b.clone()).collect();
-            let series: Vec<Series> = lines
-                .iter()
-                .map(|(base, gs)| {
-                    let points = gs
-                        .iter()
-                        .enumerate()
-                        .filter_map(|(i, g)| {
-                            let s = ctx.agg.get(g, AVG, ctx.level, "auc")?;
-                            let x = if all_numeric { numeric_x(g)? } else { i as f64 };
-                            Some((x, s.mean * 100.0, s.std.map(|v| v * 100.0)))
-                        })
-                        .collect();
-                    Series { name: name_of(ctx, base, &bases), points }
-                })
-                .filter(|s: &Series| !s.points.is_empty())
-                .collect();
-            if series.is_empty() {
-                vec![]
-            } else {
-                let keys: std::collections::BTreeSet<String> = groups
-                    .iter()
-                    .filter(|g| !g.sweep.is_empty())
-                    .map(|g| g.sweep.split('=').next().unwrap_or_default().to_string())
-                    .collect();
-                let p = LinePanel {
-                    title: "Sensitivity: AVG AUC (%) per setting".into(),
-                    x_label: if all_numeric {
-                        keys.into_iter().collect::<Vec<_>>().join(" / ")
-                    } else {
-                        "sweep point (index, see sensitivity table)".into()
-                    },
-                    y_label: "AVG AUC (%)".into(),
-                    series,
-                    x_range: None,
-                    y_range: None,
-                    hline: None,
-                    diagonal: false,
-                    markers: true,
-                    legend: SeriesLabelPosition::UpperRight,
-                };
-                render_both(&Panels(vec![p]), "sensitivity")?
+            let mut panels = Vec::new();
+            for (base, gs) in &lines {
+                let method = name_of(ctx, base, &bases);
+                let parsed: Option<Vec<(&Group, Vec<(String, f64)>)>> =
+                    gs.iter().map(|g| Some((*g, numeric_sweep(&g.sweep)?))).collect();
+                match parsed {
+                    Some(parsed) => panels.extend(sensitivity_panels(ctx, &method, &parsed)),
+                    // Non-numeric sweep values: the points in table order.
+                    None => {
+                        let points: Vec<_> = gs
+                            .iter()
+                            .enumerate()
+                            .filter_map(|(i, g)| {
+                                let s = ctx.agg.get(g, AVG, ctx.level, "auc")?;
+                                Some((i as f64, s.mean * 100.0, s.std.map(|v| v * 100.0)))
+                            })
+                            .collect();
+                        if !points.is_empty() {
+                            panels.push(sensitivity_panel(
+                                format!("{method}: AVG AUC (%)"),
+                                "sweep point (index, see the sensitivity table)".into(),
+                                vec![Series { name: method.clone(), points }],
+                            ));
+                        }
+                    }
+                }
             }
+            if panels.is_empty() { vec![] } else { render_both(&Panels(panels), "sensitivity")? }
         }
         "auc-bar" => {
             let mut categories: Vec<String> = ctx.agg.test_sets.iter().map(|(t, _)| t.clone()).collect();
@@ -516,6 +498,72 @@ pub fn render(ctx: &Ctx, id: &str) -> Result<Option<Vec<(String, Vec<u8>)>>> {
 }
 
 /// A test-set name usable in a file name.
+/// `k1=v1, k2=v2` with every value a number, as `[(k1, v1), (k2, v2)]`.
+fn numeric_sweep(label: &str) -> Option<Vec<(String, f64)>> {
+    label
+        .split(", ")
+        .map(|kv| {
+            let (k, v) = kv.split_once('=')?;
+            Some((k.to_string(), v.parse::<f64>().ok()?))
+        })
+        .collect()
+}
+
+fn sensitivity_panel(title: String, x_label: String, series: Vec<Series>) -> LinePanel {
+    LinePanel {
+        title,
+        x_label,
+        y_label: "AVG AUC (%)".into(),
+        series,
+        x_range: None,
+        y_range: None,
+        hline: None,
+        diagonal: false,
+        markers: true,
+        legend: SeriesLabelPosition::LowerRight,
+    }
+}
+
+/// One panel per swept key of one method: AVG AUC against that key's value (log10 when the
+/// values span 20x or more, as tau's 0.001-0.1 do), one line per value of the other keys, with
+/// the seeds' standard deviation as error bars.
+fn sensitivity_panels(ctx: &Ctx, method: &str, points: &[(&Group, Vec<(String, f64)>)]) -> Vec<LinePanel> {
+    let short = |k: &str| k.rsplit('.').next().unwrap_or(k).to_string();
+    let keys: Vec<String> = points[0].1.iter().map(|(k, _)| k.clone()).collect();
+    let mut panels = Vec::new();
+    for (ki, key) in keys.iter().enumerate() {
+        let xs: Vec<f64> = points.iter().filter_map(|(_, kv)| kv.get(ki).map(|p| p.1)).collect();
+        let (lo, hi) = xs.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)));
+        let log = lo > 0.0 && hi / lo >= 20.0;
+        let mut series: Vec<Series> = Vec::new();
+        for (g, kv) in points {
+            let (Some((k, x)), Some(s)) = (kv.get(ki), ctx.agg.get(g, AVG, ctx.level, "auc")) else { continue };
+            if k != key {
+                continue;
+            }
+            let others: Vec<String> =
+                kv.iter().enumerate().filter(|(j, _)| *j != ki).map(|(_, (k, v))| format!("{}={v}", short(k))).collect();
+            let name = if others.is_empty() { method.to_string() } else { others.join(", ") };
+            let x = if log { x.log10() } else { *x };
+            let point = (x, s.mean * 100.0, s.std.map(|v| v * 100.0));
+            match series.iter_mut().find(|s| s.name == name) {
+                Some(s) => s.points.push(point),
+                None => series.push(Series { name, points: vec![point] }),
+            }
+        }
+        for s in &mut series {
+            s.points.sort_by(|a, b| a.0.total_cmp(&b.0));
+        }
+        if series.is_empty() {
+            continue;
+        }
+        let k = short(key);
+        let x_label = if log { format!("log10({k})") } else { k.clone() };
+        panels.push(sensitivity_panel(format!("{method}: AVG AUC (%) against {k}"), x_label, series));
+    }
+    panels
+}
+
 fn file_safe(s: &str) -> String {
     s.chars()
         .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '_' })
