@@ -569,3 +569,19 @@ fn file_safe(s: &str) -> String {
         .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '_' })
         .collect()
 }
+
+#[cfg(test)]
+mod sweep_tests {
+    use super::numeric_sweep;
+
+    #[test]
+    fn numeric_sweep_labels_parse_and_others_do_not() {
+        assert_eq!(
+            numeric_sweep("methods.CS-DFD.c=0.5, methods.CS-DFD.tau=0.01"),
+            Some(vec![("methods.CS-DFD.c".to_string(), 0.5), ("methods.CS-DFD.tau".to_string(), 0.01)])
+        );
+        assert_eq!(numeric_sweep("train.real_fake_ratio=16.0"), Some(vec![("train.real_fake_ratio".into(), 16.0)]));
+        assert_eq!(numeric_sweep("training.optimizer.name=sgd"), None);
+        assert_eq!(numeric_sweep("no equals sign"), None);
+    }
+}
