@@ -193,11 +193,29 @@ impl BatchNorm2d {
 
     /// Runs [`crate::ops::batchnorm`]: a fused kernel for f32 on the CPU, candle ops elsewhere.
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        self.forward_on(x, mode, false)
+    }
+
+    /// `self.forward(&x.relu()?, mode)`, with the ReLU folded into the fused kernel on the CPU
+    /// (same values and gradients, two fewer tensors and five fewer passes per step).
+    pub fn forward_after_relu(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        self.forward_on(x, mode, true)
+    }
+
+    fn forward_on(&self, x: &Tensor, mode: Mode, relu_input: bool) -> Result<Tensor> {
         let (b, c, h, w) = x.dims4()?;
         if c != self.channels {
             candle_core::bail!("batch norm: expected {} channels, got input {:?}", self.channels, x.dims());
         }
         match mode {
+            Mode::Eval if relu_input => batchnorm::batch_norm_eval_relu_input(
+                x,
+                &self.weight,
+                &self.bias,
+                self.running_mean.as_tensor(),
+                self.running_var.as_tensor(),
+                self.eps,
+            ),
             Mode::Eval => batchnorm::batch_norm_eval(
                 x,
                 &self.weight,
@@ -207,7 +225,11 @@ impl BatchNorm2d {
                 self.eps,
             ),
             Mode::Train | Mode::TrainFrozenStats => {
-                let (y, mean, var) = batchnorm::batch_norm_train(x, &self.weight, &self.bias, self.eps)?;
+                let (y, mean, var) = if relu_input {
+                    batchnorm::batch_norm_train_relu_input(x, &self.weight, &self.bias, self.eps)?
+                } else {
+                    batchnorm::batch_norm_train(x, &self.weight, &self.bias, self.eps)?
+                };
                 if mode == Mode::Train {
                     let m = self.momentum;
                     let n = b * h * w;

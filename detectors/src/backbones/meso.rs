@@ -83,10 +83,10 @@ impl Meso4 {
 impl Backbone for Meso4 {
     fn forward_features(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         super::check_images(x, "meso4")?;
-        let x = max_pool2d(&self.bn1.forward(&self.conv1.forward(x)?.relu()?, mode)?, 2, 2, 0)?;
-        let x = max_pool2d(&self.bn2.forward(&self.conv2.forward(&x)?.relu()?, mode)?, 2, 2, 0)?;
-        let x = max_pool2d(&self.bn3.forward(&self.conv3.forward(&x)?.relu()?, mode)?, 2, 2, 0)?;
-        let x = max_pool2d(&self.bn4.forward(&self.conv4.forward(&x)?.relu()?, mode)?, 4, 4, 0)?;
+        let x = max_pool2d(&self.bn1.forward_after_relu(&self.conv1.forward(x)?, mode)?, 2, 2, 0)?;
+        let x = max_pool2d(&self.bn2.forward_after_relu(&self.conv2.forward(&x)?, mode)?, 2, 2, 0)?;
+        let x = max_pool2d(&self.bn3.forward_after_relu(&self.conv3.forward(&x)?, mode)?, 2, 2, 0)?;
+        let x = max_pool2d(&self.bn4.forward_after_relu(&self.conv4.forward(&x)?, mode)?, 4, 4, 0)?;
         x.flatten_from(1)
     }
 
@@ -168,8 +168,8 @@ impl Backbone for MesoInception4 {
     fn forward_features(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         super::check_images(x, "meso4-inception")?;
         let x = self.inc2.forward(&self.inc1.forward(x, mode)?, mode)?;
-        let x = max_pool2d(&self.bn1.forward(&self.conv1.forward(&x)?.relu()?, mode)?, 2, 2, 0)?;
-        let x = max_pool2d(&self.bn2.forward(&self.conv2.forward(&x)?.relu()?, mode)?, 4, 4, 0)?;
+        let x = max_pool2d(&self.bn1.forward_after_relu(&self.conv1.forward(&x)?, mode)?, 2, 2, 0)?;
+        let x = max_pool2d(&self.bn2.forward_after_relu(&self.conv2.forward(&x)?, mode)?, 4, 4, 0)?;
         x.flatten_from(1)
     }
 

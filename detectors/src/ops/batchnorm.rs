@@ -20,6 +20,13 @@
 //!
 //! [`batch_norm_train`] and [`batch_norm_eval`] dispatch here for f32 CPU tensors and to the
 //! composed candle code ([`batch_norm_train_composed`], [`batch_norm_eval_composed`]) otherwise.
+//!
+//! With `relu_input` the op normalises `relu(x)` without materialising it (Meso4 applies ReLU
+//! between each convolution and its BatchNorm): candle's ReLU costs a pass and a tensor forward,
+//! and five passes with four temporaries backward (`ge`, `to_dtype`, `mul`, the gradient sum).
+//! The fused op computes the same values with the same operations (`v.max(0)` as candle's ReLU,
+//! the incoming gradient times the `x >= 0` mask as candle's ReLU backward), so it gives the
+//! bits of `batch_norm_*(x.relu())`, which the tests check.
 use std::mem::MaybeUninit;
 use std::sync::{Arc, Mutex};
 
@@ -46,15 +53,36 @@ pub fn batch_norm_train(
     beta: &Tensor,
     eps: f64,
 ) -> Result<(Tensor, Tensor, Tensor)> {
+    batch_norm_train_on(x, gamma, beta, eps, false)
+}
+
+/// [`batch_norm_train`] of `x.relu()`, fused on the CPU (same bits as the two ops).
+pub fn batch_norm_train_relu_input(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    batch_norm_train_on(x, gamma, beta, eps, true)
+}
+
+fn batch_norm_train_on(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    relu_input: bool,
+) -> Result<(Tensor, Tensor, Tensor)> {
     let (n, c, h, w) = x.dims4()?;
     if n * h * w < 2 {
         bail!("batch norm in training mode needs more than one value per channel, got {:?}", x.dims());
     }
     if !is_supported(x, gamma, beta) {
-        return batch_norm_train_composed(x, gamma, beta, eps);
+        let x = if relu_input { x.relu()? } else { x.clone() };
+        return batch_norm_train_composed(&x, gamma, beta, eps);
     }
     let saved = Arc::new(Mutex::new(Saved::default()));
-    let op = BatchNormOp { eps, fixed: None, saved: saved.clone() };
+    let op = BatchNormOp { eps, fixed: None, relu_input, saved: saved.clone() };
     let y =
         x.contiguous()?.apply_op3_arc(&gamma.contiguous()?, &beta.contiguous()?, Arc::new(Box::new(op)))?;
     let s = saved.lock().expect("batch norm state poisoned");
@@ -73,12 +101,36 @@ pub fn batch_norm_eval(
     var: &Tensor,
     eps: f64,
 ) -> Result<Tensor> {
+    batch_norm_eval_on(x, gamma, beta, (mean, var), eps, false)
+}
+
+/// [`batch_norm_eval`] of `x.relu()`, fused on the CPU (same bits as the two ops).
+pub fn batch_norm_eval_relu_input(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    mean: &Tensor,
+    var: &Tensor,
+    eps: f64,
+) -> Result<Tensor> {
+    batch_norm_eval_on(x, gamma, beta, (mean, var), eps, true)
+}
+
+fn batch_norm_eval_on(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    (mean, var): (&Tensor, &Tensor),
+    eps: f64,
+    relu_input: bool,
+) -> Result<Tensor> {
     let (_, c, _, _) = x.dims4()?;
     if !is_supported(x, gamma, beta) || mean.elem_count() != c || var.elem_count() != c {
-        return batch_norm_eval_composed(x, gamma, beta, mean, var, eps);
+        let x = if relu_input { x.relu()? } else { x.clone() };
+        return batch_norm_eval_composed(&x, gamma, beta, mean, var, eps);
     }
     let read = |t: &Tensor| -> Result<Vec<f64>> { t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>() };
-    let op = BatchNormOp { eps, fixed: Some((read(mean)?, read(var)?)), saved: Arc::default() };
+    let op = BatchNormOp { eps, fixed: Some((read(mean)?, read(var)?)), relu_input, saved: Arc::default() };
     x.contiguous()?.apply_op3_arc(&gamma.contiguous()?, &beta.contiguous()?, Arc::new(Box::new(op)))
 }
 
@@ -136,7 +188,21 @@ struct BatchNormOp {
     /// `Some((mean, var))`: normalise with these fixed statistics (eval mode), whose gradient is
     /// not wanted; `None`: with the batch statistics (training mode).
     fixed: Option<(Vec<f64>, Vec<f64>)>,
+    /// Normalise `relu(x)` (see the module docs).
+    relu_input: bool,
     saved: Arc<Mutex<Saved>>,
+}
+
+/// The op's view of an input value: itself, or candle's ReLU of it.
+#[inline(always)]
+fn act<const RELU: bool>(v: f32) -> f32 {
+    if RELU { v.max(0f32) } else { v }
+}
+
+/// What candle's ReLU backward multiplies the incoming gradient by: `(x >= 0)` as f32.
+#[inline(always)]
+fn act_mask<const RELU: bool>(v: f32) -> f32 {
+    if !RELU || v >= 0.0 { 1.0 } else { 0.0 }
 }
 
 fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
@@ -183,17 +249,17 @@ fn pair_sums(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> (f32, f32)) -> [f64; 
     [t1, t2]
 }
 
-/// `(sum (a - s), sum (a - s)^2)` over one plane.
-fn shifted_moments(a: &[f32], s: f32) -> [f64; 2] {
+/// `(sum (a - s), sum (a - s)^2)` over one plane (of `act(a)`).
+fn shifted_moments<const RELU: bool>(a: &[f32], s: f32) -> [f64; 2] {
     pair_sums(a, a, |v, _| {
-        let d = v - s;
+        let d = act::<RELU>(v) - s;
         (d, d * d)
     })
 }
 
-/// `(sum dy, sum dy * (x - m))` over one plane.
-fn grad_moments(dy: &[f32], x: &[f32], m: f32) -> [f64; 2] {
-    pair_sums(dy, x, |g, v| (g, g * (v - m)))
+/// `(sum dy, sum dy * (x - m))` over one plane (of `act(x)`).
+fn grad_moments<const RELU: bool>(dy: &[f32], x: &[f32], m: f32) -> [f64; 2] {
+    pair_sums(dy, x, |g, v| (g, g * (act::<RELU>(v) - m)))
 }
 
 /// Per-plane pair sums reduced per channel in sample order (deterministic for any thread count).
@@ -231,13 +297,25 @@ fn planewise(len: usize, hw: usize, fill: impl Fn(usize, &mut [MaybeUninit<f32>]
 }
 
 impl BatchNormOp {
-    fn forward(&self, x: &[f32], g: &[f32], b: &[f32], (n, c, hw): (usize, usize, usize)) -> Vec<f32> {
+    fn forward(&self, x: &[f32], g: &[f32], b: &[f32], dims: (usize, usize, usize)) -> Vec<f32> {
+        if self.relu_input { self.forward_on::<true>(x, g, b, dims) } else { self.forward_on::<false>(x, g, b, dims) }
+    }
+
+    fn forward_on<const RELU: bool>(
+        &self,
+        x: &[f32],
+        g: &[f32],
+        b: &[f32],
+        (n, c, hw): (usize, usize, usize),
+    ) -> Vec<f32> {
         let (mean, var) = match &self.fixed {
             Some((m, v)) => (m.clone(), v.clone()),
             None => {
                 let cnt = (n * hw) as f64;
-                let shift: Vec<f32> = (0..c).map(|ci| x[ci * hw]).collect();
-                let tot = per_channel(n, c, hw, |p| shifted_moments(&x[p * hw..(p + 1) * hw], shift[p % c]));
+                let shift: Vec<f32> = (0..c).map(|ci| act::<RELU>(x[ci * hw])).collect();
+                let tot = per_channel(n, c, hw, |p| {
+                    shifted_moments::<RELU>(&x[p * hw..(p + 1) * hw], shift[p % c])
+                });
                 let mut mean = Vec::with_capacity(c);
                 let mut var = Vec::with_capacity(c);
                 for (ci, t) in tot.iter().enumerate() {
@@ -257,7 +335,7 @@ impl BatchNormOp {
             let ci = p % c;
             let (m, s, bb) = (mean32[ci], scale[ci], b[ci]);
             for (o, &v) in yp.iter_mut().zip(&x[p * hw..(p + 1) * hw]) {
-                o.write((v - m) * s + bb);
+                o.write((act::<RELU>(v) - m) * s + bb);
             }
         });
         *self.saved.lock().expect("batch norm state poisoned") = Saved { mean, var, inv_std };
@@ -271,24 +349,45 @@ impl BatchNormOp {
         x: &[f32],
         g: &[f32],
         dy: &[f32],
+        dims: (usize, usize, usize),
+        need: [bool; 3],
+    ) -> (Option<Vec<f32>>, Option<Vec<f32>>, Option<Vec<f32>>) {
+        if self.relu_input {
+            self.backward_on::<true>(x, g, dy, dims, need)
+        } else {
+            self.backward_on::<false>(x, g, dy, dims, need)
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn backward_on<const RELU: bool>(
+        &self,
+        x: &[f32],
+        g: &[f32],
+        dy: &[f32],
         (n, c, hw): (usize, usize, usize),
         need: [bool; 3],
     ) -> (Option<Vec<f32>>, Option<Vec<f32>>, Option<Vec<f32>>) {
-        let saved = self.saved.lock().expect("batch norm state poisoned");
-        let mean32: Vec<f32> = saved.mean.iter().map(|&m| m as f32).collect();
+        // Copied out rather than held: two backward passes over one graph (CS-DFD's) may run
+        // this node's backward at the same time.
+        let (mean, inv_std) = {
+            let saved = self.saved.lock().expect("batch norm state poisoned");
+            (saved.mean.clone(), saved.inv_std.clone())
+        };
+        let mean32: Vec<f32> = mean.iter().map(|&m| m as f32).collect();
         let batch = self.fixed.is_none();
         // The sums are needed for the affine gradients, and in training mode for dx too
         // (the batch statistics depend on every x).
         let sums = if need[1] || need[2] || (batch && need[0]) {
             per_channel(n, c, hw, |p| {
                 let r = p * hw..(p + 1) * hw;
-                grad_moments(&dy[r.clone()], &x[r], mean32[p % c])
+                grad_moments::<RELU>(&dy[r.clone()], &x[r], mean32[p % c])
             })
         } else {
             Vec::new()
         };
         let dgamma =
-            need[1].then(|| sums.iter().zip(&saved.inv_std).map(|(s, &is)| (s[1] * is) as f32).collect());
+            need[1].then(|| sums.iter().zip(&inv_std).map(|(s, &is)| (s[1] * is) as f32).collect());
         let dbeta = need[2].then(|| sums.iter().map(|s| s[0] as f32).collect());
         let dx = need[0].then(|| {
             // dx = gamma * inv_std * (dy - mean(dy) - x_hat * mean(dy * x_hat)) in training mode,
@@ -296,7 +395,7 @@ impl BatchNormOp {
             let cnt = (n * hw) as f64;
             let coef: Vec<[f32; 3]> = (0..c)
                 .map(|ci| {
-                    let is = saved.inv_std[ci];
+                    let is = inv_std[ci];
                     let k1 = g[ci] as f64 * is;
                     if batch {
                         let [sdy, sdyxc] = sums[ci];
@@ -312,7 +411,7 @@ impl BatchNormOp {
                 let m = mean32[ci];
                 let r = p * hw..(p + 1) * hw;
                 for ((o, &d), &v) in o.iter_mut().zip(&dy[r.clone()]).zip(&x[r]) {
-                    o.write(k1 * d + k2 * (v - m) + k3);
+                    o.write((k1 * d + k2 * (act::<RELU>(v) - m) + k3) * act_mask::<RELU>(v));
                 }
             })
         });
@@ -487,6 +586,68 @@ mod tests {
             // Same bits on a second call (fixed reduction order).
             let (y2, _, _) = batch_norm_train(k.x.as_tensor(), k.g.as_tensor(), k.b.as_tensor(), 1e-5)?;
             assert_eq!(vecf(&y), vecf(&y2));
+        }
+        Ok(())
+    }
+
+    /// The fused ReLU input must give the bits of candle's ReLU followed by the op: outputs,
+    /// statistics and all three gradients, in training and evaluation mode, with exact zeros
+    /// (where candle's mask passes the gradient) and negative values in `x`.
+    #[test]
+    fn relu_input_gives_the_bits_of_relu_then_batch_norm() -> Result<()> {
+        let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+        for (dims, offset) in [([3, 5, 7, 4], 0.0), ([2, 3, 1, 2], 0.5), ([4, 2, 19, 23], -0.4)] {
+            let k = case(dims, 17, offset);
+            // Round a third of the values to exact zeros (+0 and -0).
+            let x: Vec<f32> = vecf(k.x.as_tensor())
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| match i % 6 {
+                    0 => 0.0,
+                    3 => -0.0,
+                    _ => v,
+                })
+                .collect();
+            let x = Var::from_tensor(&t(x, &dims))?;
+            let (g, b) = (k.g.as_tensor(), k.b.as_tensor());
+            let rm = t(rand_vec(dims[1], 60, -1.0, 1.0), &[dims[1]]);
+            let rv = t(rand_vec(dims[1], 61, 0.2, 3.0), &[dims[1]]);
+            for train in [true, false] {
+                let run = |fused: bool| -> Result<Vec<Vec<u32>>> {
+                    let xt = x.as_tensor();
+                    let mut out = Vec::new();
+                    let y = match (train, fused) {
+                        (true, true) => {
+                            let (y, m, v) = batch_norm_train_relu_input(xt, g, b, 1e-5)?;
+                            out.extend([bits(vecf(&m)), bits(vecf(&v))]);
+                            y
+                        }
+                        (true, false) => {
+                            let (y, m, v) = batch_norm_train(&xt.relu()?, g, b, 1e-5)?;
+                            out.extend([bits(vecf(&m)), bits(vecf(&v))]);
+                            y
+                        }
+                        (false, true) => batch_norm_eval_relu_input(xt, g, b, &rm, &rv, 1e-5)?,
+                        (false, false) => batch_norm_eval(&xt.relu()?, g, b, &rm, &rv, 1e-5)?,
+                    };
+                    out.push(bits(vecf(&y)));
+                    let grads = (y * &k.r)?.sum_all()?.backward()?;
+                    for v in [&x, &k.g, &k.b] {
+                        out.push(bits(vecf(grads.get(v.as_tensor()).unwrap())));
+                    }
+                    Ok(out)
+                };
+                let (fused, plain) = (run(true)?, run(false)?);
+                assert_eq!(fused.len(), plain.len());
+                for (i, (a, b)) in fused.iter().zip(&plain).enumerate() {
+                    assert!(a == b, "{dims:?} train={train}: output {i} differs from relu + batch norm");
+                }
+                // The mask matters: negative inputs get no gradient, the others (zeros included) do.
+                let dx = &fused[fused.len() - 3];
+                for (&v, &d) in vecf(x.as_tensor()).iter().zip(dx) {
+                    assert_eq!(v < 0.0, f32::from_bits(d) == 0.0, "x = {v}, dx = {}", f32::from_bits(d));
+                }
+            }
         }
         Ok(())
     }
