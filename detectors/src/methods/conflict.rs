@@ -3,6 +3,7 @@
 //! differ only in how they combine gradients), then one backward per stream loss on that graph.
 use std::time::Instant;
 
+use candle_core::backprop::GradStore;
 use candle_core::{Result, Tensor};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -61,6 +62,21 @@ impl TwoStream {
     }
 }
 
+/// The gradients of two losses on one graph. With `concurrent` the two backward passes run side
+/// by side on the rayon pool: either alone is a chain of ops (candle's element-wise maps and
+/// gradient sums, our per-layer kernels) too short to keep two cores busy, and both only read the
+/// shared graph. Every op computes the same bits whatever the interleaving, so the gradients are
+/// those of the sequential passes (tested below). Not used on CUDA, where both passes would queue
+/// on one stream anyway.
+fn backward_pair(l1: &Tensor, l2: &Tensor, concurrent: bool) -> Result<(GradStore, GradStore)> {
+    if concurrent {
+        let (a, b) = rayon::join(|| l1.backward(), || l2.backward());
+        Ok((a?, b?))
+    } else {
+        Ok((l1.backward()?, l2.backward()?))
+    }
+}
+
 impl TrainingMethod for TwoStream {
     fn kind(&self) -> &str {
         self.kind
@@ -73,8 +89,9 @@ impl TrainingMethod for TwoStream {
         let set = det.params();
         let ctx = StepCtx { kind: self.kind, det, input };
         let (l1, l2) = ctx.two_streams(Mode::Train)?;
-        self.g1.fill_from(set, &l1.backward()?)?;
-        self.g2.fill_from(set, &l2.backward()?)?;
+        let (r1, r2) = backward_pair(&l1, &l2, l1.device().is_cpu())?;
+        self.g1.fill_from(set, &r1)?;
+        self.g2.fill_from(set, &r2)?;
         let l1v = l1.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
         let l2v = l2.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
         let n = set.total();
@@ -125,5 +142,54 @@ impl TrainingMethod for TwoStream {
             wall_s: t0.elapsed().as_secs_f64(),
             domains: Vec::new(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor};
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    use super::*;
+    use crate::batch::Batch;
+    use crate::params::ParamStore;
+
+    fn batch(rng: &mut ChaCha8Rng, n: usize, side: usize) -> Batch {
+        let images: Vec<f32> = (0..n * 3 * side * side).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        let labels: Vec<f32> = (0..n).map(|i| (i % 2) as f32).collect();
+        Batch {
+            images: Tensor::from_vec(images, (n, 3, side, side), &Device::Cpu).unwrap(),
+            labels: Tensor::from_vec(labels, n, &Device::Cpu).unwrap(),
+        }
+    }
+
+    #[test]
+    fn concurrent_backward_passes_give_the_sequential_bits() -> Result<()> {
+        let pb = ParamStore::new(&Device::Cpu).builder(7);
+        let det = Detector::new(&pb, 2, |pb| crate::backbones::build("meso4", pb, 64))?;
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let input = StepInput { original: Some(batch(&mut rng, 6, 64)), online: Some(batch(&mut rng, 6, 64)), domains: vec![] };
+        let ctx = StepCtx { kind: "cs-dfd", det: &det, input: &input };
+        let (l1, l2) = ctx.two_streams(Mode::Train)?;
+        let bits = |g: &GradStore| -> Result<Vec<Vec<u32>>> {
+            det.params()
+                .vars()
+                .iter()
+                .map(|v| {
+                    let g = g.get(v.as_tensor()).expect("every parameter gets a gradient");
+                    Ok(g.flatten_all()?.to_vec1::<f32>()?.into_iter().map(f32::to_bits).collect())
+                })
+                .collect()
+        };
+        let (s1, s2) = backward_pair(&l1, &l2, false)?;
+        let want = (bits(&s1)?, bits(&s2)?);
+        // Interleavings differ between repeats; every one must give the same bits.
+        for _ in 0..4 {
+            let (c1, c2) = backward_pair(&l1, &l2, true)?;
+            assert!(bits(&c1)? == want.0, "g1 differs between concurrent and sequential backward passes");
+            assert!(bits(&c2)? == want.1, "g2 differs between concurrent and sequential backward passes");
+        }
+        Ok(())
     }
 }
