@@ -134,6 +134,7 @@ fn images_per_second(a: &Args, size: usize) -> anyhow::Result<(f64, f64, usize)>
 }
 
 fn main() {
+    harness::configure_process();
     let a = match parse_args() {
         Ok(a) => a,
         Err(e) => {
@@ -145,14 +146,6 @@ fn main() {
     // SAFETY: no other thread runs yet.
     unsafe { std::env::set_var("RAYON_NUM_THREADS", a.threads.to_string()) };
     rayon::ThreadPoolBuilder::new().num_threads(a.threads).build_global().expect("first pool");
-    // As the `bench` binary does: keep freed blocks in the process instead of page-faulting them
-    // back in every step.
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: allocator tuning only, before the training starts.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
-    }
     println!(
         "dfbench (candle, ops::conv + ops::batchnorm), {} threads, batch {}, {} timed steps after {} warm-up",
         a.threads, a.batch, a.steps, a.warmup

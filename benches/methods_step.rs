@@ -5,8 +5,8 @@
 //! Run: `RAYON_NUM_THREADS=2 cargo bench -p harness --bench methods_step -- --warm-up-time 1 --measurement-time 3`
 //! With `DFBENCH_STEP_RESNET18=1` it also times ERM O+S and CS-DFD on ResNet-18 (seconds per step).
 //!
-//! Lives in the harness crate only for `libc::mallopt`: the `bench` binary keeps freed memory in
-//! the process, and the step times here should be the ones `bench run` sees.
+//! Lives in the harness crate so that it allocates as the `bench` binary does (the harness sets
+//! mimalloc as the global allocator): the step times here should be the ones `bench run` sees.
 use std::hint::black_box;
 
 use candle_core::{Device, Tensor};
@@ -21,15 +21,6 @@ use rand_chacha::ChaCha8Rng;
 const SIZE: usize = 128;
 const BATCH: usize = 32;
 const HEAD_LAYERS: usize = 2;
-
-fn keep_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: tuning parameters only; called before the benchmark starts any thread.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
-    }
-}
 
 fn batch(rng: &mut ChaCha8Rng) -> Batch {
     let n = BATCH * 3 * SIZE * SIZE;
@@ -48,7 +39,7 @@ fn detector(backbone: &str, seed: u64) -> Detector {
 }
 
 fn bench(c: &mut Criterion) {
-    keep_freed_memory();
+    harness::configure_process();
     let mut rng = ChaCha8Rng::seed_from_u64(11);
     let input = StepInput {
         original: Some(batch(&mut rng)),

@@ -49,7 +49,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    keep_freed_memory();
+    harness::configure_process();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -82,18 +82,5 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             exit::code_of(&e)
         }
-    }
-}
-
-/// Training allocates and frees the same large activation and gradient buffers every step; by
-/// default glibc hands blocks above 128 KiB back to the kernel and the next step page-faults them
-/// in again (measured at 20-35% of convolution time). Raising the mmap and trim thresholds keeps
-/// them in the process for reuse.
-fn keep_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator tuning parameters; called before any thread starts.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
     }
 }
