@@ -1,7 +1,10 @@
 //! The flat-vector math of CS-DFD (UVS statistics and closed form, CGR's conflict term, the
 //! combination and the trace's norms, as `TwoStream::step` runs it) against a same-size axpy,
-//! the memory-bandwidth bound, for 1e4 to 1e7 parameters; also the combination on the narrower
-//! instruction sets and the pre-fusion multi-pass code. See BENCHMARKS.md for the recorded ratios.
+//! the memory-bandwidth bound, for 1e4 to 1e7 parameters; also the combination on one thread, on
+//! the narrower instruction sets and the pre-fusion multi-pass code. The step's passes spread long
+//! vectors over the rayon pool, so the axpy is timed on one thread (`axpy`, `FlatGrad::axpy`) and
+//! on the whole pool (`axpy_pool`, fixed chunks of 128 Ki elements) as well. See BENCHMARKS.md for
+//! the recorded ratios.
 //!
 //! Run: `cargo bench -p detectors --bench uvs -- --warm-up-time 1 --measurement-time 3`
 //! 1e8 parameters (3 vectors of 400 MB, ~1.2 GB in all) only with `DFBENCH_UVS_1E8=1` in the
@@ -13,11 +16,25 @@ use std::ops::Range;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use detectors::gradvec::FlatGrad;
 use detectors::methods::combine::{
-    HeadRule, Pair, Simd, cgr_head, cs_dfd_direction, cs_dfd_direction_on, two_stream_stats, uvs_two,
+    Exec, HeadRule, Pair, Simd, cgr_head, cs_dfd_direction, cs_dfd_direction_on, two_stream_stats, uvs_two,
     uvs_two_fixed, write_two,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+
+/// `y += a x` on the rayon pool: what memory bandwidth allows with every core reading.
+fn axpy_pool(y: &mut [f32], a: f64, x: &[f32]) {
+    const CHUNK: usize = 128 * 1024;
+    y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(y, x)| detectors::gradvec::axpy(y, a, x));
+}
+
+/// [`cs_dfd_combine`] as `exec` says.
+fn cs_dfd_combine_on(exec: Exec, g1: &FlatGrad, g2: &FlatGrad, v: &mut FlatGrad, head: &Range<usize>) -> f64 {
+    let rule = HeadRule::Cgr { tau: 0.01 };
+    let r = cs_dfd_direction_on(exec, &g1.data, &g2.data, Some(head), Some(0.5), rule, &mut v.data);
+    r.norm_update + r.cos_g1_g2
+}
 
 /// The projection head's share of the flat vector: ResNet-18 with a 2-layer 512-wide head has
 /// 2 * (512 * 512 + 512) = 525,312 head parameters of 11.7M, about 1/22; 1/16 is used here. The
@@ -70,6 +87,9 @@ fn bench(c: &mut Criterion) {
             // y += a x with a tiny a keeps y bounded over many iterations.
             b.iter(|| v.axpy(black_box(1e-9), &g1))
         });
+        group.bench_function(BenchmarkId::new("axpy_pool", n), |b| {
+            b.iter(|| axpy_pool(&mut v.data, black_box(1e-9), &g1.data))
+        });
         group.bench_function(BenchmarkId::new("dot", n), |b| b.iter(|| black_box(g1.dot(&g2))));
         group.bench_function(BenchmarkId::new("stats_fused_read", n), |b| {
             b.iter(|| black_box(two_stream_stats(&g1.data, &g2.data, Some(&head), true)))
@@ -89,22 +109,12 @@ fn bench(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("cs_dfd_combine", n), |b| {
             b.iter(|| black_box(cs_dfd_combine(&g1, &g2, &mut v, &head)))
         });
-        // The same function on narrower instruction sets than `Simd::best()` (same bits).
-        for simd in Simd::available().into_iter().filter(|&s| s != Simd::best()) {
-            let name = format!("cs_dfd_combine_{simd:?}").to_lowercase();
+        // The same function on one thread, on every instruction set (same bits).
+        for simd in Simd::available() {
+            let name = format!("cs_dfd_combine_1thread_{simd:?}").to_lowercase();
+            let exec = Exec { simd, parallel: false };
             group.bench_function(BenchmarkId::new(name, n), |b| {
-                b.iter(|| {
-                    let r = cs_dfd_direction_on(
-                        simd,
-                        &g1.data,
-                        &g2.data,
-                        Some(&head),
-                        Some(0.5),
-                        HeadRule::Cgr { tau: 0.01 },
-                        &mut v.data,
-                    );
-                    black_box(r.norm_update + r.cos_g1_g2)
-                })
+                b.iter(|| black_box(cs_dfd_combine_on(exec, &g1, &g2, &mut v, &head)))
             });
         }
         group.bench_function(BenchmarkId::new("cs_dfd_combine_multipass", n), |b| {

@@ -5,6 +5,8 @@
 //! product in f64.
 use std::ops::Range;
 
+use rayon::prelude::*;
+
 use crate::gradvec::{dot, dot_outside};
 
 /// The solution of UVS's dual `min_{mu in simplex} g_w . g0 + k ||g_w||` (sum convention,
@@ -285,9 +287,12 @@ pub fn cgr_head(g1: &[f32], g2: &[f32], tau: f64, out: &mut [f32]) {
 // (counted from each segment's start) and every combination order are constants of the code, so
 // the results depend only on the inputs: not on the CPU, the instruction set the dispatcher picks
 // or the thread count. The instruction sets differ only in how many lanes one instruction handles
-// (`Simd`); no path uses FMA (Rust never contracts `a * b + c`, and no `mul_add` is called), so
-// each lane's sequence of IEEE operations is the same everywhere. A test compares the paths bit
-// for bit; another compares every statistic with a compensated sequential reference.
+// (`Simd`); FMA is used only to add a product of two f32 values, which is exact in f64, so it
+// rounds exactly as the portable `mul` then `add` (Rust never contracts `a * b + c` itself), and
+// each lane's result is the same everywhere. Long vectors are cut into tasks of whole blocks for
+// the rayon pool (`Exec::parallel`); every block's sums land in a slot of their own and are merged
+// in block order, so the thread count changes nothing either. Tests compare the paths bit for
+// bit; another compares every statistic with a compensated sequential reference.
 //
 // `D = ||g2 - t (g1 - g2)||^2` with `t = B / A` (methods.md 2.1 asks for the residual form, not
 // `(g11 g22 - g12^2) / A`, which cancels) needs `t` before it can be summed. Instead of a second
@@ -336,8 +341,8 @@ fn tree(l: &[f64; LANES]) -> f64 {
 
 /// Eight f64 lanes, the unit every fused kernel computes with. Each backend applies the same
 /// IEEE operation to every lane (f32 -> f64 widening is exact; f64 -> f32 rounds to nearest
-/// even; add, sub and mul round once; no fused multiply-add), so a kernel written once against
-/// this trait gives the same bits on every backend.
+/// even; add, sub and mul round once), so a kernel written once against this trait gives the
+/// same bits on every backend.
 trait V8: Copy {
     fn zero() -> Self;
     fn splat(x: f64) -> Self;
@@ -346,6 +351,11 @@ trait V8: Copy {
     fn add(self, o: Self) -> Self;
     fn sub(self, o: Self) -> Self;
     fn mul(self, o: Self) -> Self;
+    /// `self + a * b` for `a`, `b` widened from f32. Their product has at most 48 significant
+    /// bits, so it is exact in f64 and a fused multiply-add rounds once where `mul` then `add`
+    /// would too: the same bits. The SIMD backends use FMA (one instruction instead of two), the
+    /// portable one `mul` then `add`. Only for such operands; anything else would change bits.
+    fn add_f32_product(self, a: Self, b: Self) -> Self;
     fn lanes(self) -> [f64; LANES];
 }
 
@@ -383,6 +393,10 @@ impl V8 for Portable {
         Self(std::array::from_fn(|l| self.0[l] * o.0[l]))
     }
     #[inline(always)]
+    fn add_f32_product(self, a: Self, b: Self) -> Self {
+        self.add(a.mul(b))
+    }
+    #[inline(always)]
     fn lanes(self) -> [f64; LANES] {
         self.0
     }
@@ -395,7 +409,7 @@ mod x86 {
     use super::{LANES, V8};
 
     // SAFETY (every `unsafe` block below): these methods are only ever inlined into functions
-    // compiled with `#[target_feature(enable = "avx2")]` (`Avx2`) or `"avx512f"` (`Avx512`),
+    // compiled with `#[target_feature(enable = "avx2,fma")]` (`Avx2`) or `"avx512f"` (`Avx512`),
     // which the dispatcher calls only after `is_x86_feature_detected!` confirmed the feature;
     // the loads and stores go through `&[f32; 8]` / `&mut [f32; 8]`, so they are in bounds.
 
@@ -438,6 +452,10 @@ mod x86 {
         #[inline(always)]
         fn mul(self, o: Self) -> Self {
             unsafe { Self(_mm256_mul_pd(self.0, o.0), _mm256_mul_pd(self.1, o.1)) }
+        }
+        #[inline(always)]
+        fn add_f32_product(self, a: Self, b: Self) -> Self {
+            unsafe { Self(_mm256_fmadd_pd(a.0, b.0, self.0), _mm256_fmadd_pd(a.1, b.1, self.1)) }
         }
         #[inline(always)]
         fn lanes(self) -> [f64; LANES] {
@@ -484,6 +502,10 @@ mod x86 {
             unsafe { Self(_mm512_mul_pd(self.0, o.0)) }
         }
         #[inline(always)]
+        fn add_f32_product(self, a: Self, b: Self) -> Self {
+            unsafe { Self(_mm512_fmadd_pd(a.0, b.0, self.0)) }
+        }
+        #[inline(always)]
         fn lanes(self) -> [f64; LANES] {
             let mut r = [0f64; LANES];
             unsafe { _mm512_storeu_pd(r.as_mut_ptr(), self.0) };
@@ -509,9 +531,9 @@ fn block3<V: V8>(x: &[f32], y: &[f32]) -> [f64; 3] {
     let (y8, yr) = y.as_chunks::<LANES>();
     let mut step = |x8: &[f32; LANES], y8: &[f32; LANES]| {
         let (a, b) = (V::load(x8), V::load(y8));
-        s11 = s11.add(a.mul(a));
-        s12 = s12.add(a.mul(b));
-        s22 = s22.add(b.mul(b));
+        s11 = s11.add_f32_product(a, a);
+        s12 = s12.add_f32_product(a, b);
+        s22 = s22.add_f32_product(b, b);
     };
     for (x8, y8) in x8.iter().zip(y8) {
         step(x8, y8);
@@ -522,31 +544,81 @@ fn block3<V: V8>(x: &[f32], y: &[f32]) -> [f64; 3] {
     [tree(&s11.lanes()), tree(&s12.lanes()), tree(&s22.lanes())]
 }
 
-/// UVS's sums over one block, `[g11, g12, g22, A, B]` with `d = x - y`, `A = sum d^2`,
-/// `B = sum y d`, and the block's own residual sum `sum (y - t_b d)^2`, `t_b = B / A`.
+/// UVS's running sums over one block, lane-wise: `g11, g12, g22, A = sum d^2, B = sum y d` with
+/// `d = x - y`. Separate fields rather than an array: with an array (or a chained tail iterator)
+/// the compiler kept an accumulator on the stack, which put a store-to-load round trip into its
+/// dependency chain (the read pass ran at a third of its arithmetic throughput).
+#[derive(Clone, Copy)]
+struct PairAcc<V> {
+    s11: V,
+    s12: V,
+    s22: V,
+    sdd: V,
+    syd: V,
+}
+
+impl<V: V8> PairAcc<V> {
+    #[inline(always)]
+    fn new() -> Self {
+        Self { s11: V::zero(), s12: V::zero(), s22: V::zero(), sdd: V::zero(), syd: V::zero() }
+    }
+    #[inline(always)]
+    fn add(&mut self, a: V, b: V) {
+        let d = a.sub(b);
+        self.s11 = self.s11.add_f32_product(a, a);
+        self.s12 = self.s12.add_f32_product(a, b);
+        self.s22 = self.s22.add_f32_product(b, b);
+        // `d` is rounded (f32 values far apart in magnitude): these two stay mul then add.
+        self.sdd = self.sdd.add(d.mul(d));
+        self.syd = self.syd.add(b.mul(d));
+    }
+    #[inline(always)]
+    fn totals(&self) -> [f64; 5] {
+        [
+            tree(&self.s11.lanes()),
+            tree(&self.s12.lanes()),
+            tree(&self.s22.lanes()),
+            tree(&self.sdd.lanes()),
+            tree(&self.syd.lanes()),
+        ]
+    }
+}
+
+/// `t_b = B / A` of one block, splatted.
+#[inline(always)]
+fn block_t<V: V8>(s: &[f64; 5]) -> V {
+    V::splat(if s[3] > 0.0 { s[4] / s[3] } else { 0.0 })
+}
+
+/// One term of the residual sum `sum (y - t d)^2`.
+#[inline(always)]
+fn residual_add<V: V8>(r: V, t: V, a: V, b: V) -> V {
+    let q = b.sub(t.mul(a.sub(b)));
+    r.add(q.mul(q))
+}
+
+/// UVS's sums over one block, `[g11, g12, g22, A, B]`, and the block's own residual sum
+/// `sum (y - t_b d)^2`, `t_b = B / A`.
 #[inline(always)]
 fn block_pair<V: V8>(x: &[f32], y: &[f32]) -> ([f64; 5], f64) {
-    let mut acc = [V::zero(); 5];
     let (x8, xr) = x.as_chunks::<LANES>();
     let (y8, yr) = y.as_chunks::<LANES>();
     let (xp, yp) = (padded(xr), padded(yr));
-    let tail = (!xr.is_empty()).then_some((&xp, &yp));
-    for (x8, y8) in x8.iter().zip(y8).chain(tail) {
-        let (a, b) = (V::load(x8), V::load(y8));
-        let d = a.sub(b);
-        acc[0] = acc[0].add(a.mul(a));
-        acc[1] = acc[1].add(a.mul(b));
-        acc[2] = acc[2].add(b.mul(b));
-        acc[3] = acc[3].add(d.mul(d));
-        acc[4] = acc[4].add(b.mul(d));
+    let mut acc = PairAcc::<V>::new();
+    for (x8, y8) in x8.iter().zip(y8) {
+        acc.add(V::load(x8), V::load(y8));
     }
-    let s = acc.map(|v| tree(&v.lanes()));
-    let t = V::splat(if s[3] > 0.0 { s[4] / s[3] } else { 0.0 });
+    if !xr.is_empty() {
+        acc.add(V::load(&xp), V::load(&yp));
+    }
+    let s = acc.totals();
+    let t = block_t::<V>(&s);
     let mut r = V::zero();
-    for (x8, y8) in x8.iter().zip(y8).chain(tail) {
-        let (a, b) = (V::load(x8), V::load(y8));
-        let q = b.sub(t.mul(a.sub(b)));
-        r = r.add(q.mul(q));
+    for (x8, y8) in x8.iter().zip(y8) {
+        r = residual_add(r, t, V::load(x8), V::load(y8));
+    }
+    if !xr.is_empty() {
+        r = residual_add(r, t, V::load(&xp), V::load(&yp));
     }
     (s, tree(&r.lanes()))
 }
@@ -573,12 +645,13 @@ fn head_or_empty(n: usize, head: Option<&Range<usize>>) -> Range<usize> {
 }
 
 /// The instruction set the fused passes run on. Every variant runs the same code with the same
-/// lane count, combination order and no FMA, so all give the same bits; they differ in speed.
+/// lane count, combination order and per-lane operations (FMA only where it rounds as `mul`
+/// then `add` do, see `V8::add_f32_product`), so all give the same bits; they differ in speed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Simd {
     /// Whatever the build targets (baseline x86-64: SSE2).
     Portable,
-    /// x86-64 with AVX2 (four f64 per instruction).
+    /// x86-64 with AVX2 and FMA (four f64 per instruction).
     Avx2,
     /// x86-64 with AVX-512F (eight f64 per instruction).
     Avx512,
@@ -586,14 +659,20 @@ pub enum Simd {
 
 impl Simd {
     /// The widest variant this CPU supports (what the public passes use).
+    ///
+    /// AVX2 comes first: its two 256-bit registers per eight lanes are two independent dependency
+    /// chains per sum, where AVX-512 has one, and the per-block sums are latency-bound chains. On
+    /// the development machine's EPYC (which executes 512-bit operations as two 256-bit halves)
+    /// AVX2 ran the CS-DFD combination 1.2x faster at 1e4-1e6 parameters and as fast at 1e7
+    /// (BENCHMARKS.md). AVX-512 stays available through [`Simd::available`].
     pub fn best() -> Self {
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                return Simd::Avx512;
-            }
-            if std::arch::is_x86_feature_detected!("avx2") {
+            if Simd::Avx2.supported() {
                 return Simd::Avx2;
+            }
+            if Simd::Avx512.supported() {
+                return Simd::Avx512;
             }
         }
         Simd::Portable
@@ -608,7 +687,7 @@ impl Simd {
         match self {
             Simd::Portable => true,
             #[cfg(target_arch = "x86_64")]
-            Simd::Avx2 => std::arch::is_x86_feature_detected!("avx2"),
+            Simd::Avx2 => std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma"),
             #[cfg(target_arch = "x86_64")]
             Simd::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
             #[cfg(not(target_arch = "x86_64"))]
@@ -621,37 +700,119 @@ impl Simd {
     }
 }
 
+/// How a fused pass runs: on which instruction set, and whether its blocks may be spread over
+/// the rayon pool. Neither changes a bit of the results: every block is computed by the same code
+/// whichever thread runs it, and the block totals are merged in block order afterwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exec {
+    pub simd: Simd,
+    pub parallel: bool,
+}
+
+impl Exec {
+    /// The widest instruction set, in parallel (what the public passes use).
+    pub fn best() -> Self {
+        Self { simd: Simd::best(), parallel: true }
+    }
+}
+
+/// Blocks per parallel task (128 Ki elements, 1 MiB of `g1` and `g2`), elements per task, and
+/// the fewest blocks for which a pass goes parallel at all (smaller vectors take microseconds
+/// either way).
+const TASK_BLOCKS: usize = 64;
+const TASK: usize = TASK_BLOCKS * BLOCK;
+const PAR_MIN_BLOCKS: usize = 2 * TASK_BLOCKS;
+
+/// One block's read-pass sums: `[g11, g12, g22, A, B]` (the last two zero for `block3`) and,
+/// for `block_pair`, its own residual sum.
+#[derive(Clone, Copy, Default)]
+struct BlockSums {
+    s: [f64; 5],
+    rss: f64,
+}
+
 #[inline(always)]
-fn stats_body<V: V8>(g1: &[f32], g2: &[f32], h: Range<usize>, with_pair: bool) -> TwoStats {
+fn read_blocks<V: V8>(x: &[f32], y: &[f32], pair: bool, slots: &mut [BlockSums]) {
+    for ((xb, yb), slot) in x.chunks(BLOCK).zip(y.chunks(BLOCK)).zip(slots) {
+        *slot = if pair {
+            let (s, rss) = block_pair::<V>(xb, yb);
+            BlockSums { s, rss }
+        } else {
+            let [a, b, c] = block3::<V>(xb, yb);
+            BlockSums { s: [a, b, c, 0.0, 0.0], rss: 0.0 }
+        };
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn read_blocks_avx2(x: &[f32], y: &[f32], pair: bool, slots: &mut [BlockSums]) {
+    read_blocks::<x86::Avx2>(x, y, pair, slots)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn read_blocks_avx512(x: &[f32], y: &[f32], pair: bool, slots: &mut [BlockSums]) {
+    read_blocks::<x86::Avx512>(x, y, pair, slots)
+}
+
+fn read_blocks_on(simd: Simd, x: &[f32], y: &[f32], pair: bool, slots: &mut [BlockSums]) {
+    match simd {
+        // SAFETY (both arms): every public entry point ran `Simd::check` before getting here.
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx2 => unsafe { read_blocks_avx2(x, y, pair, slots) },
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx512 => unsafe { read_blocks_avx512(x, y, pair, slots) },
+        _ => read_blocks::<Portable>(x, y, pair, slots),
+    }
+}
+
+fn stats_body(exec: Exec, g1: &[f32], g2: &[f32], h: Range<usize>, with_pair: bool) -> TwoStats {
     let n = g1.len();
+    let segs = [h.clone(), 0..h.start, h.end..n];
+    let counts = segs.clone().map(|r| r.len().div_ceil(BLOCK));
+    let mut blocks = vec![BlockSums::default(); counts.iter().sum()];
+    let parallel = exec.parallel && blocks.len() >= PAR_MIN_BLOCKS;
+    let mut rest = &mut blocks[..];
+    for (i, seg) in segs.iter().enumerate() {
+        let (slots, tail) = std::mem::take(&mut rest).split_at_mut(counts[i]);
+        rest = tail;
+        // The head takes the three norms only; UVS's sums are over the rest.
+        let pair = with_pair && i > 0;
+        let (x, y) = (&g1[seg.clone()], &g2[seg.clone()]);
+        let task =
+            |((x, y), s): ((&[f32], &[f32]), &mut [BlockSums])| read_blocks_on(exec.simd, x, y, pair, s);
+        if parallel {
+            x.par_chunks(TASK).zip(y.par_chunks(TASK)).zip(slots.par_chunks_mut(TASK_BLOCKS)).for_each(task);
+        } else {
+            x.chunks(TASK).zip(y.chunks(TASK)).zip(slots.chunks_mut(TASK_BLOCKS)).for_each(task);
+        }
+    }
+    // Merged in block order: the head's, then the segments before and after it.
+    let (head_blocks, outside) = blocks.split_at(counts[0]);
     let mut head = [Comp::default(); 3];
-    for (x, y) in g1[h.clone()].chunks(BLOCK).zip(g2[h.clone()].chunks(BLOCK)) {
-        let b = block3::<V>(x, y);
+    for b in head_blocks {
         for k in 0..3 {
-            head[k].add(b[k]);
+            head[k].add(b.s[k]);
         }
     }
     // g11, g12, g22, A, B outside the head, and the merged residual sum.
     let mut out = [Comp::default(); 5];
     let mut rss = Comp::default();
-    for seg in [0..h.start, h.end..n] {
-        for (x, y) in g1[seg.clone()].chunks(BLOCK).zip(g2[seg].chunks(BLOCK)) {
-            if with_pair {
-                let (b, rb) = block_pair::<V>(x, y);
-                let (sa, sb) = (out[3].value(), b[3]);
-                rss.add(rb);
-                if sa > 0.0 && sb > 0.0 {
-                    let dt = out[4].value() / sa - b[4] / sb;
-                    rss.add(dt * dt * (sa * sb / (sa + sb)));
-                }
-                for k in 0..5 {
-                    out[k].add(b[k]);
-                }
-            } else {
-                let b = block3::<V>(x, y);
-                for k in 0..3 {
-                    out[k].add(b[k]);
-                }
+    for b in outside {
+        if with_pair {
+            let (sa, sb) = (out[3].value(), b.s[3]);
+            rss.add(b.rss);
+            if sa > 0.0 && sb > 0.0 {
+                let dt = out[4].value() / sa - b.s[4] / sb;
+                rss.add(dt * dt * (sa * sb / (sa + sb)));
+            }
+            for k in 0..5 {
+                out[k].add(b.s[k]);
+            }
+        } else {
+            for k in 0..3 {
+                out[k].add(b.s[k]);
             }
         }
     }
@@ -670,28 +831,16 @@ fn stats_body<V: V8>(g1: &[f32], g2: &[f32], h: Range<usize>, with_pair: bool) -
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn stats_avx2(g1: &[f32], g2: &[f32], h: Range<usize>, with_pair: bool) -> TwoStats {
-    stats_body::<x86::Avx2>(g1, g2, h, with_pair)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn stats_avx512(g1: &[f32], g2: &[f32], h: Range<usize>, with_pair: bool) -> TwoStats {
-    stats_body::<x86::Avx512>(g1, g2, h, with_pair)
-}
-
 /// One read pass over `g1, g2` for the trace's norms and cosine, CGR's head norms and (with
 /// `with_pair`) UVS's statistics outside `head`, `D` included, on the widest instruction set
-/// available (same bits on every one).
+/// available and in parallel for long vectors (same bits either way).
 pub fn two_stream_stats(g1: &[f32], g2: &[f32], head: Option<&Range<usize>>, with_pair: bool) -> TwoStats {
-    two_stream_stats_on(Simd::best(), g1, g2, head, with_pair)
+    two_stream_stats_on(Exec::best(), g1, g2, head, with_pair)
 }
 
-/// [`two_stream_stats`] on a given instruction set (panics when the CPU lacks it).
+/// [`two_stream_stats`] as `exec` says (panics when the CPU lacks its instruction set).
 pub fn two_stream_stats_on(
-    simd: Simd,
+    exec: Exec,
     g1: &[f32],
     g2: &[f32],
     head: Option<&Range<usize>>,
@@ -699,15 +848,8 @@ pub fn two_stream_stats_on(
 ) -> TwoStats {
     assert_eq!(g1.len(), g2.len(), "two-stream statistics of gradients of different lengths");
     let h = head_or_empty(g1.len(), head);
-    simd.check();
-    match simd {
-        // SAFETY (both arms): `check` has verified that the CPU supports the feature.
-        #[cfg(target_arch = "x86_64")]
-        Simd::Avx2 => unsafe { stats_avx2(g1, g2, h, with_pair) },
-        #[cfg(target_arch = "x86_64")]
-        Simd::Avx512 => unsafe { stats_avx512(g1, g2, h, with_pair) },
-        _ => stats_body::<Portable>(g1, g2, h, with_pair),
-    }
+    exec.simd.check();
+    stats_body(exec, g1, g2, h, with_pair)
 }
 
 /// How the head's slice of the update is formed.
@@ -745,11 +887,18 @@ impl ElemRule for Cgr {
     }
 }
 
-/// Writes `out[i] = rule(g1[i], g2[i])` (rounded to f32) over one segment and adds
-/// `sum out[i]^2` of the rounded values to `acc`, lane-wise per block like the read pass.
+/// The map of one segment, as the dispatcher passes it to the instruction-set wrappers.
+#[derive(Clone, Copy)]
+enum SegRule {
+    Lin(f64, f64),
+    Cgr(f64),
+}
+
+/// Writes `out[i] = rule(g1[i], g2[i])` (rounded to f32) block by block and stores each block's
+/// `sum out[i]^2` of the rounded values (lane-wise, as the read pass) in its slot.
 #[inline(always)]
-fn write_seg<V: V8, R: ElemRule>(out: &mut [f32], g1: &[f32], g2: &[f32], rule: R, acc: &mut Comp) {
-    for ((o, x), y) in out.chunks_mut(BLOCK).zip(g1.chunks(BLOCK)).zip(g2.chunks(BLOCK)) {
+fn write_blocks<V: V8, R: ElemRule>(out: &mut [f32], g1: &[f32], g2: &[f32], rule: R, slots: &mut [f64]) {
+    for (((o, x), y), slot) in out.chunks_mut(BLOCK).zip(g1.chunks(BLOCK)).zip(g2.chunks(BLOCK)).zip(slots) {
         let mut sq = V::zero();
         let (o8, or) = o.as_chunks_mut::<LANES>();
         let (x8, xr) = x.as_chunks::<LANES>();
@@ -757,7 +906,7 @@ fn write_seg<V: V8, R: ElemRule>(out: &mut [f32], g1: &[f32], g2: &[f32], rule: 
         for ((o8, x8), y8) in o8.iter_mut().zip(x8).zip(y8) {
             rule.apply(V::load(x8), V::load(y8)).store(o8);
             let v = V::load(o8);
-            sq = sq.add(v.mul(v));
+            sq = sq.add_f32_product(v, v);
         }
         if !or.is_empty() {
             let mut p = [0f32; LANES];
@@ -766,14 +915,45 @@ fn write_seg<V: V8, R: ElemRule>(out: &mut [f32], g1: &[f32], g2: &[f32], rule: 
             p[or.len()..].fill(0.0);
             or.copy_from_slice(&p[..or.len()]);
             let v = V::load(&p);
-            sq = sq.add(v.mul(v));
+            sq = sq.add_f32_product(v, v);
         }
-        acc.add(tree(&sq.lanes()));
+        *slot = tree(&sq.lanes());
     }
 }
 
 #[inline(always)]
-fn write_body<V: V8>(
+fn write_blocks_rule<V: V8>(out: &mut [f32], g1: &[f32], g2: &[f32], rule: SegRule, slots: &mut [f64]) {
+    match rule {
+        SegRule::Lin(a, b) => write_blocks::<V, _>(out, g1, g2, Lin(a, b), slots),
+        SegRule::Cgr(g) => write_blocks::<V, _>(out, g1, g2, Cgr(g), slots),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn write_blocks_avx2(out: &mut [f32], g1: &[f32], g2: &[f32], rule: SegRule, slots: &mut [f64]) {
+    write_blocks_rule::<x86::Avx2>(out, g1, g2, rule, slots)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn write_blocks_avx512(out: &mut [f32], g1: &[f32], g2: &[f32], rule: SegRule, slots: &mut [f64]) {
+    write_blocks_rule::<x86::Avx512>(out, g1, g2, rule, slots)
+}
+
+fn write_blocks_on(simd: Simd, out: &mut [f32], g1: &[f32], g2: &[f32], rule: SegRule, slots: &mut [f64]) {
+    match simd {
+        // SAFETY (both arms): every public entry point ran `Simd::check` before getting here.
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx2 => unsafe { write_blocks_avx2(out, g1, g2, rule, slots) },
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx512 => unsafe { write_blocks_avx512(out, g1, g2, rule, slots) },
+        _ => write_blocks_rule::<Portable>(out, g1, g2, rule, slots),
+    }
+}
+
+fn write_body(
+    exec: Exec,
     out: &mut [f32],
     g1: &[f32],
     g2: &[f32],
@@ -782,43 +962,40 @@ fn write_body<V: V8>(
     gamma: Option<f64>,
 ) -> f64 {
     let n = g1.len();
-    let mut acc = Comp::default();
-    let lin = Lin(lin.0, lin.1);
-    write_seg::<V, _>(&mut out[..h.start], &g1[..h.start], &g2[..h.start], lin, &mut acc);
-    let (oh, xh, yh) = (&mut out[h.clone()], &g1[h.clone()], &g2[h.clone()]);
-    match gamma {
+    let lin = SegRule::Lin(lin.0, lin.1);
+    let head_rule = match gamma {
         // `1 x + 1 y` is `x + y` exactly: the Sum rule is the linear one with unit weights.
-        None => write_seg::<V, _>(oh, xh, yh, Lin(1.0, 1.0), &mut acc),
-        Some(g) => write_seg::<V, _>(oh, xh, yh, Cgr(g), &mut acc),
+        None => SegRule::Lin(1.0, 1.0),
+        Some(g) => SegRule::Cgr(g),
+    };
+    let (out0, rest) = out.split_at_mut(h.start);
+    let (out_head, out2) = rest.split_at_mut(h.len());
+    let segs = [(out0, 0..h.start, lin), (out_head, h.clone(), head_rule), (out2, h.end..n, lin)];
+    let counts = [h.start, h.len(), n - h.end].map(|len| len.div_ceil(BLOCK));
+    let mut sq = vec![0f64; counts.iter().sum()];
+    let parallel = exec.parallel && sq.len() >= PAR_MIN_BLOCKS;
+    let mut rest = &mut sq[..];
+    for (i, (o, seg, rule)) in segs.into_iter().enumerate() {
+        let (slots, tail) = std::mem::take(&mut rest).split_at_mut(counts[i]);
+        rest = tail;
+        let (x, y) = (&g1[seg.clone()], &g2[seg]);
+        let task = |((o, (x, y)), s): ((&mut [f32], (&[f32], &[f32])), &mut [f64])| {
+            write_blocks_on(exec.simd, o, x, y, rule, s)
+        };
+        if parallel {
+            let xy = x.par_chunks(TASK).zip(y.par_chunks(TASK));
+            o.par_chunks_mut(TASK).zip(xy).zip(slots.par_chunks_mut(TASK_BLOCKS)).for_each(task);
+        } else {
+            let xy = x.chunks(TASK).zip(y.chunks(TASK));
+            o.chunks_mut(TASK).zip(xy).zip(slots.chunks_mut(TASK_BLOCKS)).for_each(task);
+        }
     }
-    write_seg::<V, _>(&mut out[h.end..], &g1[h.end..n], &g2[h.end..n], lin, &mut acc);
+    // `||out||^2`, block totals merged in element order.
+    let mut acc = Comp::default();
+    for &b in &sq {
+        acc.add(b);
+    }
     acc.value()
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn write_avx2(
-    out: &mut [f32],
-    g1: &[f32],
-    g2: &[f32],
-    lin: (f64, f64),
-    h: Range<usize>,
-    gamma: Option<f64>,
-) -> f64 {
-    write_body::<x86::Avx2>(out, g1, g2, lin, h, gamma)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn write_avx512(
-    out: &mut [f32],
-    g1: &[f32],
-    g2: &[f32],
-    lin: (f64, f64),
-    h: Range<usize>,
-    gamma: Option<f64>,
-) -> f64 {
-    write_body::<x86::Avx512>(out, g1, g2, lin, h, gamma)
 }
 
 /// One write pass: `out = a1 g1 + a2 g2` outside `head`, the head's slice by `rule`, and
@@ -832,12 +1009,12 @@ pub fn write_two(
     head: Option<(&Range<usize>, HeadRule)>,
     stats: &TwoStats,
 ) -> f64 {
-    write_two_on(Simd::best(), out, g1, g2, coef, head, stats)
+    write_two_on(Exec::best(), out, g1, g2, coef, head, stats)
 }
 
-/// [`write_two`] on a given instruction set (panics when the CPU lacks it).
+/// [`write_two`] as `exec` says (panics when the CPU lacks its instruction set).
 pub fn write_two_on(
-    simd: Simd,
+    exec: Exec,
     out: &mut [f32],
     g1: &[f32],
     g2: &[f32],
@@ -852,15 +1029,8 @@ pub fn write_two_on(
         HeadRule::Sum => None,
         HeadRule::Cgr { tau } => Some(tau / (stats.head11.sqrt().max(1e-8) * stats.head22.sqrt().max(1e-8))),
     };
-    simd.check();
-    match simd {
-        // SAFETY (both arms): `check` has verified that the CPU supports the feature.
-        #[cfg(target_arch = "x86_64")]
-        Simd::Avx2 => unsafe { write_avx2(out, g1, g2, coef, h, gamma) },
-        #[cfg(target_arch = "x86_64")]
-        Simd::Avx512 => unsafe { write_avx512(out, g1, g2, coef, h, gamma) },
-        _ => write_body::<Portable>(out, g1, g2, coef, h, gamma),
-    }
+    exec.simd.check();
+    write_body(exec, out, g1, g2, coef, h, gamma)
 }
 
 /// What a two-stream step reports besides the update direction.
@@ -886,12 +1056,12 @@ pub fn cs_dfd_direction(
     head_rule: HeadRule,
     out: &mut [f32],
 ) -> TwoStepNumbers {
-    cs_dfd_direction_on(Simd::best(), g1, g2, head, uvs_c, head_rule, out)
+    cs_dfd_direction_on(Exec::best(), g1, g2, head, uvs_c, head_rule, out)
 }
 
-/// [`cs_dfd_direction`] on a given instruction set (panics when the CPU lacks it).
+/// [`cs_dfd_direction`] as `exec` says (panics when the CPU lacks its instruction set).
 pub fn cs_dfd_direction_on(
-    simd: Simd,
+    exec: Exec,
     g1: &[f32],
     g2: &[f32],
     head: Option<&Range<usize>>,
@@ -899,7 +1069,7 @@ pub fn cs_dfd_direction_on(
     head_rule: HeadRule,
     out: &mut [f32],
 ) -> TwoStepNumbers {
-    let stats = two_stream_stats_on(simd, g1, g2, head, uvs_c.is_some());
+    let stats = two_stream_stats_on(exec, g1, g2, head, uvs_c.is_some());
     let (coef, mu) = match (uvs_c, &stats.pair) {
         (Some(c), Some(pair)) => {
             let sol = uvs_two_fixed(pair, c);
@@ -907,7 +1077,7 @@ pub fn cs_dfd_direction_on(
         }
         _ => ((1.0, 1.0), None),
     };
-    let norm_update = write_two_on(simd, out, g1, g2, coef, head.map(|h| (h, head_rule)), &stats).sqrt();
+    let norm_update = write_two_on(exec, out, g1, g2, coef, head.map(|h| (h, head_rule)), &stats).sqrt();
     trace_numbers(&stats, norm_update, mu)
 }
 
@@ -990,7 +1160,7 @@ mod tests {
     /// Odd lengths (below a lane group, below and across blocks) and heads at unaligned places.
     fn cases(rng: &mut ChaCha8Rng) -> Vec<Case> {
         let mut v = Vec::new();
-        for &n in &[1usize, 3, 7, 9, 31, 1001, 2049, 4099, 10_007] {
+        for &n in &[1usize, 3, 7, 9, 31, 1001, 2049, 4099, 10_007, 300_007] {
             let mut heads: Vec<Option<Range<usize>>> = vec![None, Some(0..n), Some(n..n), Some(0..n / 2)];
             for _ in 0..4 {
                 let a = rng.random_range(0..=n);
@@ -1131,39 +1301,44 @@ mod tests {
     /// Every instruction set gives the same bits as the portable code (the same lanes, the
     /// same order, no FMA); on a CPU without AVX this only checks the portable path.
     #[test]
-    fn every_instruction_set_gives_the_same_bits() {
-        let simds = Simd::available();
-        eprintln!("instruction sets compared: {simds:?}");
+    fn every_instruction_set_and_thread_count_gives_the_same_bits() {
+        let seq = |simd| Exec { simd, parallel: false };
+        let execs: Vec<Exec> =
+            Simd::available().into_iter().flat_map(|simd| [seq(simd), Exec { simd, parallel: true }]).collect();
+        eprintln!("compared with {:?}: {execs:?}", seq(Simd::Portable));
         let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let mut went_parallel = false;
         for (g1, g2, heads) in cases(&mut rng) {
             let n = g1.len();
+            went_parallel |= n.div_ceil(BLOCK) >= PAR_MIN_BLOCKS;
             for head in &heads {
                 for (uvs_c, rule) in rules() {
                     let what = format!("n = {n}, head = {head:?}, uvs = {uvs_c:?}, rule = {rule:?}");
                     let mut v0 = vec![f32::NAN; n];
-                    let num0 =
-                        cs_dfd_direction_on(Simd::Portable, &g1, &g2, head.as_ref(), uvs_c, rule, &mut v0);
-                    let st0 = two_stream_stats_on(Simd::Portable, &g1, &g2, head.as_ref(), uvs_c.is_some());
-                    for &simd in &simds[1..] {
+                    let e0 = seq(Simd::Portable);
+                    let num0 = cs_dfd_direction_on(e0, &g1, &g2, head.as_ref(), uvs_c, rule, &mut v0);
+                    let st0 = two_stream_stats_on(e0, &g1, &g2, head.as_ref(), uvs_c.is_some());
+                    for &exec in &execs[1..] {
                         let mut v = vec![f32::NAN; n];
-                        let num = cs_dfd_direction_on(simd, &g1, &g2, head.as_ref(), uvs_c, rule, &mut v);
+                        let num = cs_dfd_direction_on(exec, &g1, &g2, head.as_ref(), uvs_c, rule, &mut v);
                         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                        assert_eq!(bits(&v), bits(&v0), "{what}: {simd:?} update vector");
+                        assert!(bits(&v) == bits(&v0), "{what}: {exec:?} update vector");
                         let nb = |m: &TwoStepNumbers| {
                             [m.norm_g1, m.norm_g2, m.cos_g1_g2, m.norm_update].map(f64::to_bits)
                         };
-                        assert_eq!(nb(&num), nb(&num0), "{what}: {simd:?} trace");
+                        assert_eq!(nb(&num), nb(&num0), "{what}: {exec:?} trace");
                         assert_eq!(num.mu.map(|m| m.map(f64::to_bits)), num0.mu.map(|m| m.map(f64::to_bits)));
-                        let st = two_stream_stats_on(simd, &g1, &g2, head.as_ref(), uvs_c.is_some());
+                        let st = two_stream_stats_on(exec, &g1, &g2, head.as_ref(), uvs_c.is_some());
                         let sb = |s: &TwoStats| {
                             let p = s.pair.map(|p| [p.g11, p.g12, p.g22, p.a, p.d].map(f64::to_bits));
                             ([s.n11, s.n12, s.n22, s.head11, s.head22].map(f64::to_bits), p)
                         };
-                        assert_eq!(sb(&st), sb(&st0), "{what}: {simd:?} statistics");
+                        assert_eq!(sb(&st), sb(&st0), "{what}: {exec:?} statistics");
                     }
                 }
             }
         }
+        assert!(went_parallel, "no case is long enough for the parallel passes");
     }
 
     /// The bit comparison above can fail: on these inputs a different lane count (four instead
@@ -1172,7 +1347,7 @@ mod tests {
     fn the_inputs_are_sensitive_to_summation_order() {
         let mut rng = ChaCha8Rng::seed_from_u64(7);
         let g = random(&mut rng, 4099);
-        let st = two_stream_stats_on(Simd::Portable, &g, &g, None, false);
+        let st = two_stream_stats_on(Exec { simd: Simd::Portable, parallel: false }, &g, &g, None, false);
         assert_ne!(st.n11.to_bits(), crate::gradvec::dot(&g, &g).to_bits());
         let seq = g.iter().fold(0f64, |s, &x| s + x as f64 * x as f64);
         assert_ne!(st.n11.to_bits(), seq.to_bits());
