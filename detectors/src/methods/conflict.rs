@@ -169,7 +169,11 @@ mod tests {
         let pb = ParamStore::new(&Device::Cpu).builder(7);
         let det = Detector::new(&pb, 2, |pb| crate::backbones::build("meso4", pb, 64))?;
         let mut rng = ChaCha8Rng::seed_from_u64(3);
-        let input = StepInput { original: Some(batch(&mut rng, 6, 64)), online: Some(batch(&mut rng, 6, 64)), domains: vec![] };
+        let input = StepInput {
+            original: Some(batch(&mut rng, 6, 64)),
+            online: Some(batch(&mut rng, 6, 64)),
+            domains: vec![],
+        };
         let ctx = StepCtx { kind: "cs-dfd", det: &det, input: &input };
         let (l1, l2) = ctx.two_streams(Mode::Train)?;
         let bits = |g: &GradStore| -> Result<Vec<Vec<u32>>> {

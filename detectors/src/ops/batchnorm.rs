@@ -298,7 +298,11 @@ fn planewise(len: usize, hw: usize, fill: impl Fn(usize, &mut [MaybeUninit<f32>]
 
 impl BatchNormOp {
     fn forward(&self, x: &[f32], g: &[f32], b: &[f32], dims: (usize, usize, usize)) -> Vec<f32> {
-        if self.relu_input { self.forward_on::<true>(x, g, b, dims) } else { self.forward_on::<false>(x, g, b, dims) }
+        if self.relu_input {
+            self.forward_on::<true>(x, g, b, dims)
+        } else {
+            self.forward_on::<false>(x, g, b, dims)
+        }
     }
 
     fn forward_on<const RELU: bool>(
