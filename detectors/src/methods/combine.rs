@@ -792,8 +792,8 @@ fn stats_body(exec: Exec, g1: &[f32], g2: &[f32], h: Range<usize>, with_pair: bo
     let (head_blocks, outside) = blocks.split_at(counts[0]);
     let mut head = [Comp::default(); 3];
     for b in head_blocks {
-        for k in 0..3 {
-            head[k].add(b.s[k]);
+        for (h, &v) in head.iter_mut().zip(&b.s) {
+            h.add(v);
         }
     }
     // g11, g12, g22, A, B outside the head, and the merged residual sum.
@@ -807,12 +807,12 @@ fn stats_body(exec: Exec, g1: &[f32], g2: &[f32], h: Range<usize>, with_pair: bo
                 let dt = out[4].value() / sa - b.s[4] / sb;
                 rss.add(dt * dt * (sa * sb / (sa + sb)));
             }
-            for k in 0..5 {
-                out[k].add(b.s[k]);
+            for (o, &v) in out.iter_mut().zip(&b.s) {
+                o.add(v);
             }
         } else {
-            for k in 0..3 {
-                out[k].add(b.s[k]);
+            for (o, &v) in out[..3].iter_mut().zip(&b.s) {
+                o.add(v);
             }
         }
     }
@@ -979,9 +979,8 @@ fn write_body(
         let (slots, tail) = std::mem::take(&mut rest).split_at_mut(counts[i]);
         rest = tail;
         let (x, y) = (&g1[seg.clone()], &g2[seg]);
-        let task = |((o, (x, y)), s): ((&mut [f32], (&[f32], &[f32])), &mut [f64])| {
-            write_blocks_on(exec.simd, o, x, y, rule, s)
-        };
+        type Task<'a> = ((&'a mut [f32], (&'a [f32], &'a [f32])), &'a mut [f64]);
+        let task = |((o, (x, y)), s): Task| write_blocks_on(exec.simd, o, x, y, rule, s);
         if parallel {
             let xy = x.par_chunks(TASK).zip(y.par_chunks(TASK));
             o.par_chunks_mut(TASK).zip(xy).zip(slots.par_chunks_mut(TASK_BLOCKS)).for_each(task);
