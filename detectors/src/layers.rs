@@ -10,7 +10,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::model::Mode;
-use crate::ops::batchnorm;
+use crate::ops::batchnorm::{self, Relu};
 use crate::params::{Init, ParamBuilder};
 
 /// `y = x W^T + b`, PyTorch's layout (`weight: [out, in]`) and default initialisation.
@@ -193,43 +193,36 @@ impl BatchNorm2d {
 
     /// Runs [`crate::ops::batchnorm`]: a fused kernel for f32 on the CPU, candle ops elsewhere.
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        self.forward_on(x, mode, false)
+        self.forward_with(x, mode, Relu::None)
     }
 
     /// `self.forward(&x.relu()?, mode)`, with the ReLU folded into the fused kernel on the CPU
     /// (same values and gradients, two fewer tensors and five fewer passes per step).
     pub fn forward_after_relu(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        self.forward_on(x, mode, true)
+        self.forward_with(x, mode, Relu::Input)
     }
 
-    fn forward_on(&self, x: &Tensor, mode: Mode, relu_input: bool) -> Result<Tensor> {
+    /// `self.forward(x, mode)?.relu()`, folded likewise.
+    pub fn forward_then_relu(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        self.forward_with(x, mode, Relu::Output)
+    }
+
+    fn forward_with(&self, x: &Tensor, mode: Mode, relu: Relu) -> Result<Tensor> {
         let (b, c, h, w) = x.dims4()?;
         if c != self.channels {
             candle_core::bail!("batch norm: expected {} channels, got input {:?}", self.channels, x.dims());
         }
         match mode {
-            Mode::Eval if relu_input => batchnorm::batch_norm_eval_relu_input(
+            Mode::Eval => batchnorm::batch_norm_eval_with(
                 x,
                 &self.weight,
                 &self.bias,
-                self.running_mean.as_tensor(),
-                self.running_var.as_tensor(),
+                (self.running_mean.as_tensor(), self.running_var.as_tensor()),
                 self.eps,
-            ),
-            Mode::Eval => batchnorm::batch_norm_eval(
-                x,
-                &self.weight,
-                &self.bias,
-                self.running_mean.as_tensor(),
-                self.running_var.as_tensor(),
-                self.eps,
+                relu,
             ),
             Mode::Train | Mode::TrainFrozenStats => {
-                let (y, mean, var) = if relu_input {
-                    batchnorm::batch_norm_train_relu_input(x, &self.weight, &self.bias, self.eps)?
-                } else {
-                    batchnorm::batch_norm_train(x, &self.weight, &self.bias, self.eps)?
-                };
+                let (y, mean, var) = batchnorm::batch_norm_train_with(x, &self.weight, &self.bias, self.eps, relu)?;
                 if mode == Mode::Train {
                     let m = self.momentum;
                     let n = b * h * w;

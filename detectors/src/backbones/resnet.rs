@@ -47,7 +47,7 @@ impl BasicBlock {
     }
 
     fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        let y = self.bn1.forward(&self.conv1.forward(x)?, mode)?.relu()?;
+        let y = self.bn1.forward_then_relu(&self.conv1.forward(x)?, mode)?;
         let y = self.bn2.forward(&self.conv2.forward(&y)?, mode)?;
         let skip = match &self.downsample {
             Some((conv, bn)) => bn.forward(&conv.forward(x)?, mode)?,
@@ -92,7 +92,7 @@ impl ResNet {
 impl Backbone for ResNet {
     fn forward_features(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         super::check_images(x, "resnet")?;
-        let x = self.bn1.forward(&self.conv1.forward(x)?, mode)?.relu()?;
+        let x = self.bn1.forward_then_relu(&self.conv1.forward(x)?, mode)?;
         let mut x = max_pool2d(&x, 3, 2, 1)?;
         for b in &self.blocks {
             x = b.forward(&x, mode)?;

@@ -175,13 +175,13 @@ impl Xception {
 impl Backbone for Xception {
     fn forward_features(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         super::check_images(x, "xception")?;
-        let x = self.bn1.forward(&self.conv1.forward(x)?, mode)?.relu()?;
-        let mut x = self.bn2.forward(&self.conv2.forward(&x)?, mode)?.relu()?;
+        let x = self.bn1.forward_then_relu(&self.conv1.forward(x)?, mode)?;
+        let mut x = self.bn2.forward_then_relu(&self.conv2.forward(&x)?, mode)?;
         for b in &self.blocks {
             x = b.forward(&x, mode)?;
         }
-        let x = self.bn3.forward(&self.conv3.forward(&x)?, mode)?.relu()?;
-        let x = self.bn4.forward(&self.conv4.forward(&x)?, mode)?.relu()?;
+        let x = self.bn3.forward_then_relu(&self.conv3.forward(&x)?, mode)?;
+        let x = self.bn4.forward_then_relu(&self.conv4.forward(&x)?, mode)?;
         global_avg_pool(&x)
     }
 

@@ -21,12 +21,14 @@
 //! [`batch_norm_train`] and [`batch_norm_eval`] dispatch here for f32 CPU tensors and to the
 //! composed candle code ([`batch_norm_train_composed`], [`batch_norm_eval_composed`]) otherwise.
 //!
-//! With `relu_input` the op normalises `relu(x)` without materialising it (Meso4 applies ReLU
-//! between each convolution and its BatchNorm): candle's ReLU costs a pass and a tensor forward,
-//! and five passes with four temporaries backward (`ge`, `to_dtype`, `mul`, the gradient sum).
-//! The fused op computes the same values with the same operations (`v.max(0)` as candle's ReLU,
-//! the incoming gradient times the `x >= 0` mask as candle's ReLU backward), so it gives the
-//! bits of `batch_norm_*(x.relu())`, which the tests check.
+//! A ReLU next to the op can be folded into it ([`Relu`]): on its input (Meso4 applies ReLU
+//! between each convolution and its BatchNorm) or on its output (ResNet, Xception). candle's
+//! ReLU costs a pass and a tensor forward, and five passes with four temporaries backward (`ge`,
+//! `to_dtype`, `mul`, the gradient sum). The fused op computes the same values with the same
+//! operations (`v.max(0)` as candle's ReLU; the incoming gradient times the `v >= 0` mask, plus
+//! candle's zero gradient accumulator, as candle's ReLU backward; the BatchNorm output the mask
+//! needs recomputed by the forward's own expression), so it gives the bits of the separate ops,
+//! which the tests check.
 use std::mem::MaybeUninit;
 use std::sync::{Arc, Mutex};
 
@@ -45,6 +47,26 @@ pub fn is_supported(x: &Tensor, gamma: &Tensor, beta: &Tensor) -> bool {
         && beta.elem_count() == c
 }
 
+/// Where a ReLU folded into the op sits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Relu {
+    None,
+    /// `bn(relu(x))`.
+    Input,
+    /// `relu(bn(x))`.
+    Output,
+}
+
+impl Relu {
+    /// The composed fallback's input and output maps.
+    fn before(self, x: &Tensor) -> Result<Tensor> {
+        if self == Relu::Input { x.relu() } else { Ok(x.clone()) }
+    }
+    fn after(self, y: Tensor) -> Result<Tensor> {
+        if self == Relu::Output { y.relu() } else { Ok(y) }
+    }
+}
+
 /// Training-mode batch norm over `(0, 2, 3)` of `x` `[N, C, H, W]`: returns
 /// `(y, batch_mean [C], biased_batch_var [C])`; the statistics are detached, in `x`'s dtype.
 pub fn batch_norm_train(
@@ -53,36 +75,28 @@ pub fn batch_norm_train(
     beta: &Tensor,
     eps: f64,
 ) -> Result<(Tensor, Tensor, Tensor)> {
-    batch_norm_train_on(x, gamma, beta, eps, false)
+    batch_norm_train_with(x, gamma, beta, eps, Relu::None)
 }
 
-/// [`batch_norm_train`] of `x.relu()`, fused on the CPU (same bits as the two ops).
-pub fn batch_norm_train_relu_input(
+/// [`batch_norm_train`] with a ReLU before or after it, fused on the CPU (same bits as the two
+/// ops); the statistics are those of the normalised input (`relu(x)` for [`Relu::Input`]).
+pub fn batch_norm_train_with(
     x: &Tensor,
     gamma: &Tensor,
     beta: &Tensor,
     eps: f64,
-) -> Result<(Tensor, Tensor, Tensor)> {
-    batch_norm_train_on(x, gamma, beta, eps, true)
-}
-
-fn batch_norm_train_on(
-    x: &Tensor,
-    gamma: &Tensor,
-    beta: &Tensor,
-    eps: f64,
-    relu_input: bool,
+    relu: Relu,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let (n, c, h, w) = x.dims4()?;
     if n * h * w < 2 {
         bail!("batch norm in training mode needs more than one value per channel, got {:?}", x.dims());
     }
     if !is_supported(x, gamma, beta) {
-        let x = if relu_input { x.relu()? } else { x.clone() };
-        return batch_norm_train_composed(&x, gamma, beta, eps);
+        let (y, m, v) = batch_norm_train_composed(&relu.before(x)?, gamma, beta, eps)?;
+        return Ok((relu.after(y)?, m, v));
     }
     let saved = Arc::new(Mutex::new(Saved::default()));
-    let op = BatchNormOp { eps, fixed: None, relu_input, saved: saved.clone() };
+    let op = BatchNormOp { eps, fixed: None, relu, saved: saved.clone() };
     let y =
         x.contiguous()?.apply_op3_arc(&gamma.contiguous()?, &beta.contiguous()?, Arc::new(Box::new(op)))?;
     let s = saved.lock().expect("batch norm state poisoned");
@@ -101,36 +115,25 @@ pub fn batch_norm_eval(
     var: &Tensor,
     eps: f64,
 ) -> Result<Tensor> {
-    batch_norm_eval_on(x, gamma, beta, (mean, var), eps, false)
+    batch_norm_eval_with(x, gamma, beta, (mean, var), eps, Relu::None)
 }
 
-/// [`batch_norm_eval`] of `x.relu()`, fused on the CPU (same bits as the two ops).
-pub fn batch_norm_eval_relu_input(
-    x: &Tensor,
-    gamma: &Tensor,
-    beta: &Tensor,
-    mean: &Tensor,
-    var: &Tensor,
-    eps: f64,
-) -> Result<Tensor> {
-    batch_norm_eval_on(x, gamma, beta, (mean, var), eps, true)
-}
-
-fn batch_norm_eval_on(
+/// [`batch_norm_eval`] with a ReLU before or after it, fused on the CPU (same bits as the two
+/// ops). `stats` are the fixed `(mean, var)`.
+pub fn batch_norm_eval_with(
     x: &Tensor,
     gamma: &Tensor,
     beta: &Tensor,
     (mean, var): (&Tensor, &Tensor),
     eps: f64,
-    relu_input: bool,
+    relu: Relu,
 ) -> Result<Tensor> {
     let (_, c, _, _) = x.dims4()?;
     if !is_supported(x, gamma, beta) || mean.elem_count() != c || var.elem_count() != c {
-        let x = if relu_input { x.relu()? } else { x.clone() };
-        return batch_norm_eval_composed(&x, gamma, beta, mean, var, eps);
+        return relu.after(batch_norm_eval_composed(&relu.before(x)?, gamma, beta, mean, var, eps)?);
     }
     let read = |t: &Tensor| -> Result<Vec<f64>> { t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>() };
-    let op = BatchNormOp { eps, fixed: Some((read(mean)?, read(var)?)), relu_input, saved: Arc::default() };
+    let op = BatchNormOp { eps, fixed: Some((read(mean)?, read(var)?)), relu, saved: Arc::default() };
     x.contiguous()?.apply_op3_arc(&gamma.contiguous()?, &beta.contiguous()?, Arc::new(Box::new(op)))
 }
 
@@ -188,21 +191,29 @@ struct BatchNormOp {
     /// `Some((mean, var))`: normalise with these fixed statistics (eval mode), whose gradient is
     /// not wanted; `None`: with the batch statistics (training mode).
     fixed: Option<(Vec<f64>, Vec<f64>)>,
-    /// Normalise `relu(x)` (see the module docs).
-    relu_input: bool,
+    /// A ReLU folded in (see the module docs).
+    relu: Relu,
     saved: Arc<Mutex<Saved>>,
 }
 
-/// The op's view of an input value: itself, or candle's ReLU of it.
+/// `v`, or candle's ReLU of it.
 #[inline(always)]
 fn act<const RELU: bool>(v: f32) -> f32 {
     if RELU { v.max(0f32) } else { v }
 }
 
-/// What candle's ReLU backward multiplies the incoming gradient by: `(x >= 0)` as f32.
+/// What candle's ReLU backward multiplies the incoming gradient by: `(v >= 0)` as f32.
 #[inline(always)]
 fn act_mask<const RELU: bool>(v: f32) -> f32 {
     if !RELU || v >= 0.0 { 1.0 } else { 0.0 }
+}
+
+/// The gradient reaching the BatchNorm's output: `dy` itself, or with an output ReLU what
+/// candle's ReLU backward hands on, `0 + dy * (y >= 0)` with `y` the BatchNorm's output before
+/// the ReLU (recomputed from the input by the forward's expression).
+#[inline(always)]
+fn out_grad<const IN: bool, const OUT: bool>(dy: f32, v: f32, m: f32, s: f32, bb: f32) -> f32 {
+    if OUT { 0.0 + dy * act_mask::<true>((act::<IN>(v) - m) * s + bb) } else { dy }
 }
 
 fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
@@ -257,9 +268,13 @@ fn shifted_moments<const RELU: bool>(a: &[f32], s: f32) -> [f64; 2] {
     })
 }
 
-/// `(sum dy, sum dy * (x - m))` over one plane (of `act(x)`).
-fn grad_moments<const RELU: bool>(dy: &[f32], x: &[f32], m: f32) -> [f64; 2] {
-    pair_sums(dy, x, |g, v| (g, g * (act::<RELU>(v) - m)))
+/// `(sum g, sum g * (x - m))` over one plane (of `act(x)`), `g` the gradient at the BatchNorm's
+/// output ([`out_grad`]; `(s, bb)` the plane's scale and shift, used with an output ReLU only).
+fn grad_moments<const IN: bool, const OUT: bool>(dy: &[f32], x: &[f32], m: f32, (s, bb): (f32, f32)) -> [f64; 2] {
+    pair_sums(dy, x, |d, v| {
+        let g = out_grad::<IN, OUT>(d, v, m, s, bb);
+        (g, g * (act::<IN>(v) - m))
+    })
 }
 
 /// Per-plane pair sums reduced per channel in sample order (deterministic for any thread count).
@@ -296,16 +311,22 @@ fn planewise(len: usize, hw: usize, fill: impl Fn(usize, &mut [MaybeUninit<f32>]
     out
 }
 
+/// The per-channel f32 scale `gamma * inv_std` the forward normalises with (and an output
+/// ReLU's backward recomputes the output with).
+fn scales(g: &[f32], inv_std: &[f64]) -> Vec<f32> {
+    g.iter().zip(inv_std).map(|(&g, &is)| (g as f64 * is) as f32).collect()
+}
+
 impl BatchNormOp {
     fn forward(&self, x: &[f32], g: &[f32], b: &[f32], dims: (usize, usize, usize)) -> Vec<f32> {
-        if self.relu_input {
-            self.forward_on::<true>(x, g, b, dims)
-        } else {
-            self.forward_on::<false>(x, g, b, dims)
+        match self.relu {
+            Relu::None => self.forward_on::<false, false>(x, g, b, dims),
+            Relu::Input => self.forward_on::<true, false>(x, g, b, dims),
+            Relu::Output => self.forward_on::<false, true>(x, g, b, dims),
         }
     }
 
-    fn forward_on<const RELU: bool>(
+    fn forward_on<const IN: bool, const OUT: bool>(
         &self,
         x: &[f32],
         g: &[f32],
@@ -316,9 +337,9 @@ impl BatchNormOp {
             Some((m, v)) => (m.clone(), v.clone()),
             None => {
                 let cnt = (n * hw) as f64;
-                let shift: Vec<f32> = (0..c).map(|ci| act::<RELU>(x[ci * hw])).collect();
+                let shift: Vec<f32> = (0..c).map(|ci| act::<IN>(x[ci * hw])).collect();
                 let tot = per_channel(n, c, hw, |p| {
-                    shifted_moments::<RELU>(&x[p * hw..(p + 1) * hw], shift[p % c])
+                    shifted_moments::<IN>(&x[p * hw..(p + 1) * hw], shift[p % c])
                 });
                 let mut mean = Vec::with_capacity(c);
                 let mut var = Vec::with_capacity(c);
@@ -332,14 +353,14 @@ impl BatchNormOp {
         };
         let inv_std: Vec<f64> = var.iter().map(|&v| 1.0 / (v + self.eps).sqrt()).collect();
         let mean32: Vec<f32> = mean.iter().map(|&m| m as f32).collect();
-        let scale: Vec<f32> = (0..c).map(|ci| (g[ci] as f64 * inv_std[ci]) as f32).collect();
+        let scale = scales(g, &inv_std);
         // Centre first: `x * scale + shift` would lose the low bits of `x - mean` when
         // |mean| >> std.
         let y = planewise(x.len(), hw, |p, yp| {
             let ci = p % c;
             let (m, s, bb) = (mean32[ci], scale[ci], b[ci]);
             for (o, &v) in yp.iter_mut().zip(&x[p * hw..(p + 1) * hw]) {
-                o.write((act::<RELU>(v) - m) * s + bb);
+                o.write(act::<OUT>((act::<IN>(v) - m) * s + bb));
             }
         });
         *self.saved.lock().expect("batch norm state poisoned") = Saved { mean, var, inv_std };
@@ -351,23 +372,23 @@ impl BatchNormOp {
     fn backward(
         &self,
         x: &[f32],
-        g: &[f32],
+        (g, b): (&[f32], &[f32]),
         dy: &[f32],
         dims: (usize, usize, usize),
         need: [bool; 3],
     ) -> (Option<Vec<f32>>, Option<Vec<f32>>, Option<Vec<f32>>) {
-        if self.relu_input {
-            self.backward_on::<true>(x, g, dy, dims, need)
-        } else {
-            self.backward_on::<false>(x, g, dy, dims, need)
+        match self.relu {
+            Relu::None => self.backward_on::<false, false>(x, (g, b), dy, dims, need),
+            Relu::Input => self.backward_on::<true, false>(x, (g, b), dy, dims, need),
+            Relu::Output => self.backward_on::<false, true>(x, (g, b), dy, dims, need),
         }
     }
 
     #[allow(clippy::type_complexity)]
-    fn backward_on<const RELU: bool>(
+    fn backward_on<const IN: bool, const OUT: bool>(
         &self,
         x: &[f32],
-        g: &[f32],
+        (g, b): (&[f32], &[f32]),
         dy: &[f32],
         (n, c, hw): (usize, usize, usize),
         need: [bool; 3],
@@ -379,13 +400,15 @@ impl BatchNormOp {
             (saved.mean.clone(), saved.inv_std.clone())
         };
         let mean32: Vec<f32> = mean.iter().map(|&m| m as f32).collect();
+        let scale = scales(g, &inv_std);
         let batch = self.fixed.is_none();
         // The sums are needed for the affine gradients, and in training mode for dx too
         // (the batch statistics depend on every x).
         let sums = if need[1] || need[2] || (batch && need[0]) {
             per_channel(n, c, hw, |p| {
                 let r = p * hw..(p + 1) * hw;
-                grad_moments::<RELU>(&dy[r.clone()], &x[r], mean32[p % c])
+                let ci = p % c;
+                grad_moments::<IN, OUT>(&dy[r.clone()], &x[r], mean32[ci], (scale[ci], b[ci]))
             })
         } else {
             Vec::new()
@@ -412,10 +435,11 @@ impl BatchNormOp {
             planewise(x.len(), hw, |p, o| {
                 let ci = p % c;
                 let [k1, k2, k3] = coef[ci];
-                let m = mean32[ci];
+                let (m, s, bb) = (mean32[ci], scale[ci], b[ci]);
                 let r = p * hw..(p + 1) * hw;
                 for ((o, &d), &v) in o.iter_mut().zip(&dy[r.clone()]).zip(&x[r]) {
-                    o.write((k1 * d + k2 * (act::<RELU>(v) - m) + k3) * act_mask::<RELU>(v));
+                    let d = out_grad::<IN, OUT>(d, v, m, s, bb);
+                    o.write((k1 * d + k2 * (act::<IN>(v) - m) + k3) * act_mask::<IN>(v));
                 }
             })
         });
@@ -477,14 +501,17 @@ impl CustomOp3 for BatchNormOp {
         }
         let (xs, xl) = x.storage_and_layout();
         let (gs, gl) = gamma.storage_and_layout();
+        let (bs, bl) = beta.storage_and_layout();
         let (ds, dl) = grad.storage_and_layout();
-        let (Storage::Cpu(xs), Storage::Cpu(gs), Storage::Cpu(ds)) = (&*xs, &*gs, &*ds) else {
+        let (Storage::Cpu(xs), Storage::Cpu(gs), Storage::Cpu(bs), Storage::Cpu(ds)) = (&*xs, &*gs, &*bs, &*ds)
+        else {
             bail!("batch norm backward: operands must be on the CPU");
         };
         let xv = f32_slice(xs, xl, "input")?;
         let gv = f32_slice(gs, gl, "weight")?;
+        let bv = f32_slice(bs, bl, "bias")?;
         let dy = f32_slice(ds, dl, "output gradient")?;
-        let (dx, dg, db) = self.backward(xv, gv, dy, (n, c, h * w), need);
+        let (dx, dg, db) = self.backward(xv, (gv, bv), dy, (n, c, h * w), need);
         let dx = dx.map(|v| Tensor::from_vec(v, x.shape(), &Device::Cpu)).transpose()?;
         let dg = dg.map(|v| Tensor::from_vec(v, gamma.shape(), &Device::Cpu)).transpose()?;
         let db = db.map(|v| Tensor::from_vec(v, beta.shape(), &Device::Cpu)).transpose()?;
@@ -594,15 +621,16 @@ mod tests {
         Ok(())
     }
 
-    /// The fused ReLU input must give the bits of candle's ReLU followed by the op: outputs,
-    /// statistics and all three gradients, in training and evaluation mode, with exact zeros
-    /// (where candle's mask passes the gradient) and negative values in `x`.
+    /// A folded ReLU must give the bits of candle's ReLU and the op as separate nodes: outputs,
+    /// statistics and all three gradients, in training and evaluation mode, before and after
+    /// the op, with exact zeros (where candle's mask passes the gradient) and negative values at
+    /// the ReLU, and a `beta` that puts part of every channel's output below zero.
     #[test]
-    fn relu_input_gives_the_bits_of_relu_then_batch_norm() -> Result<()> {
+    fn folded_relu_gives_the_bits_of_separate_relu_and_batch_norm() -> Result<()> {
         let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
         for (dims, offset) in [([3, 5, 7, 4], 0.0), ([2, 3, 1, 2], 0.5), ([4, 2, 19, 23], -0.4)] {
             let k = case(dims, 17, offset);
-            // Round a third of the values to exact zeros (+0 and -0).
+            // A third of the values exact zeros (+0 and -0).
             let x: Vec<f32> = vecf(k.x.as_tensor())
                 .iter()
                 .enumerate()
@@ -616,40 +644,58 @@ mod tests {
             let (g, b) = (k.g.as_tensor(), k.b.as_tensor());
             let rm = t(rand_vec(dims[1], 60, -1.0, 1.0), &[dims[1]]);
             let rv = t(rand_vec(dims[1], 61, 0.2, 3.0), &[dims[1]]);
-            for train in [true, false] {
-                let run = |fused: bool| -> Result<Vec<Vec<u32>>> {
-                    let xt = x.as_tensor();
-                    let mut out = Vec::new();
-                    let y = match (train, fused) {
-                        (true, true) => {
-                            let (y, m, v) = batch_norm_train_relu_input(xt, g, b, 1e-5)?;
-                            out.extend([bits(vecf(&m)), bits(vecf(&v))]);
-                            y
+            for relu in [Relu::Input, Relu::Output] {
+                for train in [true, false] {
+                    let run = |fused: bool| -> Result<Vec<Vec<u32>>> {
+                        let xt = x.as_tensor();
+                        let mut out = Vec::new();
+                        let y = if fused {
+                            if train {
+                                let (y, m, v) = batch_norm_train_with(xt, g, b, 1e-5, relu)?;
+                                out.extend([bits(vecf(&m)), bits(vecf(&v))]);
+                                y
+                            } else {
+                                batch_norm_eval_with(xt, g, b, (&rm, &rv), 1e-5, relu)?
+                            }
+                        } else {
+                            let xin = if relu == Relu::Input { xt.relu()? } else { xt.clone() };
+                            let y = if train {
+                                let (y, m, v) = batch_norm_train(&xin, g, b, 1e-5)?;
+                                out.extend([bits(vecf(&m)), bits(vecf(&v))]);
+                                y
+                            } else {
+                                batch_norm_eval(&xin, g, b, &rm, &rv, 1e-5)?
+                            };
+                            if relu == Relu::Output { y.relu()? } else { y }
+                        };
+                        out.push(bits(vecf(&y)));
+                        let grads = (y * &k.r)?.sum_all()?.backward()?;
+                        for v in [&x, &k.g, &k.b] {
+                            out.push(bits(vecf(grads.get(v.as_tensor()).unwrap())));
                         }
-                        (true, false) => {
-                            let (y, m, v) = batch_norm_train(&xt.relu()?, g, b, 1e-5)?;
-                            out.extend([bits(vecf(&m)), bits(vecf(&v))]);
-                            y
-                        }
-                        (false, true) => batch_norm_eval_relu_input(xt, g, b, &rm, &rv, 1e-5)?,
-                        (false, false) => batch_norm_eval(&xt.relu()?, g, b, &rm, &rv, 1e-5)?,
+                        Ok(out)
                     };
-                    out.push(bits(vecf(&y)));
-                    let grads = (y * &k.r)?.sum_all()?.backward()?;
-                    for v in [&x, &k.g, &k.b] {
-                        out.push(bits(vecf(grads.get(v.as_tensor()).unwrap())));
+                    let (fused, plain) = (run(true)?, run(false)?);
+                    assert_eq!(fused.len(), plain.len());
+                    for (i, (a, b)) in fused.iter().zip(&plain).enumerate() {
+                        assert!(a == b, "{dims:?} {relu:?} train={train}: output {i} differs from the separate ops");
                     }
-                    Ok(out)
-                };
-                let (fused, plain) = (run(true)?, run(false)?);
-                assert_eq!(fused.len(), plain.len());
-                for (i, (a, b)) in fused.iter().zip(&plain).enumerate() {
-                    assert!(a == b, "{dims:?} train={train}: output {i} differs from relu + batch norm");
-                }
-                // The mask matters: negative inputs get no gradient, the others (zeros included) do.
-                let dx = &fused[fused.len() - 3];
-                for (&v, &d) in vecf(x.as_tensor()).iter().zip(dx) {
-                    assert_eq!(v < 0.0, f32::from_bits(d) == 0.0, "x = {v}, dx = {}", f32::from_bits(d));
+                    // The masks matter: some inputs (input ReLU) or outputs (output ReLU) are cut.
+                    let dx = &fused[fused.len() - 3];
+                    let y = &fused[fused.len() - 4];
+                    let cut = |i: usize| match relu {
+                        Relu::Input => vecf(x.as_tensor())[i] < 0.0,
+                        _ => f32::from_bits(y[i]) == 0.0,
+                    };
+                    // (With an output ReLU in training mode the batch statistics spread every
+                    // gradient over all inputs, so only the three other cases show the mask in dx.)
+                    if relu == Relu::Input || !train {
+                        let cuts = (0..dx.len()).filter(|&i| cut(i)).count();
+                        assert!(cuts > 0 && cuts < dx.len(), "{relu:?} train={train}: {cuts} cut");
+                        for i in 0..dx.len() {
+                            assert_eq!(cut(i), f32::from_bits(dx[i]) == 0.0, "{relu:?} train={train} element {i}");
+                        }
+                    }
                 }
             }
         }
