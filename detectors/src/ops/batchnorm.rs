@@ -216,14 +216,9 @@ fn out_grad<const IN: bool, const OUT: bool>(dy: f32, v: f32, m: f32, s: f32, bb
     if OUT { 0.0 + dy * act_mask::<true>((act::<IN>(v) - m) * s + bb) } else { dy }
 }
 
+/// [`super::f32_slice`] for this op's error messages.
 fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else {
-        bail!("batch norm: {what} must be f32, got {:?}", candle_core::backend::BackendStorage::dtype(s));
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => bail!("batch norm: {what} must be contiguous (layout {l:?})"),
-    }
+    super::f32_slice("batch norm", s, l, what)
 }
 
 /// Lanes of independent f32 accumulators: lets the compiler vectorise the sums (a single

@@ -1,6 +1,6 @@
 //! Tensor operations the backbones call. Layers go through these wrappers so that faster CPU
 //! kernels (custom ops with their own backward) can replace candle's without touching models.
-use candle_core::{Result, Tensor};
+use candle_core::{CpuStorage, Layout, Result, Tensor, bail};
 
 pub mod batchnorm;
 pub mod conv;
@@ -27,5 +27,17 @@ pub fn conv2d(
     match bias {
         Some(b) => y.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1))?),
         None => Ok(y),
+    }
+}
+
+/// The f32 values a custom op reads from a CPU operand: an error naming the op and the operand
+/// (`what`) unless it is f32 and contiguous.
+pub(crate) fn f32_slice<'a>(op: &str, s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    let CpuStorage::F32(v) = s else {
+        bail!("{op}: {what} must be f32, got {:?}", candle_core::backend::BackendStorage::dtype(s));
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&v[a..b]),
+        None => bail!("{op}: {what} must be contiguous (layout {l:?})"),
     }
 }

@@ -200,14 +200,9 @@ struct Conv2dOp {
     params: Conv2dParams,
 }
 
+/// [`super::f32_slice`] for this op's error messages.
 fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else {
-        bail!("conv2d_cpu: {what} must be f32, got {:?}", candle_core::backend::BackendStorage::dtype(s));
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => bail!("conv2d_cpu: {what} must be contiguous (layout {l:?})"),
-    }
+    crate::ops::f32_slice("conv2d_cpu", s, l, what)
 }
 
 impl CustomOp2 for Conv2dOp {
