@@ -222,7 +222,8 @@ impl BatchNorm2d {
                 relu,
             ),
             Mode::Train | Mode::TrainFrozenStats => {
-                let (y, mean, var) = batchnorm::batch_norm_train_with(x, &self.weight, &self.bias, self.eps, relu)?;
+                let (y, mean, var) =
+                    batchnorm::batch_norm_train_with(x, &self.weight, &self.bias, self.eps, relu)?;
                 if mode == Mode::Train {
                     let m = self.momentum;
                     let n = b * h * w;

@@ -673,7 +673,8 @@ mod tests {
                     let (fused, plain) = (run(true)?, run(false)?);
                     assert_eq!(fused.len(), plain.len());
                     for (i, (a, b)) in fused.iter().zip(&plain).enumerate() {
-                        assert!(a == b, "{dims:?} {relu:?} train={train}: output {i} differs from the separate ops");
+                        let what = format!("{dims:?} {relu:?} train={train}: output {i}");
+                        assert!(a == b, "{what} differs from the separate ops");
                     }
                     // The masks matter: some inputs (input ReLU) or outputs (output ReLU) are cut.
                     let dx = &fused[fused.len() - 3];
