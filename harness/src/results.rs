@@ -61,10 +61,19 @@ pub struct Failure {
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GitInfo {
-    /// Commit hash of the working tree, None outside a git checkout.
+    /// Commit hash of the working tree `bench run` ran in (the protocol file's), None outside a
+    /// git checkout.
     pub commit: Option<String>,
     /// Whether tracked files had uncommitted changes; None when unknown.
     pub dirty: Option<bool>,
+    /// Commit the `bench` binary was built from, None for a build outside a git checkout (and in
+    /// manifests written before it was recorded). This is the code that made the numbers; it
+    /// differs from `commit` when a binary built elsewhere or earlier runs in this tree.
+    #[serde(default)]
+    pub build_commit: Option<String>,
+    /// Whether the build's tracked files differed from `build_commit`.
+    #[serde(default)]
+    pub build_dirty: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

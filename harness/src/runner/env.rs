@@ -21,6 +21,18 @@ pub fn git_state(dir: &Path) -> Option<(String, bool)> {
     Some((commit, dirty))
 }
 
+/// The commit the running binary was built from and whether tracked files differed from it
+/// (embedded at build time); `None` for a build outside a git checkout.
+pub fn build_git_state() -> Option<(String, Option<bool>)> {
+    let commit = env!("DFBENCH_BUILD_COMMIT");
+    let dirty = match env!("DFBENCH_BUILD_DIRTY") {
+        "true" => Some(true),
+        "false" => Some(false),
+        _ => None,
+    };
+    (!commit.is_empty()).then(|| (commit.to_string(), dirty))
+}
+
 /// Versions of dfbench, rustc and the crates that shape the numbers (embedded at build time).
 pub fn versions() -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
@@ -48,6 +60,15 @@ pub fn host() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_build_commit_is_embedded() {
+        // Tests build from a git checkout (CI clones the repository).
+        let (commit, dirty) = build_git_state().expect("built inside a git checkout");
+        assert_eq!(commit.len(), 40, "{commit}");
+        assert!(commit.bytes().all(|b| b.is_ascii_hexdigit()), "{commit}");
+        assert!(dirty.is_some());
+    }
 
     #[test]
     fn versions_name_candle_and_rustc() {

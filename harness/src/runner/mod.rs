@@ -172,6 +172,16 @@ pub fn cmd_run(args: RunArgs, verbosity: Verbosity) -> anyhow::Result<ExitCode> 
     };
     let repo_dir = args.protocol.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let git = env::git_state(repo_dir);
+    if let (Some((tree, _)), Some((built, _))) = (&git, env::build_git_state())
+        && *tree != built
+    {
+        progress.println(&format!(
+            "warning: bench was built from commit {} but {} is at {}; the manifests record both",
+            &built[..12.min(built.len())],
+            repo_dir.display(),
+            &tree[..12.min(tree.len())]
+        ));
+    }
     let mut failed = Vec::new();
     for run in pending {
         let run_dir = store.create(&protocol.name, &run.id)?;
@@ -229,7 +239,13 @@ fn new_manifest(
     m.fold = c.fold.clone();
     m.sweep = c.sweep.iter().map(|(k, v)| Ok((k.clone(), serde_json::to_value(v)?))).collect::<serde_json::Result<_>>()?;
     m.config = serde_json::to_value(c).context("serialising the run configuration")?;
-    m.git = GitInfo { commit: git.map(|g| g.0.clone()), dirty: git.map(|g| g.1) };
+    let build = env::build_git_state();
+    m.git = GitInfo {
+        commit: git.map(|g| g.0.clone()),
+        dirty: git.map(|g| g.1),
+        build_commit: build.as_ref().map(|b| b.0.clone()),
+        build_dirty: build.and_then(|b| b.1),
+    };
     let mut crates = env::versions();
     m.versions = Versions {
         dfbench: crates.remove("dfbench").unwrap_or_default(),
