@@ -24,7 +24,12 @@ fn manifest(id: &str, status: RunStatus) -> Manifest {
         status,
         failure: (status == RunStatus::Failed)
             .then(|| Failure { step: Some(7), reason: "loss is NaN".into() }),
-        git: GitInfo { commit: Some("abc123".into()), dirty: Some(false) },
+        git: GitInfo {
+            commit: Some("abc123".into()),
+            dirty: Some(false),
+            build_commit: Some("def456".into()),
+            build_dirty: Some(true),
+        },
         versions: Versions { dfbench: "0.1.0".into(), candle: Some("0.11.1".into()), rustc: None, crates: Default::default() },
         device: "cpu".into(),
         host: "test-host".into(),
@@ -224,4 +229,20 @@ fn errors_name_the_file_and_column() {
     run.write_scores(&bad).unwrap();
     let err = format!("{:#}", run.read_scores().unwrap_err());
     assert!(err.contains("scores.parquet") && err.contains("row 0") && err.contains("label"), "{err}");
+}
+
+#[test]
+fn manifests_written_before_the_build_commit_was_recorded_still_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = ResultsStore::new(tmp.path().join("runs"));
+    let run = store.create("cross_dataset", "o-s0").unwrap();
+    run.write_manifest(&manifest("o-s0", RunStatus::Complete)).unwrap();
+    let path = run.path().join("manifest.json");
+    let mut json: serde_json::Value = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+    let git = json["git"].as_object_mut().unwrap();
+    assert!(git.remove("build_commit").is_some() && git.remove("build_dirty").is_some());
+    fs::write(&path, serde_json::to_string_pretty(&json).unwrap()).unwrap();
+    let read = run.read_manifest().unwrap();
+    assert_eq!(read.git.commit.as_deref(), Some("abc123"));
+    assert_eq!((read.git.build_commit, read.git.build_dirty), (None, None));
 }
