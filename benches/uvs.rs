@@ -1,10 +1,12 @@
 //! The flat-vector math of CS-DFD (UVS statistics and closed form, CGR's conflict term, the
 //! combination and the trace's norms, as `TwoStream::step` runs it) against a same-size axpy,
-//! the memory-bandwidth bound, for 1e4 to 1e7 parameters; also the combination on one thread, on
-//! the narrower instruction sets and the pre-fusion multi-pass code. The step's passes spread long
-//! vectors over the rayon pool, so the axpy is timed on one thread (`axpy`, `FlatGrad::axpy`) and
-//! on the whole pool (`axpy_pool`, fixed chunks of 128 Ki elements) as well. See BENCHMARKS.md for
-//! the recorded ratios.
+//! the memory-bandwidth bound, for 1e4 to 1e7 parameters. Also: the combination on one thread,
+//! on the narrower instruction sets, with plain instead of streaming stores, and the pre-fusion
+//! multi-pass code; and a pass that only reads g1 and g2 (their norms), the floor of either of
+//! the combination's two passes. The step's passes spread long vectors over the rayon pool, so
+//! the axpy is timed on one thread (`axpy`, `FlatGrad::axpy`) and on the whole pool
+//! (`axpy_pool`, fixed chunks of 128 Ki elements) as well. See BENCHMARKS.md for the recorded
+//! ratios.
 //!
 //! Run: `cargo bench -p detectors --bench uvs -- --warm-up-time 1 --measurement-time 3`
 //! 1e8 parameters (3 vectors of 400 MB, ~1.2 GB in all) only with `DFBENCH_UVS_1E8=1` in the
@@ -91,6 +93,11 @@ fn bench(c: &mut Criterion) {
             b.iter(|| axpy_pool(&mut v.data, black_box(1e-9), &g1.data))
         });
         group.bench_function(BenchmarkId::new("dot", n), |b| b.iter(|| black_box(g1.dot(&g2))));
+        // The read pass without UVS's sums (the three norms only, three FMAs per eight
+        // elements): reading g1 and g2 once on the pool, the floor of any pass over both.
+        group.bench_function(BenchmarkId::new("read_g1_g2_norms_only", n), |b| {
+            b.iter(|| black_box(two_stream_stats(&g1.data, &g2.data, Some(&head), false)))
+        });
         group.bench_function(BenchmarkId::new("stats_fused_read", n), |b| {
             b.iter(|| black_box(two_stream_stats(&g1.data, &g2.data, Some(&head), true)))
         });
@@ -109,10 +116,16 @@ fn bench(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("cs_dfd_combine", n), |b| {
             b.iter(|| black_box(cs_dfd_combine(&g1, &g2, &mut v, &head)))
         });
+        // The same on the pool with plain stores at every length (`Exec::best` streams the
+        // write pass from `combine::STREAM_FROM` elements on).
+        let cached = Exec { stream_from: usize::MAX, ..Exec::best() };
+        group.bench_function(BenchmarkId::new("cs_dfd_combine_plain_stores", n), |b| {
+            b.iter(|| black_box(cs_dfd_combine_on(cached, &g1, &g2, &mut v, &head)))
+        });
         // The same function on one thread, on every instruction set (same bits).
         for simd in Simd::available() {
             let name = format!("cs_dfd_combine_1thread_{simd:?}").to_lowercase();
-            let exec = Exec { simd, parallel: false };
+            let exec = Exec::sequential(simd);
             group.bench_function(BenchmarkId::new(name, n), |b| {
                 b.iter(|| black_box(cs_dfd_combine_on(exec, &g1, &g2, &mut v, &head)))
             });

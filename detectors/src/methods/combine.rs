@@ -357,6 +357,13 @@ trait V8: Copy {
     /// portable one `mul` then `add`. Only for such operands; anything else would change bits.
     fn add_f32_product(self, a: Self, b: Self) -> Self;
     fn lanes(self) -> [f64; LANES];
+    /// Stores `self` rounded to f32 as `store` does, but with non-temporal stores where the
+    /// backend has them (`p` must then be 16-byte aligned), and returns the rounded values
+    /// widened again: what `load(p)` would give, without reading back a line that bypassed the
+    /// cache.
+    fn stream_rounded(self, p: &mut [f32; LANES]) -> Self;
+    /// Orders earlier non-temporal stores before later stores (they are weakly ordered).
+    fn stream_fence();
 }
 
 /// Plain arrays: what the build's baseline target makes of them.
@@ -400,6 +407,13 @@ impl V8 for Portable {
     fn lanes(self) -> [f64; LANES] {
         self.0
     }
+    #[inline(always)]
+    fn stream_rounded(self, p: &mut [f32; LANES]) -> Self {
+        self.store(p);
+        Self::load(p)
+    }
+    #[inline(always)]
+    fn stream_fence() {}
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -411,7 +425,8 @@ mod x86 {
     // SAFETY (every `unsafe` block below): these methods are only ever inlined into functions
     // compiled with `#[target_feature(enable = "avx2,fma")]` (`Avx2`) or `"avx512f"` (`Avx512`),
     // which the dispatcher calls only after `is_x86_feature_detected!` confirmed the feature;
-    // the loads and stores go through `&[f32; 8]` / `&mut [f32; 8]`, so they are in bounds.
+    // the loads and stores go through `&[f32; 8]` / `&mut [f32; 8]`, so they are in bounds, and
+    // `write_blocks` takes `stream_rounded` only for outputs it checked to be 16-byte aligned.
 
     /// Two 256-bit registers.
     #[derive(Clone, Copy)]
@@ -466,6 +481,19 @@ mod x86 {
             }
             r
         }
+        #[inline(always)]
+        fn stream_rounded(self, p: &mut [f32; LANES]) -> Self {
+            unsafe {
+                let (lo, hi) = (_mm256_cvtpd_ps(self.0), _mm256_cvtpd_ps(self.1));
+                _mm_stream_ps(p.as_mut_ptr(), lo);
+                _mm_stream_ps(p.as_mut_ptr().add(4), hi);
+                Self(_mm256_cvtps_pd(lo), _mm256_cvtps_pd(hi))
+            }
+        }
+        #[inline(always)]
+        fn stream_fence() {
+            unsafe { _mm_sfence() }
+        }
     }
 
     /// One 512-bit register.
@@ -510,6 +538,19 @@ mod x86 {
             let mut r = [0f64; LANES];
             unsafe { _mm512_storeu_pd(r.as_mut_ptr(), self.0) };
             r
+        }
+        #[inline(always)]
+        fn stream_rounded(self, p: &mut [f32; LANES]) -> Self {
+            unsafe {
+                let f = _mm512_cvtpd_ps(self.0);
+                _mm_stream_ps(p.as_mut_ptr(), _mm256_castps256_ps128(f));
+                _mm_stream_ps(p.as_mut_ptr().add(4), _mm256_extractf128_ps::<1>(f));
+                Self(_mm512_cvtps_pd(f))
+            }
+        }
+        #[inline(always)]
+        fn stream_fence() {
+            unsafe { _mm_sfence() }
         }
     }
 }
@@ -687,7 +728,9 @@ impl Simd {
         match self {
             Simd::Portable => true,
             #[cfg(target_arch = "x86_64")]
-            Simd::Avx2 => std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma"),
+            Simd::Avx2 => {
+                std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+            }
             #[cfg(target_arch = "x86_64")]
             Simd::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
             #[cfg(not(target_arch = "x86_64"))]
@@ -700,19 +743,37 @@ impl Simd {
     }
 }
 
-/// How a fused pass runs: on which instruction set, and whether its blocks may be spread over
-/// the rayon pool. Neither changes a bit of the results: every block is computed by the same code
-/// whichever thread runs it, and the block totals are merged in block order afterwards.
+/// How a fused pass runs: on which instruction set, whether its blocks may be spread over the
+/// rayon pool, and from which length the write pass streams its output past the caches. None of
+/// it changes a bit of the results: every block is computed by the same code whichever thread
+/// runs it, the block totals are merged in block order afterwards, and a streamed value is the
+/// value a plain store writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Exec {
     pub simd: Simd,
     pub parallel: bool,
+    /// Write passes over at least this many elements use non-temporal stores (on AVX2 and
+    /// AVX-512, where the output is 16-byte aligned). `usize::MAX`: never.
+    pub stream_from: usize,
 }
 
+/// The length from which [`Exec::best`] streams the write pass: 4 Mi elements, 16 MiB per
+/// vector, so `g1` and `g2` alone fill a last-level cache of 32 MiB. The output's lines would be
+/// evicted before anything read them again, and a plain store first reads each one into the
+/// cache (read-for-ownership: 16 bytes of traffic per element where 12 are needed). Below it the
+/// output is better left in cache for the copy back into the parameters' gradients.
+pub const STREAM_FROM: usize = 1 << 22;
+
 impl Exec {
-    /// The widest instruction set, in parallel (what the public passes use).
+    /// The widest instruction set, in parallel, streaming long outputs (what the public passes
+    /// use).
     pub fn best() -> Self {
-        Self { simd: Simd::best(), parallel: true }
+        Self { simd: Simd::best(), parallel: true, stream_from: STREAM_FROM }
+    }
+
+    /// One thread on `simd`, otherwise as [`Exec::best`].
+    pub fn sequential(simd: Simd) -> Self {
+        Self { simd, parallel: false, stream_from: STREAM_FROM }
     }
 }
 
@@ -895,17 +956,31 @@ enum SegRule {
 }
 
 /// Writes `out[i] = rule(g1[i], g2[i])` (rounded to f32) block by block and stores each block's
-/// `sum out[i]^2` of the rounded values (lane-wise, as the read pass) in its slot.
+/// `sum out[i]^2` of the rounded values (lane-wise, as the read pass) in its slot. With `STREAM`
+/// the full lane groups go out with non-temporal stores (`out` must be 16-byte aligned): the same
+/// values, without first reading every line of `out` into the cache.
 #[inline(always)]
-fn write_blocks<V: V8, R: ElemRule>(out: &mut [f32], g1: &[f32], g2: &[f32], rule: R, slots: &mut [f64]) {
+fn write_blocks<V: V8, R: ElemRule, const STREAM: bool>(
+    out: &mut [f32],
+    g1: &[f32],
+    g2: &[f32],
+    rule: R,
+    slots: &mut [f64],
+) {
+    debug_assert!(!STREAM || (out.as_ptr() as usize).is_multiple_of(16));
     for (((o, x), y), slot) in out.chunks_mut(BLOCK).zip(g1.chunks(BLOCK)).zip(g2.chunks(BLOCK)).zip(slots) {
         let mut sq = V::zero();
         let (o8, or) = o.as_chunks_mut::<LANES>();
         let (x8, xr) = x.as_chunks::<LANES>();
         let (y8, yr) = y.as_chunks::<LANES>();
         for ((o8, x8), y8) in o8.iter_mut().zip(x8).zip(y8) {
-            rule.apply(V::load(x8), V::load(y8)).store(o8);
-            let v = V::load(o8);
+            let r = rule.apply(V::load(x8), V::load(y8));
+            let v = if STREAM {
+                r.stream_rounded(o8)
+            } else {
+                r.store(o8);
+                V::load(o8)
+            };
             sq = sq.add_f32_product(v, v);
         }
         if !or.is_empty() {
@@ -919,36 +994,72 @@ fn write_blocks<V: V8, R: ElemRule>(out: &mut [f32], g1: &[f32], g2: &[f32], rul
         }
         *slot = tree(&sq.lanes());
     }
+    if STREAM {
+        // Before the task returns, so the data is visible to whichever thread reads `out` next.
+        V::stream_fence();
+    }
 }
 
 #[inline(always)]
-fn write_blocks_rule<V: V8>(out: &mut [f32], g1: &[f32], g2: &[f32], rule: SegRule, slots: &mut [f64]) {
-    match rule {
-        SegRule::Lin(a, b) => write_blocks::<V, _>(out, g1, g2, Lin(a, b), slots),
-        SegRule::Cgr(g) => write_blocks::<V, _>(out, g1, g2, Cgr(g), slots),
+fn write_blocks_rule<V: V8>(
+    out: &mut [f32],
+    g1: &[f32],
+    g2: &[f32],
+    rule: SegRule,
+    stream: bool,
+    slots: &mut [f64],
+) {
+    let stream = stream && (out.as_ptr() as usize).is_multiple_of(16);
+    match (rule, stream) {
+        (SegRule::Lin(a, b), false) => write_blocks::<V, _, false>(out, g1, g2, Lin(a, b), slots),
+        (SegRule::Lin(a, b), true) => write_blocks::<V, _, true>(out, g1, g2, Lin(a, b), slots),
+        (SegRule::Cgr(g), false) => write_blocks::<V, _, false>(out, g1, g2, Cgr(g), slots),
+        (SegRule::Cgr(g), true) => write_blocks::<V, _, true>(out, g1, g2, Cgr(g), slots),
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn write_blocks_avx2(out: &mut [f32], g1: &[f32], g2: &[f32], rule: SegRule, slots: &mut [f64]) {
-    write_blocks_rule::<x86::Avx2>(out, g1, g2, rule, slots)
+fn write_blocks_avx2(
+    out: &mut [f32],
+    g1: &[f32],
+    g2: &[f32],
+    rule: SegRule,
+    stream: bool,
+    slots: &mut [f64],
+) {
+    write_blocks_rule::<x86::Avx2>(out, g1, g2, rule, stream, slots)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-fn write_blocks_avx512(out: &mut [f32], g1: &[f32], g2: &[f32], rule: SegRule, slots: &mut [f64]) {
-    write_blocks_rule::<x86::Avx512>(out, g1, g2, rule, slots)
+fn write_blocks_avx512(
+    out: &mut [f32],
+    g1: &[f32],
+    g2: &[f32],
+    rule: SegRule,
+    stream: bool,
+    slots: &mut [f64],
+) {
+    write_blocks_rule::<x86::Avx512>(out, g1, g2, rule, stream, slots)
 }
 
-fn write_blocks_on(simd: Simd, out: &mut [f32], g1: &[f32], g2: &[f32], rule: SegRule, slots: &mut [f64]) {
+fn write_blocks_on(
+    simd: Simd,
+    out: &mut [f32],
+    g1: &[f32],
+    g2: &[f32],
+    rule: SegRule,
+    stream: bool,
+    slots: &mut [f64],
+) {
     match simd {
         // SAFETY (both arms): every public entry point ran `Simd::check` before getting here.
         #[cfg(target_arch = "x86_64")]
-        Simd::Avx2 => unsafe { write_blocks_avx2(out, g1, g2, rule, slots) },
+        Simd::Avx2 => unsafe { write_blocks_avx2(out, g1, g2, rule, stream, slots) },
         #[cfg(target_arch = "x86_64")]
-        Simd::Avx512 => unsafe { write_blocks_avx512(out, g1, g2, rule, slots) },
-        _ => write_blocks_rule::<Portable>(out, g1, g2, rule, slots),
+        Simd::Avx512 => unsafe { write_blocks_avx512(out, g1, g2, rule, stream, slots) },
+        _ => write_blocks_rule::<Portable>(out, g1, g2, rule, stream, slots),
     }
 }
 
@@ -974,13 +1085,15 @@ fn write_body(
     let counts = [h.start, h.len(), n - h.end].map(|len| len.div_ceil(BLOCK));
     let mut sq = vec![0f64; counts.iter().sum()];
     let parallel = exec.parallel && sq.len() >= PAR_MIN_BLOCKS;
+    // Decided on the whole vector: every segment and task of a long one streams.
+    let stream = n >= exec.stream_from;
     let mut rest = &mut sq[..];
     for (i, (o, seg, rule)) in segs.into_iter().enumerate() {
         let (slots, tail) = std::mem::take(&mut rest).split_at_mut(counts[i]);
         rest = tail;
         let (x, y) = (&g1[seg.clone()], &g2[seg]);
         type Task<'a> = ((&'a mut [f32], (&'a [f32], &'a [f32])), &'a mut [f64]);
-        let task = |((o, (x, y)), s): Task| write_blocks_on(exec.simd, o, x, y, rule, s);
+        let task = |((o, (x, y)), s): Task| write_blocks_on(exec.simd, o, x, y, rule, stream, s);
         if parallel {
             let xy = x.par_chunks(TASK).zip(y.par_chunks(TASK));
             o.par_chunks_mut(TASK).zip(xy).zip(slots.par_chunks_mut(TASK_BLOCKS)).for_each(task);
@@ -1301,9 +1414,15 @@ mod tests {
     /// same order, no FMA); on a CPU without AVX this only checks the portable path.
     #[test]
     fn every_instruction_set_and_thread_count_gives_the_same_bits() {
-        let seq = |simd| Exec { simd, parallel: false };
-        let execs: Vec<Exec> =
-            Simd::available().into_iter().flat_map(|simd| [seq(simd), Exec { simd, parallel: true }]).collect();
+        let seq = |simd| Exec { simd, parallel: false, stream_from: usize::MAX };
+        // `stream_from: 0` sends every case through the streaming stores.
+        let execs: Vec<Exec> = Simd::available()
+            .into_iter()
+            .flat_map(|simd| {
+                let par = Exec { parallel: true, ..seq(simd) };
+                [seq(simd), par, Exec { stream_from: 0, ..seq(simd) }, Exec { stream_from: 0, ..par }]
+            })
+            .collect();
         eprintln!("compared with {:?}: {execs:?}", seq(Simd::Portable));
         let mut rng = ChaCha8Rng::seed_from_u64(5);
         let mut went_parallel = false;
@@ -1318,10 +1437,13 @@ mod tests {
                     let num0 = cs_dfd_direction_on(e0, &g1, &g2, head.as_ref(), uvs_c, rule, &mut v0);
                     let st0 = two_stream_stats_on(e0, &g1, &g2, head.as_ref(), uvs_c.is_some());
                     for &exec in &execs[1..] {
-                        let mut v = vec![f32::NAN; n];
-                        let num = cs_dfd_direction_on(exec, &g1, &g2, head.as_ref(), uvs_c, rule, &mut v);
+                        // Aligned, so that the streaming stores can run.
+                        let mut buf = vec![f32::NAN; n + 8];
+                        let at = buf.as_ptr().align_offset(32);
+                        let v = &mut buf[at..at + n];
+                        let num = cs_dfd_direction_on(exec, &g1, &g2, head.as_ref(), uvs_c, rule, v);
                         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                        assert!(bits(&v) == bits(&v0), "{what}: {exec:?} update vector");
+                        assert!(bits(v) == bits(&v0), "{what}: {exec:?} update vector");
                         let nb = |m: &TwoStepNumbers| {
                             [m.norm_g1, m.norm_g2, m.cos_g1_g2, m.norm_update].map(f64::to_bits)
                         };
@@ -1346,7 +1468,7 @@ mod tests {
     fn the_inputs_are_sensitive_to_summation_order() {
         let mut rng = ChaCha8Rng::seed_from_u64(7);
         let g = random(&mut rng, 4099);
-        let st = two_stream_stats_on(Exec { simd: Simd::Portable, parallel: false }, &g, &g, None, false);
+        let st = two_stream_stats_on(Exec::sequential(Simd::Portable), &g, &g, None, false);
         assert_ne!(st.n11.to_bits(), crate::gradvec::dot(&g, &g).to_bits());
         let seq = g.iter().fold(0f64, |s, &x| s + x as f64 * x as f64);
         assert_ne!(st.n11.to_bits(), seq.to_bits());
