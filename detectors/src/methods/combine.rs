@@ -1000,15 +1000,20 @@ fn write_blocks<V: V8, R: ElemRule, const STREAM: bool>(
     }
 }
 
-#[inline(always)]
-fn write_blocks_rule<V: V8>(
-    out: &mut [f32],
-    g1: &[f32],
-    g2: &[f32],
+/// One task of the write pass, as the dispatcher hands it to the instruction-set wrappers.
+struct WriteTask<'a> {
+    out: &'a mut [f32],
+    g1: &'a [f32],
+    g2: &'a [f32],
     rule: SegRule,
+    /// Streaming stores asked for (taken where `out` is 16-byte aligned).
     stream: bool,
-    slots: &mut [f64],
-) {
+    slots: &'a mut [f64],
+}
+
+#[inline(always)]
+fn write_blocks_rule<V: V8>(t: WriteTask) {
+    let WriteTask { out, g1, g2, rule, stream, slots } = t;
     let stream = stream && (out.as_ptr() as usize).is_multiple_of(16);
     match (rule, stream) {
         (SegRule::Lin(a, b), false) => write_blocks::<V, _, false>(out, g1, g2, Lin(a, b), slots),
@@ -1020,46 +1025,24 @@ fn write_blocks_rule<V: V8>(
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn write_blocks_avx2(
-    out: &mut [f32],
-    g1: &[f32],
-    g2: &[f32],
-    rule: SegRule,
-    stream: bool,
-    slots: &mut [f64],
-) {
-    write_blocks_rule::<x86::Avx2>(out, g1, g2, rule, stream, slots)
+fn write_blocks_avx2(t: WriteTask) {
+    write_blocks_rule::<x86::Avx2>(t)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-fn write_blocks_avx512(
-    out: &mut [f32],
-    g1: &[f32],
-    g2: &[f32],
-    rule: SegRule,
-    stream: bool,
-    slots: &mut [f64],
-) {
-    write_blocks_rule::<x86::Avx512>(out, g1, g2, rule, stream, slots)
+fn write_blocks_avx512(t: WriteTask) {
+    write_blocks_rule::<x86::Avx512>(t)
 }
 
-fn write_blocks_on(
-    simd: Simd,
-    out: &mut [f32],
-    g1: &[f32],
-    g2: &[f32],
-    rule: SegRule,
-    stream: bool,
-    slots: &mut [f64],
-) {
+fn write_blocks_on(simd: Simd, t: WriteTask) {
     match simd {
         // SAFETY (both arms): every public entry point ran `Simd::check` before getting here.
         #[cfg(target_arch = "x86_64")]
-        Simd::Avx2 => unsafe { write_blocks_avx2(out, g1, g2, rule, stream, slots) },
+        Simd::Avx2 => unsafe { write_blocks_avx2(t) },
         #[cfg(target_arch = "x86_64")]
-        Simd::Avx512 => unsafe { write_blocks_avx512(out, g1, g2, rule, stream, slots) },
-        _ => write_blocks_rule::<Portable>(out, g1, g2, rule, stream, slots),
+        Simd::Avx512 => unsafe { write_blocks_avx512(t) },
+        _ => write_blocks_rule::<Portable>(t),
     }
 }
 
@@ -1093,7 +1076,9 @@ fn write_body(
         rest = tail;
         let (x, y) = (&g1[seg.clone()], &g2[seg]);
         type Task<'a> = ((&'a mut [f32], (&'a [f32], &'a [f32])), &'a mut [f64]);
-        let task = |((o, (x, y)), s): Task| write_blocks_on(exec.simd, o, x, y, rule, stream, s);
+        let task = |((out, (g1, g2)), slots): Task| {
+            write_blocks_on(exec.simd, WriteTask { out, g1, g2, rule, stream, slots })
+        };
         if parallel {
             let xy = x.par_chunks(TASK).zip(y.par_chunks(TASK));
             o.par_chunks_mut(TASK).zip(xy).zip(slots.par_chunks_mut(TASK_BLOCKS)).for_each(task);
