@@ -3,13 +3,22 @@
 //! of the current step (schedules are applied by the caller every iteration).
 //!
 //! candle-nn's SGD has no momentum and its AdamW defaults differ, so these are written here.
-use candle_core::{Result, Tensor};
+//!
+//! Two implementations of every rule, with the same bits: candle tensor ops (any device), and on
+//! the CPU a single in-place pass per parameter that performs the same f32 operations in the
+//! same order. The tensor-op chain allocates about ten full-size temporaries per parameter and
+//! reads and writes memory once per op (about 57 ms per Adam step at 10M parameters on the
+//! development machine, BENCHMARKS.md); the pass reads each value once.
+use std::cell::RefCell;
+
+use candle_core::{CpuStorage, DType, InplaceOp1, Layout, Result, Storage, Tensor};
+use rayon::prelude::*;
 
 use crate::config::OptimizerConfig;
 use crate::gradvec::ParamSet;
 
 /// One optimizer with its per-parameter state (created lazily on the first step).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Optimizer {
     cfg: OptimizerConfig,
     /// SGD: momentum buffers. Adam/AdamW: first moments.
@@ -18,11 +27,35 @@ pub struct Optimizer {
     v: Vec<Tensor>,
     /// Number of steps taken (Adam's bias correction uses `t` starting at 1).
     t: u64,
+    /// Whether CPU parameters are updated by the in-place pass (the default) rather than by
+    /// candle tensor ops.
+    in_place: bool,
+}
+
+/// A deep copy: the state tensors are updated in place, so a clone must not share them.
+impl Clone for Optimizer {
+    fn clone(&self) -> Self {
+        let copy = |ts: &[Tensor]| ts.iter().map(Tensor::copy).collect::<Result<Vec<_>>>();
+        Self {
+            cfg: self.cfg.clone(),
+            m: copy(&self.m).expect("copying optimizer state"),
+            v: copy(&self.v).expect("copying optimizer state"),
+            t: self.t,
+            in_place: self.in_place,
+        }
+    }
 }
 
 impl Optimizer {
     pub fn new(cfg: &OptimizerConfig) -> Self {
-        Self { cfg: cfg.clone(), m: Vec::new(), v: Vec::new(), t: 0 }
+        Self { cfg: cfg.clone(), m: Vec::new(), v: Vec::new(), t: 0, in_place: true }
+    }
+
+    /// The same optimizer running candle tensor ops on every device, as it does off the CPU
+    /// (the reference the in-place pass is tested against, and a fallback to compare with).
+    pub fn with_tensor_ops(mut self) -> Self {
+        self.in_place = false;
+        self
     }
 
     pub fn config(&self) -> &OptimizerConfig {
@@ -55,7 +88,22 @@ impl Optimizer {
         let first = self.m.is_empty();
         match self.cfg.clone() {
             OptimizerConfig::Sgd { momentum, nesterov, weight_decay, .. } => {
+                let rule = Sgd {
+                    lr: lr as f32,
+                    weight_decay: (weight_decay != 0.0).then_some(weight_decay as f32),
+                    momentum: (momentum != 0.0).then_some(momentum as f32),
+                    nesterov,
+                    first,
+                };
                 for (i, (var, d)) in set.vars().iter().zip(dir).enumerate() {
+                    if self.in_place && in_place_ok(var.as_tensor(), d) {
+                        if momentum != 0.0 && first {
+                            self.m.push(var.as_tensor().zeros_like()?);
+                        }
+                        let m = self.m.get(i);
+                        with_values(var.as_tensor(), |p| with_opt_values(m, |m| sgd_pass(rule, p, m, d)))?;
+                        continue;
+                    }
                     let p = var.as_tensor().detach();
                     let mut d = d.detach();
                     if weight_decay != 0.0 {
@@ -96,7 +144,31 @@ impl Optimizer {
     ) -> Result<()> {
         let bc1 = 1.0 - beta1.powi(self.t as i32);
         let bc2 = 1.0 - beta2.powi(self.t as i32);
+        // The constants as candle's `affine` converts them (`f64 as f32`).
+        let rule = Adam {
+            l2: (l2 != 0.0).then_some(l2 as f32),
+            beta1: beta1 as f32,
+            one_minus_beta1: (1.0 - beta1) as f32,
+            beta2: beta2 as f32,
+            one_minus_beta2: (1.0 - beta2) as f32,
+            denom_scale: (1.0 / bc2.sqrt()) as f32,
+            eps: eps as f32,
+            decay: (decoupled != 0.0).then_some((1.0 - lr * decoupled) as f32),
+            step: (lr / bc1) as f32,
+            first,
+        };
         for (i, (var, d)) in set.vars().iter().zip(dir).enumerate() {
+            if self.in_place && in_place_ok(var.as_tensor(), d) {
+                if first {
+                    self.m.push(var.as_tensor().zeros_like()?);
+                    self.v.push(var.as_tensor().zeros_like()?);
+                }
+                let (m, v) = (&self.m[i], &self.v[i]);
+                with_values(var.as_tensor(), |p| {
+                    with_values(m, |m| with_values(v, |v| adam_pass(rule, p, m, v, d)))
+                })?;
+                continue;
+            }
             let p = var.as_tensor().detach();
             let mut g = d.detach();
             if l2 != 0.0 {
@@ -125,6 +197,301 @@ impl Optimizer {
                 self.v[i] = v;
             }
         }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The in-place pass. Each rule below is the tensor-op chain above written per element: every
+// `affine(a, b)` is `x * a + b` in f32 with `a`, `b` converted from f64 (the `+ 0.0` turns -0
+// into +0, as candle's does), every `add`/`sub`/`div`/`sqr`/`sqrt` the f32 operation. Rust never
+// fuses a multiply and an add, so each element rounds exactly as the chain does, and the order
+// of elements does not matter: the pass can run in parallel chunks.
+// ---------------------------------------------------------------------------------------------
+
+/// Elements per parallel chunk; shorter parameters run on the calling thread.
+const CHUNK: usize = 32 * 1024;
+
+/// Whether parameter `p` and direction `d` can take the in-place pass: contiguous f32 on the
+/// CPU, in separate storage (a direction sharing the parameter's storage would be read while
+/// the parameter is written).
+fn in_place_ok(p: &Tensor, d: &Tensor) -> bool {
+    let cpu_f32 = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous();
+    cpu_f32(p) && cpu_f32(d) && p.dims() == d.dims() && {
+        let (sp, _) = p.storage_and_layout();
+        let (sd, _) = d.storage_and_layout();
+        !std::ptr::eq(&*sp, &*sd)
+    }
+}
+
+/// candle's hook for writing a tensor's storage in place, used to hand its values to `f`.
+struct WithValues<F> {
+    f: RefCell<Option<F>>,
+}
+
+impl<F: FnOnce(&mut [f32]) -> Result<()>> InplaceOp1 for WithValues<F> {
+    fn name(&self) -> &'static str {
+        "optimizer-in-place"
+    }
+    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> Result<()> {
+        let (CpuStorage::F32(data), Some((a, b))) = (storage, layout.contiguous_offsets()) else {
+            candle_core::bail!("in-place optimizer pass on a tensor that is not contiguous f32");
+        };
+        let f = self.f.borrow_mut().take().expect("called once");
+        f(&mut data[a..b])
+    }
+}
+
+/// Runs `f` on the values of `t` (contiguous f32 on the CPU), which it may overwrite.
+fn with_values(t: &Tensor, f: impl FnOnce(&mut [f32]) -> Result<()>) -> Result<()> {
+    t.inplace_op1(&WithValues { f: RefCell::new(Some(f)) })
+}
+
+/// [`with_values`] for a state tensor that may not exist (SGD without momentum).
+fn with_opt_values(t: Option<&Tensor>, f: impl FnOnce(Option<&mut [f32]>) -> Result<()>) -> Result<()> {
+    match t {
+        Some(t) => with_values(t, |x| f(Some(x))),
+        None => f(None),
+    }
+}
+
+/// The values of `d` (contiguous f32 on the CPU, checked by `in_place_ok`).
+fn read_values<R>(d: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let (storage, layout) = d.storage_and_layout();
+    match (&*storage, layout.contiguous_offsets()) {
+        (Storage::Cpu(CpuStorage::F32(x)), Some((a, b))) => Ok(f(&x[a..b])),
+        _ => candle_core::bail!("in-place optimizer pass on a direction that is not contiguous f32"),
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Sgd {
+    lr: f32,
+    weight_decay: Option<f32>,
+    momentum: Option<f32>,
+    nesterov: bool,
+    first: bool,
+}
+
+impl Sgd {
+    #[inline(always)]
+    fn apply(self, p: &mut f32, buf: &mut f32, d: f32) {
+        let mut d = d;
+        if let Some(wd) = self.weight_decay {
+            d += *p * wd + 0.0;
+        }
+        if let Some(mu) = self.momentum {
+            let b = if self.first { d } else { (*buf * mu + 0.0) + d };
+            d = if self.nesterov { d + (b * mu + 0.0) } else { b };
+            *buf = b;
+        }
+        *p -= d * self.lr + 0.0;
+    }
+}
+
+fn sgd_pass(rule: Sgd, p: &mut [f32], m: Option<&mut [f32]>, d: &Tensor) -> Result<()> {
+    read_values(d, |d| {
+        let chunk = |(p, d): (&mut [f32], &[f32]), m: Option<&mut [f32]>| match m {
+            Some(m) => {
+                for ((p, m), &d) in p.iter_mut().zip(m).zip(d) {
+                    rule.apply(p, m, d);
+                }
+            }
+            None => {
+                let mut unused = 0f32;
+                for (p, &d) in p.iter_mut().zip(d) {
+                    rule.apply(p, &mut unused, d);
+                }
+            }
+        };
+        if p.len() < 2 * CHUNK {
+            chunk((p, d), m);
+            return;
+        }
+        let pd = p.par_chunks_mut(CHUNK).zip(d.par_chunks(CHUNK));
+        match m {
+            Some(m) => pd.zip(m.par_chunks_mut(CHUNK)).for_each(|(pd, m)| chunk(pd, Some(m))),
+            None => pd.for_each(|pd| chunk(pd, None)),
+        }
+    })
+}
+
+#[derive(Clone, Copy)]
+struct Adam {
+    l2: Option<f32>,
+    beta1: f32,
+    one_minus_beta1: f32,
+    beta2: f32,
+    one_minus_beta2: f32,
+    denom_scale: f32,
+    eps: f32,
+    decay: Option<f32>,
+    step: f32,
+    first: bool,
+}
+
+impl Adam {
+    #[inline(always)]
+    fn apply(self, p: &mut f32, m: &mut f32, v: &mut f32, d: f32) {
+        let mut g = d;
+        if let Some(l2) = self.l2 {
+            g += *p * l2 + 0.0;
+        }
+        let (m_prev, v_prev) = if self.first { (0.0, 0.0) } else { (*m, *v) };
+        let m_new = (m_prev * self.beta1 + 0.0) + (g * self.one_minus_beta1 + 0.0);
+        let v_new = (v_prev * self.beta2 + 0.0) + ((g * g) * self.one_minus_beta2 + 0.0);
+        let denom = v_new.sqrt() * self.denom_scale + self.eps;
+        let base = match self.decay {
+            Some(k) => *p * k + 0.0,
+            None => *p,
+        };
+        *p = base - ((m_new / denom) * self.step + 0.0);
+        *m = m_new;
+        *v = v_new;
+    }
+}
+
+/// One chunk of the Adam pass: parameters, first and second moments, direction.
+type AdamChunk<'a> = (((&'a mut [f32], &'a mut [f32]), &'a mut [f32]), &'a [f32]);
+
+fn adam_pass(rule: Adam, p: &mut [f32], m: &mut [f32], v: &mut [f32], d: &Tensor) -> Result<()> {
+    read_values(d, |d| {
+        let chunk = |(((p, m), v), d): AdamChunk| {
+            for (((p, m), v), &d) in p.iter_mut().zip(m).zip(v).zip(d) {
+                rule.apply(p, m, v, d);
+            }
+        };
+        if p.len() < 2 * CHUNK {
+            chunk((((p, m), v), d));
+        } else {
+            p.par_chunks_mut(CHUNK)
+                .zip(m.par_chunks_mut(CHUNK))
+                .zip(v.par_chunks_mut(CHUNK))
+                .zip(d.par_chunks(CHUNK))
+                .for_each(chunk);
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::Device;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    use super::*;
+    use crate::params::{Init, ParamStore};
+
+    /// Values over many binades, with exact zeros of both signs (the `+ 0.0` of `affine`).
+    fn values(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
+        (0..n)
+            .map(|_| match rng.random_range(0..20) {
+                0 => 0.0,
+                1 => -0.0,
+                _ => rng.random_range(-1.0f32..1.0) * 2f32.powi(rng.random_range(-20..3)),
+            })
+            .collect()
+    }
+
+    fn bits(ts: &[Tensor]) -> Vec<Vec<u32>> {
+        ts.iter()
+            .map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect())
+            .collect()
+    }
+
+    type Bits = Vec<Vec<u32>>;
+
+    /// Parameters of odd sizes, one long enough for the parallel chunks, and random directions
+    /// for a few steps; both implementations from the same start. The parameters and the state
+    /// after every step.
+    fn run(cfg: &OptimizerConfig, in_place: bool) -> Result<Vec<(Bits, Bits, Bits)>> {
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        let sizes = [1usize, 7, 1000, 3 * CHUNK + 5];
+        let b = ParamStore::new(&Device::Cpu).builder(0);
+        for (i, &n) in sizes.iter().enumerate() {
+            b.param(&format!("p{i}"), n, Init::Zeros)?;
+        }
+        let store = b.store();
+        let set = ParamSet::from_store(&store);
+        for v in set.vars() {
+            v.set(&Tensor::from_vec(values(&mut rng, v.elem_count()), v.shape(), &Device::Cpu)?)?;
+        }
+        let mut opt = Optimizer::new(cfg);
+        if !in_place {
+            opt = opt.with_tensor_ops();
+        }
+        let mut after = Vec::new();
+        for step in 0..4 {
+            let dir: Vec<Tensor> = set
+                .shapes()
+                .iter()
+                .map(|s| Tensor::from_vec(values(&mut rng, s.elem_count()), s.clone(), &Device::Cpu))
+                .collect::<Result<_>>()?;
+            opt.step(&set, &dir, 0.05 / (1 + step) as f64)?;
+            let params: Vec<Tensor> = set.vars().iter().map(|v| v.as_tensor().clone()).collect();
+            let (m, v) = opt.state();
+            after.push((bits(&params), bits(m), bits(v)));
+        }
+        Ok(after)
+    }
+
+    #[test]
+    fn the_in_place_pass_gives_the_tensor_ops_bits() -> Result<()> {
+        let sgd = |momentum, nesterov, weight_decay| OptimizerConfig::Sgd {
+            lr: 0.1,
+            momentum,
+            nesterov,
+            weight_decay,
+        };
+        let adam = |weight_decay| OptimizerConfig::Adam {
+            lr: 0.1,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay,
+        };
+        let adamw = |weight_decay| OptimizerConfig::Adamw {
+            lr: 0.1,
+            beta1: 0.8,
+            beta2: 0.99,
+            eps: 1e-6,
+            weight_decay,
+        };
+        let cfgs = [
+            sgd(0.0, false, 0.0),
+            sgd(0.0, false, 0.01),
+            sgd(0.9, false, 0.0),
+            sgd(0.9, true, 0.01),
+            adam(0.0),
+            adam(0.01),
+            adamw(0.0),
+            adamw(0.1),
+        ];
+        for cfg in &cfgs {
+            let want = run(cfg, false)?;
+            let got = run(cfg, true)?;
+            for (step, (got, want)) in got.iter().zip(&want).enumerate() {
+                assert!(got.0 == want.0, "{cfg:?}: parameters differ after step {}", step + 1);
+                assert!(got.1 == want.1 && got.2 == want.2, "{cfg:?}: state differs after step {}", step + 1);
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_clone_does_not_share_the_state() -> Result<()> {
+        let b = ParamStore::new(&Device::Cpu).builder(0);
+        b.param("p", 3, Init::Zeros)?;
+        let set = ParamSet::from_store(&b.store());
+        let cfg = OptimizerConfig::Adam { lr: 0.1, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
+        let mut opt = Optimizer::new(&cfg);
+        let d = [Tensor::new(&[1f32, -2.0, 3.0], &Device::Cpu)?];
+        opt.step(&set, &d, 0.1)?;
+        let copy = opt.clone();
+        let before = bits(copy.state().0);
+        opt.step(&set, &d, 0.1)?;
+        assert_eq!(bits(copy.state().0), before, "a step of the original changed its clone's moments");
+        assert_ne!(bits(opt.state().0), before);
         Ok(())
     }
 }
