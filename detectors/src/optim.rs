@@ -11,7 +11,7 @@
 //! development machine, BENCHMARKS.md); the pass reads each value once.
 use std::cell::RefCell;
 
-use candle_core::{CpuStorage, DType, InplaceOp1, Layout, Result, Storage, Tensor};
+use candle_core::{CpuStorage, DType, InplaceOp1, Layout, Result, Storage, Tensor, Var};
 use rayon::prelude::*;
 
 use crate::config::OptimizerConfig;
@@ -84,56 +84,76 @@ impl Optimizer {
         if dir.len() != set.len() {
             candle_core::bail!("optimizer step: {} directions for {} parameters", dir.len(), set.len());
         }
+        self.step_from(set, Directions::Tensors(dir), lr)
+    }
+
+    /// [`Optimizer::step`] with the direction as one flat vector over `set` (a combined
+    /// gradient): the in-place pass reads it where it lies, the tensor-op path makes each
+    /// parameter's slice a tensor first.
+    pub fn step_flat(&mut self, set: &ParamSet, dir: &[f32], lr: f64) -> Result<()> {
+        if dir.len() != set.total() {
+            candle_core::bail!(
+                "optimizer step: a direction of {} values for {} parameters",
+                dir.len(),
+                set.total()
+            );
+        }
+        self.step_from(set, Directions::Flat(dir), lr)
+    }
+
+    fn step_from(&mut self, set: &ParamSet, dir: Directions, lr: f64) -> Result<()> {
         self.t += 1;
         let first = self.m.is_empty();
-        match self.cfg.clone() {
-            OptimizerConfig::Sgd { momentum, nesterov, weight_decay, .. } => {
-                let rule = Sgd {
-                    lr: lr as f32,
-                    weight_decay: (weight_decay != 0.0).then_some(weight_decay as f32),
-                    momentum: (momentum != 0.0).then_some(momentum as f32),
-                    nesterov,
-                    first,
-                };
-                for (i, (var, d)) in set.vars().iter().zip(dir).enumerate() {
-                    if self.in_place && in_place_ok(var.as_tensor(), d) {
-                        if momentum != 0.0 && first {
-                            self.m.push(var.as_tensor().zeros_like()?);
-                        }
-                        let m = self.m.get(i);
-                        with_values(var.as_tensor(), |p| with_opt_values(m, |m| sgd_pass(rule, p, m, d)))?;
+        let rule = self.rule(lr, first);
+        for (i, var) in set.vars().iter().enumerate() {
+            let p = var.as_tensor();
+            if self.in_place && cpu_f32(p) {
+                match dir {
+                    Directions::Flat(v) => {
+                        self.update_in_place(i, p, &v[set.range(i)], rule, first)?;
                         continue;
                     }
-                    let p = var.as_tensor().detach();
-                    let mut d = d.detach();
-                    if weight_decay != 0.0 {
-                        d = d.add(&p.affine(weight_decay, 0.0)?)?;
+                    Directions::Tensors(ts) if in_place_ok(p, &ts[i]) => {
+                        read_values(&ts[i], |d| self.update_in_place(i, p, d, rule, first))??;
+                        continue;
                     }
-                    if momentum != 0.0 {
-                        // PyTorch: the buffer starts as the first (decayed) gradient, then
-                        // buf = momentum * buf + g (dampening 0).
-                        let buf = if first { d.copy()? } else { self.m[i].affine(momentum, 0.0)?.add(&d)? };
-                        d = if nesterov { d.add(&buf.affine(momentum, 0.0)?)? } else { buf.clone() };
-                        if first { self.m.push(buf) } else { self.m[i] = buf }
-                    }
-                    var.set(&p.sub(&d.affine(lr, 0.0)?)?)?;
+                    Directions::Tensors(_) => {}
                 }
             }
-            OptimizerConfig::Adam { beta1, beta2, eps, weight_decay, .. } => {
-                self.adam(set, dir, lr, beta1, beta2, eps, weight_decay, 0.0, first)?;
-            }
-            OptimizerConfig::Adamw { beta1, beta2, eps, weight_decay, .. } => {
-                self.adam(set, dir, lr, beta1, beta2, eps, 0.0, weight_decay, first)?;
-            }
+            let d = match dir {
+                Directions::Tensors(ts) => ts[i].detach(),
+                Directions::Flat(v) => {
+                    Tensor::from_slice(&v[set.range(i)], set.shapes()[i].clone(), set.device())?
+                }
+            };
+            self.update_with_tensor_ops(i, var, d, lr, first)?;
         }
         Ok(())
     }
 
+    /// The step's constants as the in-place pass uses them: converted to f32 as candle's
+    /// `affine` converts them (`f64 as f32`).
+    fn rule(&self, lr: f64, first: bool) -> Rule {
+        match self.cfg {
+            OptimizerConfig::Sgd { momentum, nesterov, weight_decay, .. } => Rule::Sgd(Sgd {
+                lr: lr as f32,
+                weight_decay: (weight_decay != 0.0).then_some(weight_decay as f32),
+                momentum: (momentum != 0.0).then_some(momentum as f32),
+                nesterov,
+                first,
+            }),
+            OptimizerConfig::Adam { beta1, beta2, eps, weight_decay, .. } => {
+                Rule::Adam(self.adam_rule(lr, beta1, beta2, eps, weight_decay, 0.0, first))
+            }
+            OptimizerConfig::Adamw { beta1, beta2, eps, weight_decay, .. } => {
+                Rule::Adam(self.adam_rule(lr, beta1, beta2, eps, 0.0, weight_decay, first))
+            }
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
-    fn adam(
-        &mut self,
-        set: &ParamSet,
-        dir: &[Tensor],
+    fn adam_rule(
+        &self,
         lr: f64,
         beta1: f64,
         beta2: f64,
@@ -141,11 +161,9 @@ impl Optimizer {
         l2: f64,
         decoupled: f64,
         first: bool,
-    ) -> Result<()> {
-        let bc1 = 1.0 - beta1.powi(self.t as i32);
-        let bc2 = 1.0 - beta2.powi(self.t as i32);
-        // The constants as candle's `affine` converts them (`f64 as f32`).
-        let rule = Adam {
+    ) -> Adam {
+        let (bc1, bc2) = self.bias_corrections(beta1, beta2);
+        Adam {
             l2: (l2 != 0.0).then_some(l2 as f32),
             beta1: beta1 as f32,
             one_minus_beta1: (1.0 - beta1) as f32,
@@ -156,49 +174,117 @@ impl Optimizer {
             decay: (decoupled != 0.0).then_some((1.0 - lr * decoupled) as f32),
             step: (lr / bc1) as f32,
             first,
-        };
-        for (i, (var, d)) in set.vars().iter().zip(dir).enumerate() {
-            if self.in_place && in_place_ok(var.as_tensor(), d) {
+        }
+    }
+
+    /// Adam's `1 - beta^t` for the step being taken.
+    fn bias_corrections(&self, beta1: f64, beta2: f64) -> (f64, f64) {
+        (1.0 - beta1.powi(self.t as i32), 1.0 - beta2.powi(self.t as i32))
+    }
+
+    /// Parameter `i` (`p`, contiguous f32 on the CPU) and its state, updated in place.
+    fn update_in_place(&mut self, i: usize, p: &Tensor, d: &[f32], rule: Rule, first: bool) -> Result<()> {
+        match rule {
+            Rule::Sgd(rule) => {
+                if rule.momentum.is_some() && first {
+                    self.m.push(p.zeros_like()?);
+                }
+                let m = self.m.get(i);
+                with_values(p, |p| with_opt_values(m, |m| sgd_pass(rule, p, m, d)))
+            }
+            Rule::Adam(rule) => {
                 if first {
-                    self.m.push(var.as_tensor().zeros_like()?);
-                    self.v.push(var.as_tensor().zeros_like()?);
+                    self.m.push(p.zeros_like()?);
+                    self.v.push(p.zeros_like()?);
                 }
                 let (m, v) = (&self.m[i], &self.v[i]);
-                with_values(var.as_tensor(), |p| {
-                    with_values(m, |m| with_values(v, |v| adam_pass(rule, p, m, v, d)))
-                })?;
-                continue;
+                with_values(p, |p| with_values(m, |m| with_values(v, |v| adam_pass(rule, p, m, v, d))))
             }
-            let p = var.as_tensor().detach();
-            let mut g = d.detach();
-            if l2 != 0.0 {
-                g = g.add(&p.affine(l2, 0.0)?)?;
+        }
+    }
+
+    /// Parameter `i` and its state, updated by candle tensor ops (any device).
+    fn update_with_tensor_ops(&mut self, i: usize, var: &Var, d: Tensor, lr: f64, first: bool) -> Result<()> {
+        let p = var.as_tensor().detach();
+        match self.cfg {
+            OptimizerConfig::Sgd { momentum, nesterov, weight_decay, .. } => {
+                let mut d = d;
+                if weight_decay != 0.0 {
+                    d = d.add(&p.affine(weight_decay, 0.0)?)?;
+                }
+                if momentum != 0.0 {
+                    // PyTorch: the buffer starts as the first (decayed) gradient, then
+                    // buf = momentum * buf + g (dampening 0).
+                    let buf = if first { d.copy()? } else { self.m[i].affine(momentum, 0.0)?.add(&d)? };
+                    d = if nesterov { d.add(&buf.affine(momentum, 0.0)?)? } else { buf.clone() };
+                    if first { self.m.push(buf) } else { self.m[i] = buf }
+                }
+                var.set(&p.sub(&d.affine(lr, 0.0)?)?)
             }
-            let (m_prev, v_prev) = if first {
-                (g.zeros_like()?, g.zeros_like()?)
-            } else {
-                (self.m[i].clone(), self.v[i].clone())
-            };
-            let m = m_prev.affine(beta1, 0.0)?.add(&g.affine(1.0 - beta1, 0.0)?)?;
-            let v = v_prev.affine(beta2, 0.0)?.add(&g.sqr()?.affine(1.0 - beta2, 0.0)?)?;
-            // PyTorch: denom = sqrt(v) / sqrt(bc2) + eps; p -= lr / bc1 * m / denom.
-            let denom = v.sqrt()?.affine(1.0 / bc2.sqrt(), eps)?;
-            let mut base = p.clone();
-            if decoupled != 0.0 {
-                base = base.affine(1.0 - lr * decoupled, 0.0)?;
+            OptimizerConfig::Adam { beta1, beta2, eps, weight_decay, .. } => {
+                self.adam_with_tensor_ops(i, var, p, d, lr, (beta1, beta2, eps), weight_decay, 0.0, first)
             }
-            let upd = m.div(&denom)?.affine(lr / bc1, 0.0)?;
-            var.set(&base.sub(&upd)?)?;
-            if first {
-                self.m.push(m);
-                self.v.push(v);
-            } else {
-                self.m[i] = m;
-                self.v[i] = v;
+            OptimizerConfig::Adamw { beta1, beta2, eps, weight_decay, .. } => {
+                self.adam_with_tensor_ops(i, var, p, d, lr, (beta1, beta2, eps), 0.0, weight_decay, first)
             }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn adam_with_tensor_ops(
+        &mut self,
+        i: usize,
+        var: &Var,
+        p: Tensor,
+        d: Tensor,
+        lr: f64,
+        (beta1, beta2, eps): (f64, f64, f64),
+        l2: f64,
+        decoupled: f64,
+        first: bool,
+    ) -> Result<()> {
+        let (bc1, bc2) = self.bias_corrections(beta1, beta2);
+        let mut g = d;
+        if l2 != 0.0 {
+            g = g.add(&p.affine(l2, 0.0)?)?;
+        }
+        let (m_prev, v_prev) =
+            if first { (g.zeros_like()?, g.zeros_like()?) } else { (self.m[i].clone(), self.v[i].clone()) };
+        let m = m_prev.affine(beta1, 0.0)?.add(&g.affine(1.0 - beta1, 0.0)?)?;
+        let v = v_prev.affine(beta2, 0.0)?.add(&g.sqr()?.affine(1.0 - beta2, 0.0)?)?;
+        // PyTorch: denom = sqrt(v) / sqrt(bc2) + eps; p -= lr / bc1 * m / denom.
+        let denom = v.sqrt()?.affine(1.0 / bc2.sqrt(), eps)?;
+        let mut base = p;
+        if decoupled != 0.0 {
+            base = base.affine(1.0 - lr * decoupled, 0.0)?;
+        }
+        let upd = m.div(&denom)?.affine(lr / bc1, 0.0)?;
+        var.set(&base.sub(&upd)?)?;
+        if first {
+            self.m.push(m);
+            self.v.push(v);
+        } else {
+            self.m[i] = m;
+            self.v[i] = v;
         }
         Ok(())
     }
+}
+
+/// Where a step's direction comes from.
+#[derive(Clone, Copy)]
+enum Directions<'a> {
+    /// One tensor per parameter.
+    Tensors(&'a [Tensor]),
+    /// One flat vector over the parameter set.
+    Flat(&'a [f32]),
+}
+
+/// A step's rule with its constants, for the in-place pass.
+#[derive(Clone, Copy)]
+enum Rule {
+    Sgd(Sgd),
+    Adam(Adam),
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -216,12 +302,16 @@ const CHUNK: usize = 32 * 1024;
 /// CPU, in separate storage (a direction sharing the parameter's storage would be read while
 /// the parameter is written).
 fn in_place_ok(p: &Tensor, d: &Tensor) -> bool {
-    let cpu_f32 = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous();
     cpu_f32(p) && cpu_f32(d) && p.dims() == d.dims() && {
         let (sp, _) = p.storage_and_layout();
         let (sd, _) = d.storage_and_layout();
         !std::ptr::eq(&*sp, &*sd)
     }
+}
+
+/// Contiguous f32 on the CPU: what the in-place pass handles.
+fn cpu_f32(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous()
 }
 
 /// candle's hook for writing a tensor's storage in place, used to hand its values to `f`.
@@ -289,31 +379,30 @@ impl Sgd {
     }
 }
 
-fn sgd_pass(rule: Sgd, p: &mut [f32], m: Option<&mut [f32]>, d: &Tensor) -> Result<()> {
-    read_values(d, |d| {
-        let chunk = |(p, d): (&mut [f32], &[f32]), m: Option<&mut [f32]>| match m {
-            Some(m) => {
-                for ((p, m), &d) in p.iter_mut().zip(m).zip(d) {
-                    rule.apply(p, m, d);
-                }
+fn sgd_pass(rule: Sgd, p: &mut [f32], m: Option<&mut [f32]>, d: &[f32]) -> Result<()> {
+    let chunk = |(p, d): (&mut [f32], &[f32]), m: Option<&mut [f32]>| match m {
+        Some(m) => {
+            for ((p, m), &d) in p.iter_mut().zip(m).zip(d) {
+                rule.apply(p, m, d);
             }
-            None => {
-                let mut unused = 0f32;
-                for (p, &d) in p.iter_mut().zip(d) {
-                    rule.apply(p, &mut unused, d);
-                }
+        }
+        None => {
+            let mut unused = 0f32;
+            for (p, &d) in p.iter_mut().zip(d) {
+                rule.apply(p, &mut unused, d);
             }
-        };
-        if p.len() < 2 * CHUNK {
-            chunk((p, d), m);
-            return;
         }
-        let pd = p.par_chunks_mut(CHUNK).zip(d.par_chunks(CHUNK));
-        match m {
-            Some(m) => pd.zip(m.par_chunks_mut(CHUNK)).for_each(|(pd, m)| chunk(pd, Some(m))),
-            None => pd.for_each(|pd| chunk(pd, None)),
-        }
-    })
+    };
+    if p.len() < 2 * CHUNK {
+        chunk((p, d), m);
+        return Ok(());
+    }
+    let pd = p.par_chunks_mut(CHUNK).zip(d.par_chunks(CHUNK));
+    match m {
+        Some(m) => pd.zip(m.par_chunks_mut(CHUNK)).for_each(|(pd, m)| chunk(pd, Some(m))),
+        None => pd.for_each(|pd| chunk(pd, None)),
+    }
+    Ok(())
 }
 
 #[derive(Clone, Copy)]
@@ -354,23 +443,22 @@ impl Adam {
 /// One chunk of the Adam pass: parameters, first and second moments, direction.
 type AdamChunk<'a> = (((&'a mut [f32], &'a mut [f32]), &'a mut [f32]), &'a [f32]);
 
-fn adam_pass(rule: Adam, p: &mut [f32], m: &mut [f32], v: &mut [f32], d: &Tensor) -> Result<()> {
-    read_values(d, |d| {
-        let chunk = |(((p, m), v), d): AdamChunk| {
-            for (((p, m), v), &d) in p.iter_mut().zip(m).zip(v).zip(d) {
-                rule.apply(p, m, v, d);
-            }
-        };
-        if p.len() < 2 * CHUNK {
-            chunk((((p, m), v), d));
-        } else {
-            p.par_chunks_mut(CHUNK)
-                .zip(m.par_chunks_mut(CHUNK))
-                .zip(v.par_chunks_mut(CHUNK))
-                .zip(d.par_chunks(CHUNK))
-                .for_each(chunk);
+fn adam_pass(rule: Adam, p: &mut [f32], m: &mut [f32], v: &mut [f32], d: &[f32]) -> Result<()> {
+    let chunk = |(((p, m), v), d): AdamChunk| {
+        for (((p, m), v), &d) in p.iter_mut().zip(m).zip(v).zip(d) {
+            rule.apply(p, m, v, d);
         }
-    })
+    };
+    if p.len() < 2 * CHUNK {
+        chunk((((p, m), v), d));
+    } else {
+        p.par_chunks_mut(CHUNK)
+            .zip(m.par_chunks_mut(CHUNK))
+            .zip(v.par_chunks_mut(CHUNK))
+            .zip(d.par_chunks(CHUNK))
+            .for_each(chunk);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -404,7 +492,7 @@ mod tests {
     /// Parameters of odd sizes, one long enough for the parallel chunks, and random directions
     /// for a few steps; both implementations from the same start. The parameters and the state
     /// after every step.
-    fn run(cfg: &OptimizerConfig, in_place: bool) -> Result<Vec<(Bits, Bits, Bits)>> {
+    fn run(cfg: &OptimizerConfig, in_place: bool, flat: bool) -> Result<Vec<(Bits, Bits, Bits)>> {
         let mut rng = ChaCha8Rng::seed_from_u64(11);
         let sizes = [1usize, 7, 1000, 3 * CHUNK + 5];
         let b = ParamStore::new(&Device::Cpu).builder(0);
@@ -427,7 +515,16 @@ mod tests {
                 .iter()
                 .map(|s| Tensor::from_vec(values(&mut rng, s.elem_count()), s.clone(), &Device::Cpu))
                 .collect::<Result<_>>()?;
-            opt.step(&set, &dir, 0.05 / (1 + step) as f64)?;
+            let lr = 0.05 / (1 + step) as f64;
+            if flat {
+                let mut v = crate::gradvec::FlatGrad::zeros(set.total());
+                for (i, d) in dir.iter().enumerate() {
+                    v.data[set.range(i)].copy_from_slice(&d.to_vec1::<f32>()?);
+                }
+                opt.step_flat(&set, &v.data, lr)?;
+            } else {
+                opt.step(&set, &dir, lr)?;
+            }
             let params: Vec<Tensor> = set.vars().iter().map(|v| v.as_tensor().clone()).collect();
             let (m, v) = opt.state();
             after.push((bits(&params), bits(m), bits(v)));
@@ -436,7 +533,7 @@ mod tests {
     }
 
     #[test]
-    fn the_in_place_pass_gives_the_tensor_ops_bits() -> Result<()> {
+    fn the_in_place_pass_and_flat_directions_give_the_tensor_ops_bits() -> Result<()> {
         let sgd = |momentum, nesterov, weight_decay| OptimizerConfig::Sgd {
             lr: 0.1,
             momentum,
@@ -468,11 +565,19 @@ mod tests {
             adamw(0.1),
         ];
         for cfg in &cfgs {
-            let want = run(cfg, false)?;
-            let got = run(cfg, true)?;
-            for (step, (got, want)) in got.iter().zip(&want).enumerate() {
-                assert!(got.0 == want.0, "{cfg:?}: parameters differ after step {}", step + 1);
-                assert!(got.1 == want.1 && got.2 == want.2, "{cfg:?}: state differs after step {}", step + 1);
+            let want = run(cfg, false, false)?;
+            // In place from tensors and from a flat vector; tensor ops from a flat vector.
+            for (in_place, flat) in [(true, false), (true, true), (false, true)] {
+                let got = run(cfg, in_place, flat)?;
+                for (step, (got, want)) in got.iter().zip(&want).enumerate() {
+                    let how = format!("{cfg:?} (in place {in_place}, flat {flat})");
+                    assert!(got.0 == want.0, "{how}: parameters differ after step {}", step + 1);
+                    assert!(
+                        got.1 == want.1 && got.2 == want.2,
+                        "{how}: state differs after step {}",
+                        step + 1
+                    );
+                }
             }
         }
         Ok(())

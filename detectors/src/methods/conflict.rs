@@ -40,7 +40,6 @@ pub struct TwoStream {
     g2: FlatGrad,
     v: FlatGrad,
     scratch: Vec<f32>,
-    dir: Vec<Tensor>,
 }
 
 impl TwoStream {
@@ -53,7 +52,6 @@ impl TwoStream {
             g2: FlatGrad::default(),
             v: FlatGrad::default(),
             scratch: Vec::new(),
-            dir: Vec::new(),
         }
     }
 
@@ -125,8 +123,7 @@ impl TrainingMethod for TwoStream {
                 trace_numbers(&stats, self.v.norm(), None)
             }
         };
-        self.v.to_tensors(set, &mut self.dir)?;
-        self.opt.step(set, &self.dir, lr)?;
+        self.opt.step_flat(set, &self.v.data, lr)?;
         Ok(StepTrace {
             step,
             l1: Some(l1v),

@@ -131,17 +131,17 @@ impl SharpCore {
                 self.gp.axpy(1.0, &self.g);
                 self.gp.scale(0.5);
                 set.restore(&self.saved)?;
-                self.gp.to_tensors(set, &mut self.dir)?;
+                self.opt.step_flat(set, &self.gp.data, lr)?;
                 self.gp.norm()
             }
             _ => {
                 set.grads_as_tensors(&grads2, &mut self.dir)?;
                 drop(grads2);
                 set.restore(&self.saved)?;
+                self.opt.step(set, &self.dir, lr)?;
                 tensors_norm(&self.dir)?
             }
         };
-        self.opt.step(set, &self.dir, lr)?;
         Ok(SharpReport { loss, l1, l2, norm_g, norm_update })
     }
 }
@@ -216,7 +216,6 @@ pub struct RogaCore {
     acc: FlatGrad,
     e: FlatGrad,
     saved: Vec<Tensor>,
-    dir: Vec<Tensor>,
 }
 
 impl RogaCore {
@@ -229,7 +228,6 @@ impl RogaCore {
             acc: FlatGrad::default(),
             e: FlatGrad::default(),
             saved: Vec::new(),
-            dir: Vec::new(),
         }
     }
 
@@ -283,9 +281,8 @@ impl RogaCore {
         set.restore(&self.saved)?;
         self.acc.scale(1.0 - weight);
         self.acc.axpy(weight, &self.gbar);
-        self.acc.to_tensors(set, &mut self.dir)?;
+        self.opt.step_flat(set, &self.acc.data, lr)?;
         let norm_update = self.acc.norm();
-        self.opt.step(set, &self.dir, lr)?;
         Ok(RogaReport { losses, grad_norms, norm_update })
     }
 }
