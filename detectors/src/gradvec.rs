@@ -129,18 +129,27 @@ impl ParamSet {
     }
 }
 
+/// Runs `f` on a tensor's values where they lie, when it is a contiguous f32 tensor on the CPU
+/// (`None` otherwise): no copy, no allocation.
+pub(crate) fn with_cpu_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
+    if t.dtype() != DType::F32 || !t.device().is_cpu() {
+        return None;
+    }
+    let (storage, layout) = t.storage_and_layout();
+    match (&*storage, layout.contiguous_offsets()) {
+        (Storage::Cpu(CpuStorage::F32(src)), Some((a, b))) => Some(f(&src[a..b])),
+        _ => None,
+    }
+}
+
 /// Copies a tensor's values (any layout, any device) into `dst`; on a contiguous CPU f32 tensor
 /// this reads the storage directly without an intermediate allocation.
 fn copy_into(t: &Tensor, dst: &mut [f32]) -> Result<()> {
     if dst.len() != t.elem_count() {
         candle_core::bail!("flat copy: {} values into a slot of {}", t.elem_count(), dst.len());
     }
-    if t.dtype() == DType::F32 && t.device().is_cpu() {
-        let (storage, layout) = t.storage_and_layout();
-        if let (Storage::Cpu(CpuStorage::F32(src)), Some((a, b))) = (&*storage, layout.contiguous_offsets()) {
-            dst.copy_from_slice(&src[a..b]);
-            return Ok(());
-        }
+    if with_cpu_f32(t, |src| dst.copy_from_slice(src)).is_some() {
+        return Ok(());
     }
     let v = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
     dst.copy_from_slice(&v);

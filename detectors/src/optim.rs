@@ -11,11 +11,11 @@
 //! development machine, BENCHMARKS.md); the pass reads each value once.
 use std::cell::RefCell;
 
-use candle_core::{CpuStorage, DType, InplaceOp1, Layout, Result, Storage, Tensor, Var};
+use candle_core::{CpuStorage, DType, InplaceOp1, Layout, Result, Tensor, Var};
 use rayon::prelude::*;
 
 use crate::config::OptimizerConfig;
-use crate::gradvec::ParamSet;
+use crate::gradvec::{ParamSet, with_cpu_f32};
 
 /// One optimizer with its per-parameter state (created lazily on the first step).
 #[derive(Debug)]
@@ -113,8 +113,9 @@ impl Optimizer {
                         self.update_in_place(i, p, &v[set.range(i)], rule, first)?;
                         continue;
                     }
-                    Directions::Tensors(ts) if in_place_ok(p, &ts[i]) => {
-                        read_values(&ts[i], |d| self.update_in_place(i, p, d, rule, first))??;
+                    Directions::Tensors(ts) if direction_fits(p, &ts[i]) => {
+                        let done = with_cpu_f32(&ts[i], |d| self.update_in_place(i, p, d, rule, first));
+                        done.expect("checked by direction_fits")?;
                         continue;
                     }
                     Directions::Tensors(_) => {}
@@ -298,11 +299,11 @@ enum Rule {
 /// Elements per parallel chunk; shorter parameters run on the calling thread.
 const CHUNK: usize = 32 * 1024;
 
-/// Whether parameter `p` and direction `d` can take the in-place pass: contiguous f32 on the
-/// CPU, in separate storage (a direction sharing the parameter's storage would be read while
-/// the parameter is written).
-fn in_place_ok(p: &Tensor, d: &Tensor) -> bool {
-    cpu_f32(p) && cpu_f32(d) && p.dims() == d.dims() && {
+/// Whether direction `d` can feed the in-place pass of parameter `p` (itself checked by
+/// `cpu_f32`): contiguous f32 on the CPU, of `p`'s shape, in separate storage (a direction sharing
+/// the parameter's storage would be read while the parameter is written).
+fn direction_fits(p: &Tensor, d: &Tensor) -> bool {
+    cpu_f32(d) && p.dims() == d.dims() && {
         let (sp, _) = p.storage_and_layout();
         let (sd, _) = d.storage_and_layout();
         !std::ptr::eq(&*sp, &*sd)
@@ -342,15 +343,6 @@ fn with_opt_values(t: Option<&Tensor>, f: impl FnOnce(Option<&mut [f32]>) -> Res
     match t {
         Some(t) => with_values(t, |x| f(Some(x))),
         None => f(None),
-    }
-}
-
-/// The values of `d` (contiguous f32 on the CPU, checked by `in_place_ok`).
-fn read_values<R>(d: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
-    let (storage, layout) = d.storage_and_layout();
-    match (&*storage, layout.contiguous_offsets()) {
-        (Storage::Cpu(CpuStorage::F32(x)), Some((a, b))) => Ok(f(&x[a..b])),
-        _ => candle_core::bail!("in-place optimizer pass on a direction that is not contiguous f32"),
     }
 }
 
