@@ -9,7 +9,7 @@
 //! `detectors/src/backbones/meso.rs`) plus a one-logit classifier and no projection head
 //! (`--head-layers 0`), which the reference script builds too; both print their parameter count.
 //!
-//! `--backbone NAME`, `--head-layers N` and `--method erm|erm-os|cs-dfd` (O+S: two batches of
+//! `--backbone NAME`, `--head-layers N` and `--method erm|erm-os|cs-dfd|sam-os|sagm-os` (O+S: two batches of
 //! `--batch` per step) time other configurations for BENCHMARKS.md's step-share figures; only the
 //! defaults (Meso4, no head, ERM on O) have a PyTorch counterpart.
 use std::time::Instant;
@@ -70,8 +70,11 @@ fn parse_args() -> Result<Args, String> {
             "--backbone" => a.backbone = it.next().ok_or("--backbone needs a name")?,
             "--method" => {
                 a.method = it.next().ok_or("--method needs a name")?;
-                if !["erm", "erm-os", "cs-dfd"].contains(&a.method.as_str()) {
-                    return Err(format!("--method: expected erm, erm-os or cs-dfd, got `{}`", a.method));
+                if !["erm", "erm-os", "cs-dfd", "sam-os", "sagm-os"].contains(&a.method.as_str()) {
+                    return Err(format!(
+                        "--method: expected erm, erm-os, cs-dfd, sam-os or sagm-os, got `{}`",
+                        a.method
+                    ));
                 }
             }
             // cargo bench hands `--bench` to every bench binary.
@@ -104,11 +107,13 @@ fn images_per_second(a: &Args, size: usize) -> anyhow::Result<(f64, f64, usize)>
     let pb = ParamStore::new(&Device::Cpu).builder(0);
     let det = Detector::new(&pb, a.head_layers, |pb| detectors::backbones::build(&a.backbone, pb, size))?;
     let adam = OptimizerConfig::Adam { lr: 2e-4, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
-    // `erm` (stream O only) is what the PyTorch reference does; `erm-os` and `cs-dfd` (O and S
-    // batches of `--batch` each) give step times for BENCHMARKS.md's share estimates.
+    // `erm` (stream O only) is what the PyTorch reference does; the others (O and S batches of
+    // `--batch` each) give step times for BENCHMARKS.md's share estimates.
     let (kind, streams) = match a.method.as_str() {
         "erm" => ("erm", Some("original")),
         "erm-os" => ("erm", Some("both")),
+        "sam-os" => ("sam", Some("both")),
+        "sagm-os" => ("sagm", Some("both")),
         _ => ("cs-dfd", None),
     };
     let mut params = MethodParams::new();

@@ -92,28 +92,18 @@ pub fn cmd_predict(args: PredictArgs, verbosity: Verbosity) -> anyhow::Result<Ex
         return Err(CliError::config("--frames-per-video must be at least 1").into());
     }
     let split = match &args.split {
-        Some(s) => Some(Split::parse(s).ok_or_else(|| {
-            CliError::config(format!("--split {s}: expected train, val or test"))
-        })?),
+        Some(s) => Some(
+            Split::parse(s)
+                .ok_or_else(|| CliError::config(format!("--split {s}: expected train, val or test")))?,
+        ),
         None => None,
     };
-    let items = collect_inputs(
-        &args.inputs,
-        args.root.as_deref(),
-        args.frames_per_video,
-        split,
-    )?;
+    let items = collect_inputs(&args.inputs, args.root.as_deref(), args.frames_per_video, split)?;
     if items.is_empty() {
-        return Err(CliError::config(
-            "no image found in the inputs (looked for .png, .jpg, .jpeg)",
-        )
-        .into());
+        return Err(CliError::config("no image found in the inputs (looked for .png, .jpg, .jpeg)").into());
     }
     let run = load_run(&args.run, args.device.as_deref())?;
-    let batch = args
-        .batch
-        .unwrap_or(run.config.training.batch_size as usize)
-        .max(1);
+    let batch = args.batch.unwrap_or(run.config.training.batch_size as usize).max(1);
     if verbosity != Verbosity::Quiet {
         eprintln!(
             "scoring {} frames with {} ({}, {} px) in batches of {batch}",
@@ -155,8 +145,7 @@ pub fn load_run(run_dir: &Path, device: Option<&str>) -> anyhow::Result<LoadedRu
         ))
         .into());
     }
-    let manifest =
-        results::read_manifest(&manifest_path).map_err(|e| CliError::config(format!("{e:#}")))?;
+    let manifest = results::read_manifest(&manifest_path).map_err(|e| CliError::config(format!("{e:#}")))?;
     if manifest.status != RunStatus::Complete {
         return Err(CliError::config(format!(
             "{}: the run is {}, not complete; finish it with `bench run` first",
@@ -166,10 +155,7 @@ pub fn load_run(run_dir: &Path, device: Option<&str>) -> anyhow::Result<LoadedRu
         .into());
     }
     let config: RunConfig = serde_json::from_value(manifest.config.clone()).map_err(|e| {
-        CliError::config(format!(
-            "{}: `config` is not a run configuration: {e}",
-            manifest_path.display()
-        ))
+        CliError::config(format!("{}: `config` is not a run configuration: {e}", manifest_path.display()))
     })?;
     let weights = run_dir.join(WEIGHTS_FILE);
     if !weights.is_file() {
@@ -188,20 +174,10 @@ pub fn load_run(run_dir: &Path, device: Option<&str>) -> anyhow::Result<LoadedRu
     let detector = Detector::new(&pb, config.model.head.layers as usize, |pb| {
         detectors::backbones::build(&backbone, pb, resolution)
     })
-    .with_context(|| {
-        format!(
-            "{}: building backbone `{backbone}`",
-            manifest_path.display()
-        )
+    .with_context(|| format!("{}: building backbone `{backbone}`", manifest_path.display()))?;
+    detectors::weights::load_safetensors(detector.store(), &weights, &Default::default()).map_err(|e| {
+        CliError::config(format!("{}: does not fit the run's detector: {e}", weights.display()))
     })?;
-    detectors::weights::load_safetensors(detector.store(), &weights, &Default::default()).map_err(
-        |e| {
-            CliError::config(format!(
-                "{}: does not fit the run's detector: {e}",
-                weights.display()
-            ))
-        },
-    )?;
     let n = &config.data.normalisation;
     let store = FrameStore::new(LoaderConfig {
         resolution: config.data.resolution,
@@ -217,11 +193,7 @@ pub fn load_run(run_dir: &Path, device: Option<&str>) -> anyhow::Result<LoadedRu
         device,
     })
     .with_context(|| format!("{}: data configuration", manifest_path.display()))?;
-    Ok(LoadedRun {
-        config,
-        detector,
-        store,
-    })
+    Ok(LoadedRun { config, detector, store })
 }
 
 /// Expands the inputs into frames: image files as given, folders recursively (sorted by path),
@@ -247,12 +219,9 @@ pub fn collect_inputs(
                     None => default_root(input),
                 };
                 let opts = IndexOptions { frames_per_video };
-                let index = Index::from_json(input, &root, &opts)
-                    .map_err(|e| CliError::config(format!("{e:#}")))?;
-                let entries = index
-                    .entries
-                    .into_iter()
-                    .filter(|e| split.is_none_or(|s| e.split == s));
+                let index =
+                    Index::from_json(input, &root, &opts).map_err(|e| CliError::config(format!("{e:#}")))?;
+                let entries = index.entries.into_iter().filter(|e| split.is_none_or(|s| e.split == s));
                 items.extend(entries.map(|e| Item {
                     path: e.frame_path,
                     meta: Some(FrameMeta {
@@ -264,10 +233,7 @@ pub fn collect_inputs(
                     }),
                 }));
             } else if IMAGE_EXTENSIONS.contains(&ext.as_str()) {
-                items.push(Item {
-                    path: input.clone(),
-                    meta: None,
-                });
+                items.push(Item { path: input.clone(), meta: None });
             } else {
                 return Err(CliError::config(format!(
                     "{}: expected an image (.png, .jpg), a folder or a dataset JSON (.json)",
@@ -276,38 +242,27 @@ pub fn collect_inputs(
                 .into());
             }
         } else {
-            return Err(
-                CliError::config(format!("{}: no such file or folder", input.display())).into(),
-            );
+            return Err(CliError::config(format!("{}: no such file or folder", input.display())).into());
         }
     }
     Ok(items)
 }
 
 fn extension(p: &Path) -> String {
-    p.extension()
-        .map(|e| e.to_string_lossy().to_ascii_lowercase())
-        .unwrap_or_default()
+    p.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()).unwrap_or_default()
 }
 
 fn default_root(json: &Path) -> PathBuf {
-    let dir = json
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let dir = json.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     if dir.file_name().is_some_and(|n| n == "dataset_json") {
-        dir.parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."))
-            .to_path_buf()
+        dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf()
     } else {
         dir.to_path_buf()
     }
 }
 
 fn walk_images(dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
-    let entries =
-        std::fs::read_dir(dir).with_context(|| format!("{}: cannot list", dir.display()))?;
+    let entries = std::fs::read_dir(dir).with_context(|| format!("{}: cannot list", dir.display()))?;
     for e in entries {
         let e = e.with_context(|| format!("{}: cannot list", dir.display()))?;
         let path = e.path();
@@ -329,39 +284,23 @@ pub fn score_items(
 ) -> anyhow::Result<(Vec<Scored>, Vec<SkippedFrame>)> {
     let mut scored = Vec::with_capacity(items.len());
     for chunk in items.chunks(batch.max(1)) {
-        let loaded: Vec<_> = chunk
-            .par_iter()
-            .map(|it| run.store.load(&it.path))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let kept: Vec<(&Item, &image::RgbImage)> = chunk
-            .iter()
-            .zip(&loaded)
-            .filter_map(|(it, img)| img.as_deref().map(|img| (it, img)))
-            .collect();
+        let loaded: Vec<_> =
+            chunk.par_iter().map(|it| run.store.load(&it.path)).collect::<anyhow::Result<Vec<_>>>()?;
+        let kept: Vec<(&Item, &image::RgbImage)> =
+            chunk.iter().zip(&loaded).filter_map(|(it, img)| img.as_deref().map(|img| (it, img))).collect();
         if kept.is_empty() {
             continue;
         }
         let images: Vec<&image::RgbImage> = kept.iter().map(|(_, img)| *img).collect();
         let labels = vec![0f32; images.len()];
         let b = run.store.to_batch(&images, &labels)?;
-        let logits = run
-            .detector
-            .forward(&b.images, Mode::Eval)?
-            .to_dtype(DType::F64)?
-            .to_vec1::<f64>()?;
+        let logits = run.detector.forward(&b.images, Mode::Eval)?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
         if logits.len() != kept.len() {
-            return Err(anyhow!(
-                "the detector returned {} scores for {} images",
-                logits.len(),
-                kept.len()
-            ));
+            return Err(anyhow!("the detector returned {} scores for {} images", logits.len(), kept.len()));
         }
         for ((it, _), z) in kept.into_iter().zip(logits) {
             // Same expression as the runner's scoring, so scores match bit for bit.
-            scored.push(Scored {
-                item: it.clone(),
-                score: 1.0 / (1.0 + (-z).exp()),
-            });
+            scored.push(Scored { item: it.clone(), score: 1.0 / (1.0 + (-z).exp()) });
         }
     }
     Ok((scored, run.store.skipped()))
@@ -379,10 +318,7 @@ pub fn write_csv(out: &Path, scored: &[Scored]) -> anyhow::Result<()> {
         }
         w.write_record(&header)?;
         for s in scored {
-            let mut rec = vec![
-                s.item.path.to_string_lossy().into_owned(),
-                format!("{}", s.score),
-            ];
+            let mut rec = vec![s.item.path.to_string_lossy().into_owned(), format!("{}", s.score)];
             if with_meta {
                 match &s.item.meta {
                     Some(m) => rec.extend([

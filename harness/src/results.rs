@@ -177,7 +177,12 @@ impl Manifest {
             status: RunStatus::Running,
             failure: None,
             git: GitInfo::default(),
-            versions: Versions { dfbench: env!("CARGO_PKG_VERSION").to_string(), candle: None, rustc: None, crates: BTreeMap::new() },
+            versions: Versions {
+                dfbench: env!("CARGO_PKG_VERSION").to_string(),
+                candle: None,
+                rustc: None,
+                crates: BTreeMap::new(),
+            },
             device: String::new(),
             host: String::new(),
             started: None,
@@ -483,7 +488,10 @@ fn to_unsigned<T: TryFrom<i64>>(file: &Path, name: &str, v: Vec<i64>) -> Result<
         .enumerate()
         .map(|(i, x)| {
             T::try_from(x).map_err(|_| {
-                anyhow!("{}: row {i}: `{name}` = {x} is out of range (expected a non-negative count)", file.display())
+                anyhow!(
+                    "{}: row {i}: `{name}` = {x} is out of range (expected a non-negative count)",
+                    file.display()
+                )
             })
         })
         .collect()

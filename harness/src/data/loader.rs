@@ -25,8 +25,8 @@ use anyhow::{Context, Result, anyhow, bail};
 use candle_core::{Device, Tensor};
 use detectors::Batch;
 use image::RgbImage;
-use rand::{Rng, SeedableRng};
 use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
@@ -242,22 +242,24 @@ impl FrameStore {
         let mut data = vec![0f32; images.len() * 3 * plane];
         let scale: [f32; 3] = std::array::from_fn(|c| 1.0 / (255.0 * self.cfg.std[c]));
         let shift: [f32; 3] = std::array::from_fn(|c| -self.cfg.mean[c] / self.cfg.std[c]);
-        data.par_chunks_mut(3 * plane).zip(images.par_iter()).enumerate().try_for_each(|(k, (out, img))| {
-            if img.width() as usize != r || img.height() as usize != r {
-                bail!("to_batch: image is {}x{}, expected {r}x{r}", img.width(), img.height());
-            }
-            let flip = flips.get(k).copied().unwrap_or(false);
-            let (o0, rest) = out.split_at_mut(plane);
-            let (o1, o2) = rest.split_at_mut(plane);
-            for (i, px) in img.as_raw().chunks_exact(3).enumerate() {
-                // Mirrored: pixel (y, x) goes to (y, r - 1 - x).
-                let j = if flip { i - i % r + (r - 1 - i % r) } else { i };
-                o0[j] = px[0] as f32 * scale[0] + shift[0];
-                o1[j] = px[1] as f32 * scale[1] + shift[1];
-                o2[j] = px[2] as f32 * scale[2] + shift[2];
-            }
-            Ok(())
-        })?;
+        data.par_chunks_mut(3 * plane).zip(images.par_iter()).enumerate().try_for_each(
+            |(k, (out, img))| {
+                if img.width() as usize != r || img.height() as usize != r {
+                    bail!("to_batch: image is {}x{}, expected {r}x{r}", img.width(), img.height());
+                }
+                let flip = flips.get(k).copied().unwrap_or(false);
+                let (o0, rest) = out.split_at_mut(plane);
+                let (o1, o2) = rest.split_at_mut(plane);
+                for (i, px) in img.as_raw().chunks_exact(3).enumerate() {
+                    // Mirrored: pixel (y, x) goes to (y, r - 1 - x).
+                    let j = if flip { i - i % r + (r - 1 - i % r) } else { i };
+                    o0[j] = px[0] as f32 * scale[0] + shift[0];
+                    o1[j] = px[1] as f32 * scale[1] + shift[1];
+                    o2[j] = px[2] as f32 * scale[2] + shift[2];
+                }
+                Ok(())
+            },
+        )?;
         let images = Tensor::from_vec(data, (images.len(), 3, r, r), &self.cfg.device)?;
         let labels = Tensor::from_vec(labels.to_vec(), labels.len(), &self.cfg.device)?;
         Ok(Batch { images, labels })

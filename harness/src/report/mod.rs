@@ -465,7 +465,9 @@ fn keyed_scores(run: &Run, test_set: &str, level: Level) -> BTreeMap<FrameKey, f
         Level::Video => {
             let mut acc: BTreeMap<VideoKey, (f64, usize)> = BTreeMap::new();
             for s in scores_of(run, test_set) {
-                let e = acc.entry((s.dataset.clone(), s.label, s.label_name.clone(), s.video.clone())).or_default();
+                let e = acc
+                    .entry((s.dataset.clone(), s.label, s.label_name.clone(), s.video.clone()))
+                    .or_default();
                 e.0 += s.score;
                 e.1 += 1;
             }

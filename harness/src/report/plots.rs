@@ -537,12 +537,18 @@ fn sensitivity_panels(ctx: &Ctx, method: &str, points: &[(&Group, Vec<(String, f
         let log = lo > 0.0 && hi / lo >= 20.0;
         let mut series: Vec<Series> = Vec::new();
         for (g, kv) in points {
-            let (Some((k, x)), Some(s)) = (kv.get(ki), ctx.agg.get(g, AVG, ctx.level, "auc")) else { continue };
+            let (Some((k, x)), Some(s)) = (kv.get(ki), ctx.agg.get(g, AVG, ctx.level, "auc")) else {
+                continue;
+            };
             if k != key {
                 continue;
             }
-            let others: Vec<String> =
-                kv.iter().enumerate().filter(|(j, _)| *j != ki).map(|(_, (k, v))| format!("{}={v}", short(k))).collect();
+            let others: Vec<String> = kv
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != ki)
+                .map(|(_, (k, v))| format!("{}={v}", short(k)))
+                .collect();
             let name = if others.is_empty() { method.to_string() } else { others.join(", ") };
             let x = if log { x.log10() } else { *x };
             let point = (x, s.mean * 100.0, s.std.map(|v| v * 100.0));
@@ -580,7 +586,10 @@ mod sweep_tests {
             numeric_sweep("methods.CS-DFD.c=0.5, methods.CS-DFD.tau=0.01"),
             Some(vec![("methods.CS-DFD.c".to_string(), 0.5), ("methods.CS-DFD.tau".to_string(), 0.01)])
         );
-        assert_eq!(numeric_sweep("train.real_fake_ratio=16.0"), Some(vec![("train.real_fake_ratio".into(), 16.0)]));
+        assert_eq!(
+            numeric_sweep("train.real_fake_ratio=16.0"),
+            Some(vec![("train.real_fake_ratio".into(), 16.0)])
+        );
         assert_eq!(numeric_sweep("training.optimizer.name=sgd"), None);
         assert_eq!(numeric_sweep("no equals sign"), None);
     }

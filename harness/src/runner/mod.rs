@@ -237,7 +237,11 @@ fn new_manifest(
         c.seed,
     );
     m.fold = c.fold.clone();
-    m.sweep = c.sweep.iter().map(|(k, v)| Ok((k.clone(), serde_json::to_value(v)?))).collect::<serde_json::Result<_>>()?;
+    m.sweep = c
+        .sweep
+        .iter()
+        .map(|(k, v)| Ok((k.clone(), serde_json::to_value(v)?)))
+        .collect::<serde_json::Result<_>>()?;
     m.config = serde_json::to_value(c).context("serialising the run configuration")?;
     let build = env::build_git_state();
     m.git = GitInfo {
@@ -282,7 +286,11 @@ mod tests {
         for count in [1u64, 2, 3, 7] {
             let shards: Vec<Shard> = (0..count).map(|index| Shard { index, count }).collect();
             for id in &ids {
-                assert_eq!(shards.iter().filter(|s| s.contains(id)).count(), 1, "{id} in exactly one of {count}");
+                assert_eq!(
+                    shards.iter().filter(|s| s.contains(id)).count(),
+                    1,
+                    "{id} in exactly one of {count}"
+                );
             }
         }
         // Fixed partition: the value for a given id never changes across versions or machines.

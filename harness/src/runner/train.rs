@@ -49,7 +49,8 @@ pub fn execute(
     let c = &run.config;
     let prepared = prepare(c, device, ctx).map_err(|e| failure(None, format!("{e:#}")))?;
     let trained = train(run, &prepared, progress)?;
-    let out = score_and_store(c, &prepared, &trained, run_dir, ctx).map_err(|e| failure(None, format!("{e:#}")))?;
+    let out =
+        score_and_store(c, &prepared, &trained, run_dir, ctx).map_err(|e| failure(None, format!("{e:#}")))?;
     Ok(out)
 }
 
@@ -80,7 +81,12 @@ fn prepare(c: &RunConfig, device: &Device, ctx: &mut RunContext) -> anyhow::Resu
     let val_split = parse_split(&c.training.validation.split)?;
     let val_index = train_all.filter(|e| e.split == val_split && on_train_side(e));
     if train_index.entries.is_empty() {
-        bail!("training selection is empty: dataset {} split {} labels real + {:?}", c.train.dataset, c.train.split, c.train.manipulations);
+        bail!(
+            "training selection is empty: dataset {} split {} labels real + {:?}",
+            c.train.dataset,
+            c.train.split,
+            c.train.manipulations
+        );
     }
     let mut tests = Vec::new();
     for (i, t) in c.tests.iter().enumerate() {
@@ -90,7 +96,9 @@ fn prepare(c: &RunConfig, device: &Device, ctx: &mut RunContext) -> anyhow::Resu
         let index = all.filter(|e| {
             e.split == split
                 && (fakes.is_empty() || e.label == 0 || fakes.contains(e.label_name.as_str()))
-                && t.compression.as_ref().is_none_or(|want| e.compression.as_ref().is_none_or(|have| have == want))
+                && t.compression
+                    .as_ref()
+                    .is_none_or(|want| e.compression.as_ref().is_none_or(|have| have == want))
         });
         if index.entries.is_empty() {
             bail!("test set `{}` is empty: dataset {} split {}", t.name, t.dataset, t.split);
@@ -127,9 +135,11 @@ fn data_root(c: &RunConfig, ctx: &mut RunContext) -> anyhow::Result<PathBuf> {
             }
             root
         }
-        DataFormat::Deepfakebench | DataFormat::Folders => {
-            c.data.root.clone().ok_or_else(|| anyhow!("data.root is required for format {:?}", c.data.format))?
-        }
+        DataFormat::Deepfakebench | DataFormat::Folders => c
+            .data
+            .root
+            .clone()
+            .ok_or_else(|| anyhow!("data.root is required for format {:?}", c.data.format))?,
     };
     ctx.data.roots.insert(key, root.clone());
     Ok(root)
@@ -212,7 +222,10 @@ fn train(run: &Run, p: &Prepared, progress: &mut Progress) -> Result<Trained, Fa
         let opts = detectors::weights::LoadOptions {
             strip_prefix: None,
             add_prefix: Some("backbone.".into()),
-            ignore_prefixes: ["fc.", "head.", "classifier.", "last_linear."].iter().map(|p| format!("backbone.{p}")).collect(),
+            ignore_prefixes: ["fc.", "head.", "classifier.", "last_linear."]
+                .iter()
+                .map(|p| format!("backbone.{p}"))
+                .collect(),
             allow_missing_prefixes: vec!["head.".into(), "classifier.".into()],
             resize_pos_embed: true,
         };
@@ -238,8 +251,15 @@ fn train(run: &Run, p: &Prepared, progress: &mut Progress) -> Result<Trained, Fa
         .transpose()
         .map_err(setup)?;
     let mut domains = if needs.domains {
-        TrainStream::domains(p.train_store.clone(), &p.train_index, &c.train.manipulations, p.batch, real_fraction, seed)
-            .map_err(setup)?
+        TrainStream::domains(
+            p.train_store.clone(),
+            &p.train_index,
+            &c.train.manipulations,
+            p.batch,
+            real_fraction,
+            seed,
+        )
+        .map_err(setup)?
     } else {
         Vec::new()
     };
@@ -264,7 +284,10 @@ fn train(run: &Run, p: &Prepared, progress: &mut Progress) -> Result<Trained, Fa
         };
         let t = method.step(&det, &input, step, lr).map_err(|e| at(e.into()))?;
         if !t.loss.is_finite() {
-            return Err(failure(Some(step as u64), format!("training loss became {} at step {step}", t.loss)));
+            return Err(failure(
+                Some(step as u64),
+                format!("training loss became {} at step {step}", t.loss),
+            ));
         }
         push_trace(&mut trace, &t);
         progress.step(step, t.loss);
@@ -416,8 +439,8 @@ fn score_and_store(
     let mut metric_rows = Vec::new();
     for (i, index) in &p.tests {
         let test = &c.tests[*i];
-        let (scores, _, ids) =
-            predict(&t.det, &p.test_store, index, p.batch).with_context(|| format!("scoring test set `{}`", test.name))?;
+        let (scores, _, ids) = predict(&t.det, &p.test_store, index, p.batch)
+            .with_context(|| format!("scoring test set `{}`", test.name))?;
         // Video identity must include the label name (FF++ fakes of four methods share names).
         let frames: Vec<FrameScore> = ids
             .iter()
@@ -455,14 +478,10 @@ fn score_and_store(
         detectors::weights::save_safetensors(t.det.store(), run_dir.file(WEIGHTS_FILE))?;
     }
     let mut skipped_files = BTreeMap::new();
-    let train_paths: HashSet<&Path> = p
-        .train_index
-        .entries
-        .iter()
-        .chain(&p.val_index.entries)
-        .map(|e| e.frame_path.as_path())
-        .collect();
-    let skipped_train = p.train_store.skipped().iter().filter(|s| train_paths.contains(s.path.as_path())).count();
+    let train_paths: HashSet<&Path> =
+        p.train_index.entries.iter().chain(&p.val_index.entries).map(|e| e.frame_path.as_path()).collect();
+    let skipped_train =
+        p.train_store.skipped().iter().filter(|s| train_paths.contains(s.path.as_path())).count();
     skipped_files.insert("train".to_string(), skipped_train as u64);
     let stats = p.train_store.stats();
     let mut notes = t.notes.clone();
