@@ -5,10 +5,11 @@
 //! host copy of the gradient in f32 storage with f64 accumulation, so that a Gram entry over
 //! millions of parameters does not lose digits. The buffers are allocated once per method and
 //! reused every step.
+use std::cell::RefCell;
 use std::ops::Range;
 
 use candle_core::backprop::GradStore;
-use candle_core::{CpuStorage, DType, Device, Result, Shape, Storage, Tensor, Var};
+use candle_core::{CpuStorage, DType, Device, InplaceOp1, Layout, Result, Shape, Storage, Tensor, Var};
 
 use crate::params::ParamStore;
 
@@ -77,29 +78,70 @@ impl ParamSet {
         Some(self.offsets[first]..self.range(last).end)
     }
 
-    /// Copies of the current parameter values (for SAM-style restore: store, never subtract).
-    pub fn snapshot(&self, out: &mut Vec<Tensor>) -> Result<()> {
-        out.clear();
+    /// Stores the current parameter values in `out` (for SAM-style restore: store, never
+    /// subtract). On the CPU they go into `out`'s flat host buffer, reused across steps;
+    /// elsewhere into detached per-parameter copies.
+    pub fn snapshot(&self, out: &mut Snapshot) -> Result<()> {
+        out.tensors.clear();
+        if self.vars.iter().all(|v| cpu_f32(v.as_tensor())) {
+            self.values(&mut out.flat)?;
+            out.flat_valid = true;
+            return Ok(());
+        }
+        out.flat_valid = false;
         for v in &self.vars {
             // A copy of a `Var` records a Copy op on it; the snapshot needs only the values.
-            out.push(v.as_tensor().copy()?.detach());
+            out.tensors.push(v.as_tensor().copy()?.detach());
         }
         Ok(())
     }
 
     /// Writes back values taken by `snapshot`, bit for bit.
-    pub fn restore(&self, saved: &[Tensor]) -> Result<()> {
-        for (v, s) in self.vars.iter().zip(saved) {
+    pub fn restore(&self, saved: &Snapshot) -> Result<()> {
+        if saved.flat_valid {
+            self.check_flat(&saved.flat)?;
+            for (i, v) in self.vars.iter().enumerate() {
+                let src = &saved.flat.data[self.range(i)];
+                with_values_mut(v.as_tensor(), |dst| {
+                    dst.copy_from_slice(src);
+                    Ok(())
+                })?;
+            }
+            return Ok(());
+        }
+        for (v, s) in self.vars.iter().zip(&saved.tensors) {
             v.set(s)?;
         }
         Ok(())
     }
 
-    /// Sets every parameter to `saved + delta` (delta in flat order).
-    pub fn set_shifted(&self, saved: &[Tensor], delta: &FlatGrad) -> Result<()> {
-        for (i, (v, s)) in self.vars.iter().zip(saved).enumerate() {
+    /// Sets every parameter to `saved + delta` (delta in flat order), each element one f32
+    /// addition as candle's `add` performs it.
+    pub fn set_shifted(&self, saved: &Snapshot, delta: &FlatGrad) -> Result<()> {
+        self.check_flat(delta)?;
+        if saved.flat_valid {
+            self.check_flat(&saved.flat)?;
+            for (i, v) in self.vars.iter().enumerate() {
+                let (s, d) = (&saved.flat.data[self.range(i)], &delta.data[self.range(i)]);
+                with_values_mut(v.as_tensor(), |dst| {
+                    for ((p, &a), &b) in dst.iter_mut().zip(s).zip(d) {
+                        *p = a + b;
+                    }
+                    Ok(())
+                })?;
+            }
+            return Ok(());
+        }
+        for (i, (v, s)) in self.vars.iter().zip(&saved.tensors).enumerate() {
             let d = Tensor::from_slice(&delta.data[self.range(i)], self.shapes[i].clone(), &self.device)?;
             v.set(&s.add(&d)?)?;
+        }
+        Ok(())
+    }
+
+    fn check_flat(&self, x: &FlatGrad) -> Result<()> {
+        if x.len() != self.total {
+            candle_core::bail!("a flat vector of {} values for {} parameters", x.len(), self.total);
         }
         Ok(())
     }
@@ -127,6 +169,45 @@ impl ParamSet {
         }
         Ok(())
     }
+}
+
+/// Parameter values saved by [`ParamSet::snapshot`], with their buffers kept across steps.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// All parameters in flat order, when every one is contiguous f32 on the CPU.
+    flat: FlatGrad,
+    flat_valid: bool,
+    /// Detached copies, otherwise.
+    tensors: Vec<Tensor>,
+}
+
+/// Contiguous f32 on the CPU: what the in-place passes handle.
+pub(crate) fn cpu_f32(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous()
+}
+
+/// candle's hook for writing a tensor's storage in place, used to hand its values to `f`.
+struct WithValues<F> {
+    f: RefCell<Option<F>>,
+}
+
+impl<F: FnOnce(&mut [f32]) -> Result<()>> InplaceOp1 for WithValues<F> {
+    fn name(&self) -> &'static str {
+        "in-place-values"
+    }
+    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> Result<()> {
+        let (CpuStorage::F32(data), Some((a, b))) = (storage, layout.contiguous_offsets()) else {
+            candle_core::bail!("in-place pass on a tensor that is not contiguous f32");
+        };
+        let f = self.f.borrow_mut().take().expect("called once");
+        f(&mut data[a..b])
+    }
+}
+
+/// Runs `f` on the values of `t` (contiguous f32 on the CPU, else an error), which it may
+/// overwrite: the optimizer's pass and SAM's shift and restore, without a new tensor.
+pub(crate) fn with_values_mut(t: &Tensor, f: impl FnOnce(&mut [f32]) -> Result<()>) -> Result<()> {
+    t.inplace_op1(&WithValues { f: RefCell::new(Some(f)) })
 }
 
 /// Runs `f` on a tensor's values where they lie, when it is a contiguous f32 tensor on the CPU
@@ -310,5 +391,63 @@ mod tests {
         // 1 + 1e-8 rounds to 1 in f32 but the f64 sum keeps every term.
         let big = vec![1e-4f32; 1_000_000];
         assert!((dot(&big, &big) - 1e-2).abs() < 1e-9);
+    }
+
+    fn bits(set: &ParamSet) -> Result<Vec<u32>> {
+        let mut v = FlatGrad::default();
+        set.values(&mut v)?;
+        Ok(v.data.iter().map(|x| x.to_bits()).collect())
+    }
+
+    /// The in-place shift and restore on the CPU must give the bits of the tensor path (candle's
+    /// `add`, `Var::set`) that produced the committed SAM, SAGM and RoGA results.
+    #[test]
+    fn in_place_shift_and_restore_give_the_tensor_paths_bits() -> Result<()> {
+        let b = ParamStore::new(&Device::Cpu).builder(5);
+        b.pp("a").param("w", (3, 5), Init::Normal { std: 1.0 })?;
+        b.pp("b").param("bias", 7, Init::Zeros)?;
+        b.pp("c").param("w", (2, 2, 3), Init::Normal { std: 1e-3 })?;
+        let set = ParamSet::from_store(&b.store());
+        let n = set.total();
+        // Signed zeros, subnormals, a value the shift rounds, a huge one that overflows.
+        let special = [0.0, -0.0, 1e-40, -1e-40, 1.0 + f32::EPSILON, 3e38, -2.5];
+        set.vars()[1].set(&Tensor::new(&special, &Device::Cpu)?)?;
+        let original = bits(&set)?;
+        let delta = FlatGrad::from_vec(
+            (0..n)
+                .map(|i| [-0.0, 0.0, 1e-40, 0.7, -1e-7, 3e38, 1.5e-8][i % 7] * (1 + i % 3) as f32)
+                .collect(),
+        );
+
+        let mut flat = Snapshot::default();
+        set.snapshot(&mut flat)?;
+        assert!(flat.flat_valid && flat.tensors.is_empty(), "CPU parameters take the flat path");
+        let tensors = Snapshot {
+            tensors: set
+                .vars()
+                .iter()
+                .map(|v| v.as_tensor().copy().map(|t| t.detach()))
+                .collect::<Result<_>>()?,
+            ..Default::default()
+        };
+
+        set.set_shifted(&flat, &delta)?;
+        let shifted_in_place = bits(&set)?;
+        set.restore(&flat)?;
+        assert_eq!(bits(&set)?, original, "in-place restore");
+        set.set_shifted(&tensors, &delta)?;
+        let shifted_by_tensors = bits(&set)?;
+        set.restore(&tensors)?;
+        assert_eq!(bits(&set)?, original, "tensor restore");
+        assert_eq!(shifted_in_place, shifted_by_tensors);
+        assert_ne!(shifted_in_place, original, "the shift moved something");
+
+        // The buffers are reused: a second snapshot after a change stores the new values.
+        set.set_shifted(&flat, &delta)?;
+        set.snapshot(&mut flat)?;
+        set.restore(&flat)?;
+        assert_eq!(bits(&set)?, shifted_in_place);
+        assert!(set.set_shifted(&flat, &FlatGrad::zeros(n - 1)).is_err(), "a delta of the wrong length");
+        Ok(())
     }
 }

@@ -9,13 +9,11 @@
 //! same order. The tensor-op chain allocates about ten full-size temporaries per parameter and
 //! reads and writes memory once per op (about 57 ms per Adam step at 10M parameters on the
 //! development machine, BENCHMARKS.md); the pass reads each value once.
-use std::cell::RefCell;
-
-use candle_core::{CpuStorage, DType, InplaceOp1, Layout, Result, Tensor, Var};
+use candle_core::{Result, Tensor, Var};
 use rayon::prelude::*;
 
 use crate::config::OptimizerConfig;
-use crate::gradvec::{ParamSet, with_cpu_f32};
+use crate::gradvec::{ParamSet, cpu_f32, with_cpu_f32, with_values_mut as with_values};
 
 /// One optimizer with its per-parameter state (created lazily on the first step).
 #[derive(Debug)]
@@ -308,34 +306,6 @@ fn direction_fits(p: &Tensor, d: &Tensor) -> bool {
         let (sd, _) = d.storage_and_layout();
         !std::ptr::eq(&*sp, &*sd)
     }
-}
-
-/// Contiguous f32 on the CPU: what the in-place pass handles.
-fn cpu_f32(t: &Tensor) -> bool {
-    t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous()
-}
-
-/// candle's hook for writing a tensor's storage in place, used to hand its values to `f`.
-struct WithValues<F> {
-    f: RefCell<Option<F>>,
-}
-
-impl<F: FnOnce(&mut [f32]) -> Result<()>> InplaceOp1 for WithValues<F> {
-    fn name(&self) -> &'static str {
-        "optimizer-in-place"
-    }
-    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> Result<()> {
-        let (CpuStorage::F32(data), Some((a, b))) = (storage, layout.contiguous_offsets()) else {
-            candle_core::bail!("in-place optimizer pass on a tensor that is not contiguous f32");
-        };
-        let f = self.f.borrow_mut().take().expect("called once");
-        f(&mut data[a..b])
-    }
-}
-
-/// Runs `f` on the values of `t` (contiguous f32 on the CPU), which it may overwrite.
-fn with_values(t: &Tensor, f: impl FnOnce(&mut [f32]) -> Result<()>) -> Result<()> {
-    t.inplace_op1(&WithValues { f: RefCell::new(Some(f)) })
 }
 
 /// [`with_values`] for a state tensor that may not exist (SGD without momentum).

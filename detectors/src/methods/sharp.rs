@@ -8,7 +8,7 @@ use candle_core::{Result, Tensor};
 use super::{LossKind, Losses, StepCtx, StreamNeeds, Streams, TrainingMethod};
 use crate::batch::StepInput;
 use crate::config::OptimizerConfig;
-use crate::gradvec::{FlatGrad, ParamSet, tensors_norm};
+use crate::gradvec::{FlatGrad, ParamSet, Snapshot, tensors_norm};
 use crate::model::{Detector, Mode};
 use crate::optim::Optimizer;
 use crate::trace::{DomainTrace, StepTrace};
@@ -48,7 +48,7 @@ pub struct SharpCore {
     gp: FlatGrad,
     e: FlatGrad,
     w: FlatGrad,
-    saved: Vec<Tensor>,
+    saved: Snapshot,
     dir: Vec<Tensor>,
 }
 
@@ -61,7 +61,7 @@ impl SharpCore {
             gp: FlatGrad::default(),
             e: FlatGrad::default(),
             w: FlatGrad::default(),
-            saved: Vec::new(),
+            saved: Snapshot::default(),
             dir: Vec::new(),
         }
     }
@@ -215,7 +215,7 @@ pub struct RogaCore {
     gbar: FlatGrad,
     acc: FlatGrad,
     e: FlatGrad,
-    saved: Vec<Tensor>,
+    saved: Snapshot,
 }
 
 impl RogaCore {
@@ -227,7 +227,7 @@ impl RogaCore {
             gbar: FlatGrad::default(),
             acc: FlatGrad::default(),
             e: FlatGrad::default(),
-            saved: Vec::new(),
+            saved: Snapshot::default(),
         }
     }
 
