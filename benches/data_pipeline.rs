@@ -25,7 +25,7 @@ fn landmarks(size: f32) -> Vec<[f32; 2]> {
     (0..81)
         .map(|i| {
             let t = std::f32::consts::TAU * i as f32 / 81.0;
-            let r = if i < 17 || i >= 68 { 1.0 } else { 0.5 };
+            let r = if !(17..68).contains(&i) { 1.0 } else { 0.5 };
             [size * (0.5 + 0.33 * r * t.cos()), size * (0.52 + 0.42 * r * t.sin())]
         })
         .collect()

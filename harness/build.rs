@@ -38,10 +38,10 @@ fn build_commit(root: &Path) {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
     for git_path in ["HEAD", "refs/heads", "packed-refs"] {
-        if let Some(p) = git(&["rev-parse", "--path-format=absolute", "--git-path", git_path]) {
-            if Path::new(&p).exists() {
-                println!("cargo:rerun-if-changed={p}");
-            }
+        if let Some(p) = git(&["rev-parse", "--path-format=absolute", "--git-path", git_path])
+            && Path::new(&p).exists()
+        {
+            println!("cargo:rerun-if-changed={p}");
         }
     }
     let commit = git(&["rev-parse", "HEAD"]).unwrap_or_default();

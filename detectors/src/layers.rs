@@ -133,7 +133,7 @@ impl Conv2d {
         cfg: ConvCfg,
         init: ConvInit,
     ) -> Result<Self> {
-        if cfg.groups == 0 || in_ch % cfg.groups != 0 || out_ch % cfg.groups != 0 {
+        if cfg.groups == 0 || !in_ch.is_multiple_of(cfg.groups) || !out_ch.is_multiple_of(cfg.groups) {
             candle_core::bail!("conv: {in_ch} -> {out_ch} channels not divisible into {} groups", cfg.groups);
         }
         let fan_in = in_ch / cfg.groups * kernel * kernel;

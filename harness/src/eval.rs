@@ -374,7 +374,7 @@ fn to_csv(groups: &[GroupMetrics], overall: &GroupMetrics) -> anyhow::Result<Vec
             w.write_record(&rec)?;
         }
     }
-    Ok(w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?)
+    w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// Writes through a temporary file in the same directory, then renames it over `path`, so a

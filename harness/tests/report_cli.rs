@@ -101,7 +101,7 @@ fn write_run(store: &ResultsStore, protocol: &str, sp: &Spec) -> String {
         id.push_str(&format!("-{k}{v}"));
     }
     let run = store.create(protocol, &id).unwrap();
-    let key = format!("{id}");
+    let key = id.to_string();
     let mut h = 0u64;
     for b in key.bytes() {
         h = h.wrapping_mul(131).wrapping_add(b as u64);

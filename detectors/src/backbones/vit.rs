@@ -28,7 +28,7 @@ pub const VIT_TINY: VitConfig = VitConfig { patch: 16, dim: 64, depth: 2, heads:
 impl VitConfig {
     /// Number of patches per side for an `image_size` square input.
     pub fn grid(&self, image_size: usize) -> Result<usize> {
-        if image_size == 0 || image_size % self.patch != 0 {
+        if image_size == 0 || !image_size.is_multiple_of(self.patch) {
             candle_core::bail!(
                 "vit: image size {image_size} must be a positive multiple of the patch size {}",
                 self.patch
@@ -116,7 +116,7 @@ pub struct Vit {
 impl Vit {
     pub fn new(pb: &ParamBuilder, cfg: VitConfig, image_size: usize) -> Result<Self> {
         let g = cfg.grid(image_size)?;
-        if cfg.heads == 0 || cfg.dim % cfg.heads != 0 {
+        if cfg.heads == 0 || !cfg.dim.is_multiple_of(cfg.heads) {
             candle_core::bail!("vit: width {} not divisible by {} heads", cfg.dim, cfg.heads);
         }
         let d = cfg.dim;

@@ -198,13 +198,13 @@ impl Selection {
         self
     }
     pub fn matches(&self, e: &FrameEntry) -> bool {
-        self.datasets.as_ref().is_none_or(|d| d.iter().any(|x| *x == e.dataset))
+        self.datasets.as_ref().is_none_or(|d| d.contains(&e.dataset))
             && self.splits.as_ref().is_none_or(|s| s.contains(&e.split))
             && self.compressions.as_ref().is_none_or(|c| match &e.compression {
                 Some(ec) => c.iter().any(|x| x == ec),
                 None => true,
             })
-            && self.label_names.as_ref().is_none_or(|l| l.iter().any(|x| *x == e.label_name))
+            && self.label_names.as_ref().is_none_or(|l| l.contains(&e.label_name))
     }
 }
 

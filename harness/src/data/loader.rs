@@ -650,7 +650,7 @@ impl TrainStream {
     /// post-augmented real twin) followed by their self-blended images (label 1). Fake frames
     /// of `index` are ignored. `batch_size` must be even.
     pub fn sbi(store: Arc<FrameStore>, index: &Index, batch_size: usize, seed: u64) -> Result<TrainStream> {
-        if batch_size < 2 || batch_size % 2 != 0 {
+        if batch_size < 2 || !batch_size.is_multiple_of(2) {
             bail!("stream online: SBI batch size must be even and at least 2 (got {batch_size})");
         }
         let entries = Arc::new(index.entries.clone());

@@ -496,7 +496,7 @@ fn normalise_max(x: &mut [f32]) {
 
 fn scaled_odd(k256: usize, s: f32) -> usize {
     let k = (k256 as f32 * s).round() as usize;
-    let k = if k % 2 == 0 { k + 1 } else { k };
+    let k = if k.is_multiple_of(2) { k + 1 } else { k };
     k.max(3)
 }
 

@@ -224,10 +224,7 @@ pub fn generate(args: &ReportArgs) -> Result<ReportSummary> {
     if let Some(t) = &conflict {
         outputs.add_table(t, true);
     }
-    let delong = match &baseline {
-        Some(b) => Some(delong_table(&ctx, b)),
-        None => None,
-    };
+    let delong = baseline.as_ref().map(|b| delong_table(&ctx, b));
     if let Some(t) = &delong {
         outputs.add(format!("tables/{}.md", t.id), tables::to_markdown(t));
         outputs.add(format!("tables/{}.csv", t.id), delong_csv(&ctx, b_or(&baseline)));
