@@ -181,6 +181,13 @@ pub struct Snapshot {
     tensors: Vec<Tensor>,
 }
 
+impl Snapshot {
+    /// The saved values in flat order, when they were taken on the CPU.
+    pub fn flat(&self) -> Option<&FlatGrad> {
+        self.flat_valid.then_some(&self.flat)
+    }
+}
+
 /// Contiguous f32 on the CPU: what the in-place passes handle.
 pub(crate) fn cpu_f32(t: &Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous()

@@ -88,6 +88,7 @@ impl SharpCore {
         drop(grads);
         let norm_g = self.g.norm();
         self.e.resize(self.g.len());
+        set.snapshot(&mut self.saved)?;
         match self.pert {
             Perturbation::None => unreachable!(),
             Perturbation::Sam { rho } => {
@@ -99,13 +100,20 @@ impl SharpCore {
                 self.e.scale(rho / (norm_g + NORM_EPS) - alpha);
             }
             Perturbation::Asam { rho, eta } => {
-                set.values(&mut self.w)?;
+                // The snapshot already holds the values on the CPU; elsewhere copy them out.
+                let w = match self.saved.flat() {
+                    Some(w) => w,
+                    None => {
+                        set.values(&mut self.w)?;
+                        &self.w
+                    }
+                };
                 // T g and its norm first, then e = rho T^2 g / ||T g||.
                 let mut tg_sq = 0f64;
                 for i in 0..set.len() {
                     let weighted = set.names()[i].contains("weight");
                     for j in set.range(i) {
-                        let t = if weighted { self.w.data[j].abs() as f64 + eta } else { 1.0 };
+                        let t = if weighted { w.data[j].abs() as f64 + eta } else { 1.0 };
                         let tg = t * self.g.data[j] as f64;
                         tg_sq += tg * tg;
                         self.e.data[j] = (t * tg) as f32;
@@ -114,7 +122,6 @@ impl SharpCore {
                 self.e.scale(rho / (tg_sq.sqrt() + NORM_EPS));
             }
         }
-        set.snapshot(&mut self.saved)?;
         set.set_shifted(&self.saved, &self.e)?;
         let second = loss_fn(Mode::TrainFrozenStats);
         let grads2 = match second.and_then(|s| s.total.backward()) {
