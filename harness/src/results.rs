@@ -149,6 +149,18 @@ pub struct Manifest {
     pub notes: Vec<String>,
     #[serde(default)]
     pub report: ReportSpec,
+    /// Size and SHA-256 of every result file, recorded when the run completes, so that a
+    /// truncated, garbled or deleted file is detected (see [`verify_files`]). Empty in manifests
+    /// written before checksums were recorded: those runs cannot be verified.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub files: BTreeMap<String, FileDigest>,
+}
+
+/// Size in bytes and SHA-256 (lowercase hex) of one result file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileDigest {
+    pub size: u64,
+    pub sha256: String,
 }
 
 impl Manifest {
@@ -190,6 +202,7 @@ impl Manifest {
             skipped_files: BTreeMap::new(),
             notes: Vec::new(),
             report: ReportSpec::default(),
+            files: BTreeMap::new(),
         }
     }
 
@@ -744,4 +757,217 @@ pub fn list_runs(protocol_dir: &Path) -> Result<Vec<RunDir>> {
     }
     runs.sort();
     Ok(runs)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checksums
+
+/// The tables every complete run has; `weights.safetensors` is recorded too when it was written.
+pub const RESULT_FILES: [&str; 4] = [TRACE_FILE, SCORES_FILE, METRICS_FILE, METRICS_CSV_FILE];
+
+/// Size and SHA-256 of a file, read in blocks (weights files can be hundreds of MB).
+pub fn digest_file(path: &Path) -> Result<FileDigest> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut file = File::open(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = file.read(&mut buf).with_context(|| format!("{}: cannot read", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        hasher.update(&buf[..n]);
+    }
+    let sha256 = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    Ok(FileDigest { size, sha256 })
+}
+
+impl RunDir {
+    /// Digests of the result tables and, with `with_weights`, of `weights.safetensors`: what the
+    /// runner records in the manifest when it marks the run complete.
+    pub fn digest_files(&self, with_weights: bool) -> Result<BTreeMap<String, FileDigest>> {
+        let mut names: Vec<&str> = RESULT_FILES.to_vec();
+        if with_weights {
+            names.push(WEIGHTS_FILE);
+        }
+        names.into_iter().map(|n| Ok((n.to_string(), digest_file(&self.file(n))?))).collect()
+    }
+
+    /// What is wrong with the files of a complete run, one line per file: missing, another size
+    /// (truncated or replaced) or another SHA-256 (changed in place). Empty when every recorded
+    /// file matches, and for manifests that predate checksums (nothing to check against).
+    pub fn damage(&self, m: &Manifest) -> Vec<String> {
+        if m.files.is_empty() {
+            return Vec::new();
+        }
+        let mut problems = Vec::new();
+        for name in RESULT_FILES {
+            if !m.files.contains_key(name) {
+                problems.push(format!("{name}: not recorded in the manifest's checksums"));
+            }
+        }
+        for (name, want) in &m.files {
+            let path = self.file(name);
+            match digest_file(&path) {
+                Err(_) if !path.exists() => problems.push(format!("{name}: missing")),
+                Err(e) => problems.push(format!("{name}: {e:#}")),
+                Ok(got) if got.size != want.size => problems.push(format!(
+                    "{name}: {} bytes where the manifest records {} (truncated or replaced)",
+                    got.size, want.size
+                )),
+                Ok(got) if got.sha256 != want.sha256 => {
+                    problems.push(format!("{name}: contents differ from the recorded SHA-256 (changed or damaged)"))
+                }
+                Ok(_) => {}
+            }
+        }
+        problems
+    }
+}
+
+/// True when `<run_dir>` holds a complete run whose recorded files are intact; a damaged run is
+/// not complete, so `bench run` trains it again.
+pub fn is_complete_and_intact(run_dir: &Path) -> bool {
+    match read_manifest(&run_dir.join(MANIFEST_FILE)) {
+        Ok(m) if m.status == RunStatus::Complete => RunDir { path: run_dir.to_path_buf() }.damage(&m).is_empty(),
+        _ => false,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// One writer per run
+
+/// Name of the lock file inside a run directory (hidden, so listings skip it).
+pub const LOCK_FILE: &str = ".lock";
+/// The create-exclusive lock file used where the filesystem refuses advisory locks.
+pub const EXCLUSIVE_LOCK_FILE: &str = ".lock.excl";
+
+/// Held while one process trains a run; dropping it releases the run.
+///
+/// The lock is an advisory `flock` on `<run>/.lock`: the kernel releases it when the process
+/// dies, however it dies, so a stale lock never blocks. Linux maps `flock` onto NFS byte-range
+/// locks (NFSv3 with lockd, NFSv4 natively); Lustre mounted without `-o flock` refuses it
+/// (ENOSYS/EOPNOTSUPP/ENOLCK). There the lock falls back to creating `<run>/.lock.excl`
+/// exclusively (atomic on NFSv3+ and Lustre), holding `host pid`; such a lock left by a dead
+/// process is taken over when it names this host and the pid no longer exists, and is otherwise
+/// reported with its holder so the user can remove it.
+#[derive(Debug)]
+pub struct RunLock {
+    _file: Option<File>,
+    exclusive_file: Option<PathBuf>,
+}
+
+impl Drop for RunLock {
+    fn drop(&mut self) {
+        if let Some(p) = &self.exclusive_file {
+            let _ = fs::remove_file(p);
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum LockOutcome {
+    Acquired(RunLock),
+    /// Another live process holds the run; its `host pid` when known.
+    HeldBy(String),
+}
+
+fn lock_unsupported(e: &std::io::Error) -> bool {
+    // ENOLCK 37, ENOSYS 38, EOPNOTSUPP 95 on Linux.
+    e.kind() == std::io::ErrorKind::Unsupported || matches!(e.raw_os_error(), Some(37 | 38 | 95))
+}
+
+fn pid_alive(pid: u32) -> bool {
+    Path::new("/proc").join(pid.to_string()).exists() || !Path::new("/proc/self").exists()
+}
+
+impl RunDir {
+    /// Takes the run for this process, or says who holds it. `holder` (e.g. `host pid`) is
+    /// written into the lock file for whoever finds it taken.
+    pub fn try_lock(&self, holder: &str) -> Result<LockOutcome> {
+        let path = self.file(LOCK_FILE);
+        let mut file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("{}: cannot open the run's lock file", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => {
+                // Best effort: the holder's name only serves messages.
+                let _ = file.set_len(0).and_then(|_| file.write_all(holder.as_bytes()));
+                Ok(LockOutcome::Acquired(RunLock { _file: Some(file), exclusive_file: None }))
+            }
+            Err(fs::TryLockError::WouldBlock) => {
+                let who = fs::read_to_string(&path).unwrap_or_default();
+                Ok(LockOutcome::HeldBy(if who.trim().is_empty() { "another process".into() } else { who.trim().into() }))
+            }
+            Err(fs::TryLockError::Error(e)) if lock_unsupported(&e) => self.try_lock_exclusive(holder, true),
+            Err(fs::TryLockError::Error(e)) => {
+                Err(anyhow!("{}: cannot lock the run: {e}", path.display()))
+            }
+        }
+    }
+
+    /// Whether a live process holds the run: `None` when the run has no lock file (written by a
+    /// version without locks) or the filesystem cannot tell. Looks only; creates nothing.
+    pub fn is_locked(&self) -> Option<bool> {
+        if self.file(EXCLUSIVE_LOCK_FILE).exists() {
+            return Some(true);
+        }
+        let file = fs::OpenOptions::new().read(true).write(true).open(self.file(LOCK_FILE)).ok()?;
+        match file.try_lock() {
+            Ok(()) => Some(false),
+            Err(fs::TryLockError::WouldBlock) => Some(true),
+            Err(fs::TryLockError::Error(_)) => None,
+        }
+    }
+
+    /// The fallback lock: `create_new` of `.lock.excl`. Public for tests of filesystems without
+    /// advisory locks.
+    pub fn try_lock_exclusive(&self, holder: &str, retry_stale: bool) -> Result<LockOutcome> {
+        let path = self.file(EXCLUSIVE_LOCK_FILE);
+        match fs::OpenOptions::new().write(true).create_new(true).open(&path) {
+            Ok(mut f) => {
+                f.write_all(holder.as_bytes())
+                    .and_then(|_| f.sync_all())
+                    .with_context(|| format!("{}: cannot write the lock file", path.display()))?;
+                Ok(LockOutcome::Acquired(RunLock { _file: None, exclusive_file: Some(path) }))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let who = fs::read_to_string(&path).unwrap_or_default();
+                let mut words = who.split_whitespace();
+                let (host, pid) = (words.next(), words.next().and_then(|p| p.parse::<u32>().ok()));
+                let this_host = holder.split_whitespace().next();
+                if retry_stale && host.is_some() && host == this_host && pid.is_some_and(|p| !pid_alive(p)) {
+                    let _ = fs::remove_file(&path);
+                    return self.try_lock_exclusive(holder, false);
+                }
+                Ok(LockOutcome::HeldBy(format!(
+                    "{} (lock file {}; remove it if that process is gone)",
+                    if who.trim().is_empty() { "another process" } else { who.trim() },
+                    path.display()
+                )))
+            }
+            Err(e) => Err(anyhow!("{}: cannot create the lock file: {e}", path.display())),
+        }
+    }
+
+    /// Removes temporary files left by writers that died mid-write. Call only while holding the
+    /// run's lock: no other process writes here then, so every temporary file is stale.
+    pub fn remove_stale_temporaries(&self) -> Result<usize> {
+        let mut removed = 0;
+        for e in fs::read_dir(&self.path).with_context(|| format!("{}: cannot list", self.path.display()))? {
+            let e = e?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') && name.contains(".tmp-") && fs::remove_file(e.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
 }

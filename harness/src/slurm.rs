@@ -419,7 +419,7 @@ pub struct StatusArgs {
     #[arg(long, value_name = "P.toml")]
     pub protocol: Option<PathBuf>,
     /// Group the plan into the shards of `bench run --shard I/N` (needs --protocol).
-    #[arg(long, value_name = "N", requires = "protocol")]
+    #[arg(long, value_name = "N", requires = "protocol", value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub shards: Option<u64>,
     /// The `--seeds` the runs were started with, if not the protocol's (needs --protocol).
     #[arg(long, value_delimiter = ',', value_name = "SEEDS", requires = "protocol")]
@@ -442,6 +442,15 @@ pub enum RunState {
         host: String,
         started: Option<String>,
     },
+    /// Manifest says `running` but no process holds the run's lock: killed or interrupted.
+    Interrupted {
+        host: String,
+        started: Option<String>,
+    },
+    /// Complete, but a result file no longer matches the manifest's checksums.
+    Damaged {
+        problems: String,
+    },
     /// A directory without a readable manifest (a task killed before its first write, or damage).
     Unreadable {
         reason: String,
@@ -458,7 +467,9 @@ impl RunState {
         match self {
             RunState::Complete => "complete",
             RunState::Failed { .. } => "failed",
-            RunState::Running { .. } => "running or interrupted",
+            RunState::Running { .. } => "running",
+            RunState::Interrupted { .. } => "interrupted",
+            RunState::Damaged { .. } => "damaged",
             RunState::Unreadable { .. } => "unreadable",
             RunState::Missing => "missing",
         }
@@ -469,7 +480,7 @@ impl RunState {
                 Some(s) => format!("at step {s}: {reason}"),
                 None => reason.clone(),
             },
-            RunState::Running { host, started } => {
+            RunState::Running { host, started } | RunState::Interrupted { host, started } => {
                 format!(
                     "on {} since {}",
                     if host.is_empty() { "?" } else { host },
@@ -477,6 +488,7 @@ impl RunState {
                 )
             }
             RunState::Unreadable { reason } => reason.clone(),
+            RunState::Damaged { problems } => format!("{problems}; `bench run` trains it again"),
             _ => String::new(),
         }
     }
@@ -525,9 +537,16 @@ fn state_of(run_dir: &Path) -> (RunState, String) {
     }
     match results::read_manifest(&manifest) {
         Err(e) => (RunState::Unreadable { reason: format!("{e:#}") }, String::new()),
-        Ok(Manifest { status, failure, host, started, method, .. }) => {
+        Ok(m) => {
+            let rd = results::RunDir::open(run_dir).ok();
+            let damage = rd.as_ref().map(|rd| rd.damage(&m)).unwrap_or_default();
+            let Manifest { status, failure, host, started, method, .. } = m;
             let state = match status {
+                RunStatus::Complete if !damage.is_empty() => RunState::Damaged { problems: damage.join("; ") },
                 RunStatus::Complete => RunState::Complete,
+                RunStatus::Running if rd.as_ref().and_then(|rd| rd.is_locked()) == Some(false) => {
+                    RunState::Interrupted { host, started }
+                }
                 RunStatus::Failed => {
                     let f = failure
                         .unwrap_or(results::Failure { step: None, reason: "no reason recorded".into() });
@@ -604,7 +623,7 @@ pub fn render_status(st: &ProtocolStatus, verbosity: Verbosity) -> String {
     for r in &planned {
         *counts.entry(r.state.label()).or_default() += 1;
     }
-    let order = ["complete", "failed", "running or interrupted", "unreadable", "missing"];
+    let order = ["complete", "damaged", "failed", "running", "interrupted", "unreadable", "missing"];
     let summary: Vec<String> =
         order.iter().filter_map(|k| counts.get(k).map(|n| format!("{n} {k}"))).collect();
     let _ = writeln!(

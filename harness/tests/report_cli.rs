@@ -164,7 +164,7 @@ fn write_run(store: &ResultsStore, protocol: &str, sp: &Spec) -> String {
             });
         }
     }
-    let m = Manifest {
+    let mut m = Manifest {
         run_id: id.clone(),
         protocol: protocol.into(),
         method: sp.method.into(),
@@ -187,11 +187,13 @@ fn write_run(store: &ResultsStore, protocol: &str, sp: &Spec) -> String {
         skipped_files: Default::default(),
         notes: vec![],
         report: sp.report.clone(),
+        files: Default::default(),
     };
     if sp.status == RunStatus::Complete {
         run.write_trace(&trace).unwrap();
         run.write_scores(&scores).unwrap();
         run.write_metrics(&metric_rows(&scores, sp.test_sets)).unwrap();
+        m.files = run.digest_files(false).unwrap();
     }
     run.write_manifest(&m).unwrap();
     id
@@ -244,7 +246,17 @@ fn cross_fixture(root: &Path) -> PathBuf {
 }
 
 fn args(dir: &Path, out: Option<PathBuf>, boot: usize) -> ReportArgs {
-    ReportArgs { dir: dir.into(), out, baseline: None, bootstrap: boot, seed: 0, level: "frame".into() }
+    ReportArgs {
+        dir: dir.into(),
+        out,
+        baseline: None,
+        bootstrap: boot as u64,
+        seed: 0,
+        level: "frame".into(),
+        allow_damaged: false,
+        protocol: None,
+        only: Vec::new(),
+    }
 }
 
 fn read_csv(path: &Path) -> (Vec<String>, Vec<Vec<String>>) {

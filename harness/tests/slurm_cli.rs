@@ -322,7 +322,7 @@ fn status_of_a_fixture_tree_per_shard_and_exit_codes() {
     let o = bench(&["status", "runs", "--protocol", "fx.toml", "--shards", "2"], t.path());
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let out = text(&o);
-    assert!(out.contains("fx: 4 runs: 1 complete, 1 failed, 1 running or interrupted, 1 missing"), "{out}");
+    assert!(out.contains("fx: 4 runs: 1 complete, 1 failed, 1 running, 1 missing"), "{out}");
     let line = |id: &str| {
         out.lines().find(|l| l.contains(id)).unwrap_or_else(|| panic!("{id} in\n{out}")).to_string()
     };
@@ -338,7 +338,7 @@ fn status_of_a_fixture_tree_per_shard_and_exit_codes() {
     // Without the protocol only what is on disk is known: the missing run is not listed.
     let o = bench(&["status", "runs"], t.path());
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    assert!(text(&o).contains("fx: 4 runs: 2 complete, 1 failed, 1 running or interrupted"), "{}", text(&o));
+    assert!(text(&o).contains("fx: 4 runs: 2 complete, 1 failed, 1 running"), "{}", text(&o));
     assert!(!text(&o).contains(&miss.0));
 
     // The selection the tasks were started with: only O with seed 0, which is complete (plan

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use anyhow::Result;
 
+use crate::exit::CliError;
 use crate::results::{self, Manifest, MetricRow, RunStatus, ScoreRow, TraceRow};
 
 /// Identity of a table row before the fold: one (backbone, method, sweep point). Seeds are the
@@ -39,6 +40,9 @@ pub struct Excluded {
 pub struct Loaded {
     /// Complete runs sorted by (group, seed, id).
     pub runs: Vec<Run>,
+    /// Runs whose manifest says complete but whose files are damaged (checksum mismatch,
+    /// missing or unreadable table): `(run, what is wrong)`. Also in `excluded`.
+    pub damaged: Vec<(String, String)>,
     /// Every run directory in name order, with its status line, for runs.md.
     pub excluded: Vec<Excluded>,
     /// method -> display name.
@@ -100,12 +104,119 @@ fn run_dirs(dir: &Path) -> Result<Vec<(String, results::RunDir)>> {
     Ok(out)
 }
 
+/// Which runs of a directory a report covers (`bench report --protocol`, `--only`).
+#[derive(Debug, Clone, Default)]
+pub struct Selection {
+    /// Only runs of this protocol (the manifests' `protocol`).
+    pub protocol: Option<String>,
+    /// Only runs whose resolved configuration has these values: `(dot path, value)`, e.g.
+    /// `("training.length.steps", "240")`; the value is compared as JSON, or as text when it
+    /// does not parse as JSON.
+    pub only: Vec<(String, String)>,
+}
+
+impl Selection {
+    /// Parses `PATH=VALUE` items of `--only`.
+    pub fn parse_only(items: &[String]) -> std::result::Result<Vec<(String, String)>, String> {
+        items
+            .iter()
+            .map(|it| match it.split_once('=') {
+                Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
+                _ => Err(format!(
+                    "--only {it}: expected PATH=VALUE with a path into the runs' resolved configuration, \
+                     e.g. --only training.length.steps=240"
+                )),
+            })
+            .collect()
+    }
+
+    fn keeps(&self, m: &Manifest) -> bool {
+        self.protocol.as_ref().is_none_or(|p| *p == m.protocol)
+            && self.only.iter().all(|(path, want)| {
+                let got = path.split('.').try_fold(&m.config, |v, k| v.get(k));
+                let want_json = serde_json::from_str::<serde_json::Value>(want)
+                    .unwrap_or_else(|_| serde_json::Value::String(want.clone()));
+                got.is_some_and(|g| *g == want_json || value_text(g) == *want)
+            })
+    }
+}
+
+/// Dot paths at which two JSON values differ (objects are descended; anything else compared whole).
+fn differing_paths(a: &serde_json::Value, b: &serde_json::Value, at: &str, out: &mut Vec<String>) {
+    match (a, b) {
+        (serde_json::Value::Object(x), serde_json::Value::Object(y)) => {
+            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            for k in keys {
+                let path = if at.is_empty() { k.clone() } else { format!("{at}.{k}") };
+                match (x.get(k), y.get(k)) {
+                    (Some(p), Some(q)) => differing_paths(p, q, &path, out),
+                    _ => out.push(path),
+                }
+            }
+        }
+        _ if a != b => out.push(if at.is_empty() { "(whole configuration)".into() } else { at.to_string() }),
+        _ => {}
+    }
+}
+
+/// A run's resolved configuration without its seed: what must be equal between the seeds
+/// aggregated in one table row.
+fn config_without_seed(m: &Manifest) -> serde_json::Value {
+    let mut c = m.config.clone();
+    if let Some(o) = c.as_object_mut() {
+        o.remove("seed");
+    }
+    c
+}
+
+/// Refuses what must not be mixed in one report: two protocols, runs of one table row whose
+/// configurations differ beyond the seed (e.g. different step counts), and run directories
+/// whose name is not their manifest's run id (a copied or renamed run).
+fn check_consistent(runs: &[Run]) -> Result<()> {
+    let protocols: std::collections::BTreeSet<&str> = runs.iter().map(|r| r.manifest.protocol.as_str()).collect();
+    if protocols.len() > 1 {
+        let list: Vec<&str> = protocols.into_iter().collect();
+        return Err(CliError::config(format!(
+            "the runs come from {} protocols ({}); report one at a time with --protocol NAME",
+            list.len(),
+            list.join(", ")
+        ))
+        .into());
+    }
+    let mut first_of_group: BTreeMap<&Group, &Run> = BTreeMap::new();
+    for r in runs {
+        let Some(first) = first_of_group.get(&r.group).copied() else {
+            first_of_group.insert(&r.group, r);
+            continue;
+        };
+        let mut keys = Vec::new();
+        differing_paths(&config_without_seed(&first.manifest), &config_without_seed(&r.manifest), "", &mut keys);
+        if !keys.is_empty() {
+            let shown: Vec<&str> = keys.iter().take(6).map(String::as_str).collect();
+            let example = keys[0].clone();
+            return Err(CliError::config(format!(
+                "runs {} and {} ({}) differ in more than the seed: {}{}; they would be averaged as if \
+                 they were seeds. Report one configuration with --only {example}=VALUE, or move one set \
+                 of runs to another directory",
+                first.id,
+                r.id,
+                r.manifest.display,
+                shown.join(", "),
+                if keys.len() > shown.len() { format!(" and {} more", keys.len() - shown.len()) } else { String::new() },
+            ))
+            .into());
+        }
+    }
+    Ok(())
+}
+
 /// Reads every run directory under `dir`. Runs whose manifest is missing, unreadable, not
 /// `complete`, or whose tables cannot be read are excluded with a reason; so is a second run of
 /// the same (group, seed), which would otherwise count one seed twice.
-pub fn load(dir: &Path) -> Result<Loaded> {
+pub fn load(dir: &Path, select: &Selection) -> Result<Loaded> {
     let mut runs = Vec::new();
     let mut excluded = Vec::new();
+    let mut damaged = Vec::new();
     for (prefix, rd) in run_dirs(dir)? {
         let id = format!("{prefix}{}", rd.name());
         let manifest = match rd.read_manifest() {
@@ -115,6 +226,19 @@ pub fn load(dir: &Path) -> Result<Loaded> {
                 continue;
             }
         };
+        if !select.keeps(&manifest) {
+            continue;
+        }
+        if manifest.run_id != rd.name() {
+            return Err(CliError::config(format!(
+                "{}: the directory is named {} but its manifest is run {}; a copied or renamed run \
+                 would be reported as another run (rename it back or remove it)",
+                rd.path().display(),
+                rd.name(),
+                manifest.run_id
+            ))
+            .into());
+        }
         match manifest.status {
             RunStatus::Complete => {}
             RunStatus::Running => {
@@ -137,11 +261,19 @@ pub fn load(dir: &Path) -> Result<Loaded> {
                 continue;
             }
         }
+        let problems = rd.damage(&manifest);
+        if !problems.is_empty() {
+            let reason = format!("damaged: {}", problems.join("; "));
+            damaged.push((id.clone(), problems.join("; ")));
+            excluded.push(Excluded { id, manifest: Some(manifest), reason });
+            continue;
+        }
         let tables = (|| -> Result<_> { Ok((rd.read_metrics()?, rd.read_scores()?, rd.read_trace()?)) })();
         let (metrics, scores, trace) = match tables {
             Ok(t) => t,
             Err(e) => {
-                excluded.push(Excluded { id, manifest: Some(manifest), reason: format!("{e:#}") });
+                damaged.push((id.clone(), format!("{e:#}")));
+                excluded.push(Excluded { id, manifest: Some(manifest), reason: format!("damaged: {e:#}") });
                 continue;
             }
         };
@@ -154,6 +286,7 @@ pub fn load(dir: &Path) -> Result<Loaded> {
         runs.push(Run { id, manifest, group, metrics, scores, trace });
     }
     runs.sort_by(|a, b| (&a.group, a.manifest.seed, &a.id).cmp(&(&b.group, b.manifest.seed, &b.id)));
+    check_consistent(&runs)?;
     let mut kept: Vec<Run> = Vec::with_capacity(runs.len());
     for r in runs {
         if let Some(prev) = kept.last()
@@ -176,5 +309,5 @@ pub fn load(dir: &Path) -> Result<Loaded> {
             .entry(r.group.sweep.clone())
             .or_insert_with(|| r.manifest.sweep.values().cloned().collect());
     }
-    Ok(Loaded { runs: kept, excluded, display, sweep_values })
+    Ok(Loaded { runs: kept, damaged, excluded, display, sweep_values })
 }

@@ -48,15 +48,26 @@ pub struct ReportArgs {
     /// Method (protocol name) the others are tested against [default: the manifests' report.baseline].
     #[arg(long)]
     pub baseline: Option<String>,
-    /// Bootstrap replicates for the 95% confidence intervals (0 disables them).
-    #[arg(long, default_value_t = 1000)]
-    pub bootstrap: usize,
+    /// Bootstrap replicates for the 95% confidence intervals (0 disables them; at most 100000).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(0..=100_000))]
+    pub bootstrap: u64,
     /// Seed of the bootstrap resampling.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Level of the tables and ROC plots: frame or video.
     #[arg(long, default_value = "frame", value_parser = ["frame", "video"])]
     pub level: String,
+    /// Exit 0 even when complete runs are damaged (files that no longer match their checksums,
+    /// or unreadable tables); they are left out of the tables either way.
+    #[arg(long)]
+    pub allow_damaged: bool,
+    /// Report only the runs of this protocol (needed when a directory holds several).
+    #[arg(long, value_name = "NAME")]
+    pub protocol: Option<String>,
+    /// Report only runs whose resolved configuration has this value, e.g.
+    /// `--only training.length.steps=240`; repeatable.
+    #[arg(long = "only", value_name = "PATH=VALUE")]
+    pub only: Vec<String>,
 }
 
 /// What one report generation produced.
@@ -68,6 +79,8 @@ pub struct ReportSummary {
     /// Files written, relative to `out`, sorted.
     pub files: Vec<String>,
     pub warnings: Vec<String>,
+    /// Complete runs left out because a result file is damaged: `(run, what is wrong)`.
+    pub damaged: Vec<(String, String)>,
 }
 
 pub fn cmd_report(args: ReportArgs, v: Verbosity) -> anyhow::Result<ExitCode> {
@@ -87,6 +100,19 @@ pub fn cmd_report(args: ReportArgs, v: Verbosity) -> anyhow::Result<ExitCode> {
             for f in &s.files {
                 println!("  {f}");
             }
+        }
+    }
+    if !s.damaged.is_empty() {
+        for (id, why) in &s.damaged {
+            eprintln!("warning: run {id} is damaged and left out of the report: {why}");
+        }
+        if !args.allow_damaged {
+            eprintln!(
+                "{} damaged run(s): `bench run` with the same protocol and --out trains them again; \
+                 --allow-damaged reports without them and exits 0",
+                s.damaged.len()
+            );
+            return Ok(ExitCode::from(exit::SOME_FAILED));
         }
     }
     Ok(ExitCode::from(exit::SUCCESS))
@@ -127,7 +153,11 @@ pub fn generate(args: &ReportArgs) -> Result<ReportSummary> {
     }
     let level = Level::parse(&args.level)
         .ok_or_else(|| CliError::config(format!("--level {}: expected frame or video", args.level)))?;
-    let loaded = load::load(&args.dir)?;
+    let select = load::Selection {
+        protocol: args.protocol.clone(),
+        only: load::Selection::parse_only(&args.only).map_err(CliError::config)?,
+    };
+    let loaded = load::load(&args.dir, &select)?;
     let mut warnings = Vec::new();
     if loaded.runs.is_empty() {
         return Err(CliError::failed(format!(
@@ -229,8 +259,9 @@ pub fn generate(args: &ReportArgs) -> Result<ReportSummary> {
         outputs.add(format!("tables/{}.md", t.id), tables::to_markdown(t));
         outputs.add(format!("tables/{}.csv", t.id), delong_csv(&ctx, b_or(&baseline)));
     }
-    let cis = bootstrap_cis(&ctx, args.bootstrap, args.seed);
-    let ci = (args.bootstrap > 0).then(|| ci_table(&ctx, &cis, args.bootstrap));
+    let n_boot = args.bootstrap as usize;
+    let cis = bootstrap_cis(&ctx, n_boot, args.seed);
+    let ci = (n_boot > 0).then(|| ci_table(&ctx, &cis, n_boot));
     if let Some(t) = &ci {
         outputs.add_table(t, true);
     }
@@ -317,6 +348,7 @@ pub fn generate(args: &ReportArgs) -> Result<ReportSummary> {
         excluded_runs: loaded.excluded.len(),
         files: outputs.files.keys().cloned().collect(),
         warnings,
+        damaged: loaded.damaged.clone(),
     })
 }
 

@@ -98,6 +98,13 @@ pub struct RunContext {
 
 pub fn cmd_run(args: RunArgs, verbosity: Verbosity) -> anyhow::Result<ExitCode> {
     let mut protocol = plan::load_or_report(&args.protocol)?;
+    let mut seen = BTreeSet::new();
+    if let Some(twice) = args.seeds.iter().find(|s| !seen.insert(**s)) {
+        return Err(CliError::config(format!(
+            "--seeds: seed {twice} is given twice (each seed is one run per method; list it once)"
+        ))
+        .into());
+    }
     if !args.seeds.is_empty() {
         protocol.seeds = args.seeds.clone();
     }
@@ -128,7 +135,7 @@ pub fn cmd_run(args: RunArgs, verbosity: Verbosity) -> anyhow::Result<ExitCode> 
     let store = ResultsStore::new(&args.out);
     let pending: Vec<&Run> = runs
         .iter()
-        .filter(|r| args.force || !results::is_complete(&store.protocol_dir(&protocol.name).join(&r.id)))
+        .filter(|r| args.force || !results::is_complete_and_intact(&store.protocol_dir(&protocol.name).join(&r.id)))
         .collect();
 
     if args.dry_run {
@@ -136,7 +143,7 @@ pub fn cmd_run(args: RunArgs, verbosity: Verbosity) -> anyhow::Result<ExitCode> 
             .map_err(|e| CliError::config(format!("{}: device: {e}", args.protocol.display())))?;
         println!("{:<40} {:<12} {:<6} {:<10} status", "run", "method", "seed", "fold");
         for r in &runs {
-            let done = results::is_complete(&store.protocol_dir(&protocol.name).join(&r.id));
+            let done = results::is_complete_and_intact(&store.protocol_dir(&protocol.name).join(&r.id));
             let status = if done && !args.force { "complete (skipped)" } else { "pending" };
             let fold = r.config.fold.as_deref().unwrap_or("-");
             println!("{:<40} {:<12} {:<6} {:<10} {status}", r.id, r.config.method.name, r.config.seed, fold);
@@ -183,8 +190,26 @@ pub fn cmd_run(args: RunArgs, verbosity: Verbosity) -> anyhow::Result<ExitCode> 
         ));
     }
     let mut failed = Vec::new();
+    let holder = format!("{} {}", env::host(), std::process::id());
     for run in pending {
         let run_dir = store.create(&protocol.name, &run.id)?;
+        // One writer per run: a second `bench run` on the same --out (another terminal, a Slurm
+        // task given the same shard) moves on to the next run instead of training this one again.
+        let _lock = match run_dir.try_lock(&holder)? {
+            results::LockOutcome::Acquired(lock) => lock,
+            results::LockOutcome::HeldBy(who) => {
+                progress.println(&format!("run {} is being trained by {who}; skipped", run.id));
+                progress.finish_run("skipped (locked)");
+                continue;
+            }
+        };
+        // The plan was made before the lock: another process may have completed the run since.
+        if !args.force && results::is_complete_and_intact(run_dir.path()) {
+            progress.println(&format!("run {} was completed by another process; skipped", run.id));
+            progress.finish_run("skipped (complete)");
+            continue;
+        }
+        run_dir.remove_stale_temporaries()?;
         let mut manifest = new_manifest(run, &report, &device, git.as_ref())?;
         run_dir.write_manifest(&manifest)?;
         let outcome = train::execute(run, &run_dir, &device, &mut ctx, &mut progress);
@@ -194,6 +219,7 @@ pub fn cmd_run(args: RunArgs, verbosity: Verbosity) -> anyhow::Result<ExitCode> 
                 manifest.status = RunStatus::Complete;
                 manifest.skipped_files = out.skipped_files;
                 manifest.notes.extend(out.notes);
+                manifest.files = run_dir.digest_files(ctx.save_weights)?;
                 run_dir.write_manifest(&manifest)?;
                 progress.finish_run("complete");
             }
