@@ -26,6 +26,13 @@ pub fn configure_process() {
         // environment concurrently.
         unsafe { std::env::set_var("CANDLE_NUM_THREADS", "1") };
     }
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        // With RUST_BACKTRACE set, candle attaches a backtrace to every error's message, which
+        // then lands in manifests and `bench status`. Library backtraces stay off unless asked
+        // for by name; panics still print theirs under RUST_BACKTRACE.
+        // SAFETY: as above, no other thread exists yet.
+        unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
+    }
     configure_allocator();
 }
 

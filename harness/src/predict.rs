@@ -114,6 +114,24 @@ pub fn cmd_predict(args: PredictArgs, verbosity: Verbosity) -> anyhow::Result<Ex
         );
     }
     let (scored, skipped) = score_items(&run, &items, batch)?;
+    // A NaN score is no prediction: metrics computed from it downstream would be silently wrong.
+    let not_finite: Vec<&Scored> = scored.iter().filter(|s| !s.score.is_finite()).collect();
+    if let Some(first) = not_finite.first() {
+        let shown: Vec<String> =
+            not_finite.iter().take(5).map(|s| s.item.path.display().to_string()).collect();
+        return Err(CliError::failed(format!(
+            "the detector of {} gave {} non-finite score(s) (first: {} for {}; inputs: {}{}); nothing \
+             written to {}. Its weights may have diverged: check the run's trace",
+            args.run.display(),
+            not_finite.len(),
+            first.score,
+            first.item.path.display(),
+            shown.join(", "),
+            if not_finite.len() > shown.len() { ", ..." } else { "" },
+            args.out.display()
+        ))
+        .into());
+    }
     write_csv(&args.out, &scored)?;
     if verbosity != Verbosity::Quiet {
         eprintln!("wrote {} scores to {}", scored.len(), args.out.display());

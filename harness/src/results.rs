@@ -50,6 +50,8 @@ pub enum RunStatus {
     Running,
     Complete,
     Failed,
+    /// Stopped by SIGINT/SIGTERM; `bench run` trains it again from the start.
+    Interrupted,
 }
 
 /// Why a run failed: the step it reached (None before training started) and a message.

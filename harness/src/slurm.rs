@@ -544,6 +544,7 @@ fn state_of(run_dir: &Path) -> (RunState, String) {
             let state = match status {
                 RunStatus::Complete if !damage.is_empty() => RunState::Damaged { problems: damage.join("; ") },
                 RunStatus::Complete => RunState::Complete,
+                RunStatus::Interrupted => RunState::Interrupted { host, started },
                 RunStatus::Running if rd.as_ref().and_then(|rd| rd.is_locked()) == Some(false) => {
                     RunState::Interrupted { host, started }
                 }

@@ -351,3 +351,25 @@ fn inputs_expand_recursively_sorted_and_reject_unknown_files() {
     let err = collect_inputs(&[p.join("dataset_json/Bad.json")], None, None, None).unwrap_err();
     assert!(format!("{err:#}").contains("Bad.json"), "{err:#}");
 }
+
+#[test]
+fn predict_refuses_to_write_non_finite_scores() {
+    let t = train();
+    let weights = t.run.file(results::WEIGHTS_FILE);
+    let dev = candle_core::Device::Cpu;
+    let poisoned: HashMap<String, candle_core::Tensor> = candle_core::safetensors::load(&weights, &dev)
+        .unwrap()
+        .into_iter()
+        .map(|(k, v)| {
+            let nan = v.affine(0.0, f64::NAN).unwrap();
+            (k, nan)
+        })
+        .collect();
+    candle_core::safetensors::save(&poisoned, &weights).unwrap();
+    let out = t.dir.join("nan.csv");
+    let json = t.data.join("dataset_json").join("UADFV.json");
+    let o = bench(&[os("predict"), os("--run"), os(t.run.path()), os(&json), os("--out"), os(&out)]);
+    assert_eq!(code(&o), 1, "{}", text(&o));
+    assert!(text(&o).contains("non-finite score"), "{}", text(&o));
+    assert!(!out.exists(), "no CSV of NaN scores is written");
+}

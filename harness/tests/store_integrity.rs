@@ -284,3 +284,47 @@ fn reports_refuse_what_must_not_be_mixed() {
     let huge = report(&other, &["--bootstrap", "18446744073709551615"]);
     assert_eq!(huge.status.code(), Some(2), "{}", text(&huge));
 }
+
+/// SIGINT and SIGTERM while a run trains: the run is marked interrupted (not left `running`), the
+/// process exits 130 / 143 saying how to resume, and `bench status` lists it as interrupted.
+#[test]
+fn signals_mark_the_run_interrupted_and_exit_with_the_signal_code() {
+    use std::io::{BufRead, BufReader};
+    let tmp = tempfile::tempdir().unwrap();
+    let p = write_protocol(tmp.path(), "sig", 3000);
+    let out = tmp.path().join("out");
+    data_cache();
+    for (signal, code) in [("-INT", 130), ("-TERM", 143)] {
+        let mut child = run_cmd(&p, &out)
+            .args(["--seeds", "0", "--only", "O"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut seen = String::new();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            seen.push_str(&line);
+            seen.push('\n');
+            if line.ends_with(": 3000 steps") {
+                break;
+            }
+        }
+        let kill = Command::new("kill").arg(signal).arg(child.id().to_string()).status().unwrap();
+        assert!(kill.success());
+        for line in lines {
+            seen.push_str(&line.unwrap());
+            seen.push('\n');
+        }
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(code), "{signal}:\n{seen}");
+        assert!(seen.contains("to resume (complete runs are skipped): bench run"), "{signal}:\n{seen}");
+        let run = runs_of(&out.join("sig")).remove(0);
+        let m = run.read_manifest().unwrap();
+        assert_eq!(m.status, results::RunStatus::Interrupted, "{signal}");
+        assert!(m.failure.unwrap().reason.starts_with("interrupted by SIG"), "{signal}");
+        let st = bench(&["status"]).arg(out.join("sig")).output().unwrap();
+        assert!(text(&st).contains("1 interrupted"), "{}", text(&st));
+    }
+}

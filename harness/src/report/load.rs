@@ -241,12 +241,13 @@ pub fn load(dir: &Path, select: &Selection) -> Result<Loaded> {
         }
         match manifest.status {
             RunStatus::Complete => {}
-            RunStatus::Running => {
-                excluded.push(Excluded {
-                    id,
-                    manifest: Some(manifest),
-                    reason: "still running or interrupted".into(),
-                });
+            RunStatus::Running | RunStatus::Interrupted => {
+                let reason = if manifest.status == RunStatus::Interrupted {
+                    "interrupted (SIGINT/SIGTERM)"
+                } else {
+                    "still running or interrupted"
+                };
+                excluded.push(Excluded { id, manifest: Some(manifest), reason: reason.into() });
                 continue;
             }
             RunStatus::Failed => {

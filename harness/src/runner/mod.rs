@@ -5,6 +5,7 @@
 //! on a re-run (so a crash or kill loses at most the run in progress), `--force` redoes them.
 pub mod env;
 pub mod progress;
+pub mod signals;
 pub mod train;
 
 use std::collections::BTreeSet;
@@ -191,7 +192,14 @@ pub fn cmd_run(args: RunArgs, verbosity: Verbosity) -> anyhow::Result<ExitCode> 
     }
     let mut failed = Vec::new();
     let holder = format!("{} {}", env::host(), std::process::id());
+    signals::install().context("installing the SIGINT/SIGTERM handlers")?;
+    let resume = format!("bench run {} --out {}", args.protocol.display(), args.out.display());
     for run in pending {
+        if let Some(sig) = signals::received() {
+            progress.finish();
+            eprintln!("stopped by {}; to resume (complete runs are skipped): {resume}", signals::name(sig));
+            return Ok(ExitCode::from(signals::exit_code(sig)));
+        }
         let run_dir = store.create(&protocol.name, &run.id)?;
         // One writer per run: a second `bench run` on the same --out (another terminal, a Slurm
         // task given the same shard) moves on to the next run instead of training this one again.
@@ -222,6 +230,34 @@ pub fn cmd_run(args: RunArgs, verbosity: Verbosity) -> anyhow::Result<ExitCode> 
                 manifest.files = run_dir.digest_files(ctx.save_weights)?;
                 run_dir.write_manifest(&manifest)?;
                 progress.finish_run("complete");
+            }
+            Err(failure) if signals::received().is_some() => {
+                let sig = signals::received().unwrap_or_default();
+                manifest.status = RunStatus::Interrupted;
+                manifest.failure = Some(failure);
+                run_dir.write_manifest(&manifest)?;
+                progress.finish_run("interrupted");
+                progress.finish();
+                eprintln!(
+                    "run {} interrupted by {}; to resume (complete runs are skipped): {resume}",
+                    run.id,
+                    signals::name(sig)
+                );
+                return Ok(ExitCode::from(signals::exit_code(sig)));
+            }
+            Err(failure) if out_of_disk(&failure.reason) => {
+                manifest.status = RunStatus::Failed;
+                manifest.failure = Some(failure.clone());
+                // The manifest may not fit either; the message below says what happened.
+                let _ = run_dir.write_manifest(&manifest);
+                progress.finish_run("failed");
+                progress.finish();
+                return Err(CliError::failed(format!(
+                    "run {}: {}; stopped, since the next runs would fail alike: free space, then run \
+                     the same command again (complete runs are skipped)",
+                    run.id, failure.reason
+                ))
+                .into());
             }
             Err(failure) => {
                 progress.println(&format!(
@@ -297,9 +333,34 @@ fn now() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }
 
-/// Converts any error of a run into a failure record (the step is unknown here).
+/// Converts any error of a run into a failure record (the step is unknown here). A backtrace
+/// some library appended to its message is cut off: manifests and `bench status` carry what went
+/// wrong, not where in the code.
 pub fn failure(step: Option<u64>, err: impl std::fmt::Display) -> Failure {
-    Failure { step, reason: err.to_string() }
+    Failure { step, reason: without_backtrace(&err.to_string()) }
+}
+
+/// `text` up to the first line of a std backtrace (`stack backtrace:`, `   0: frame`, or
+/// `disabled backtrace`).
+pub fn without_backtrace(text: &str) -> String {
+    let is_frame = |l: &str| {
+        let t = l.trim_start();
+        l.len() > t.len() && t.split_once(": ").is_some_and(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    };
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if line.trim() == "stack backtrace:" || line.trim() == "disabled backtrace" || is_frame(line) {
+            break;
+        }
+        out.push(line);
+    }
+    out.join("\n").trim_end().to_string()
+}
+
+/// Whether an error message says the disk (or the user's quota) is full: ENOSPC (os error 28)
+/// or EDQUOT (os error 122). Failures travel as text, so this reads the io::Error's wording.
+fn out_of_disk(reason: &str) -> bool {
+    reason.contains("(os error 28)") || reason.contains("(os error 122)")
 }
 
 #[cfg(test)]
@@ -321,6 +382,17 @@ mod tests {
         }
         // Fixed partition: the value for a given id never changes across versions or machines.
         assert_eq!(shard_of("cs-dfd-s0-d9e84e4c74e0", 4), shard_of("cs-dfd-s0-d9e84e4c74e0", 4));
+    }
+
+    #[test]
+    fn backtraces_are_cut_from_failure_reasons() {
+        let candle_like = "shape mismatch in matmul, lhs: [8, 3], rhs: [4, 2]\n   0: candle_core::error::Error::bt\n             at src/error.rs:1\n   1: harness::x";
+        assert_eq!(without_backtrace(candle_like), "shape mismatch in matmul, lhs: [8, 3], rhs: [4, 2]");
+        let two_lines = "reading a.png: bad header\ncaused by: truncated\nstack backtrace:\n  0: x";
+        assert_eq!(without_backtrace(two_lines), "reading a.png: bad header\ncaused by: truncated");
+        assert_eq!(without_backtrace("step 3: 10: not a frame"), "step 3: 10: not a frame");
+        assert!(out_of_disk("writing x: No space left on device (os error 28)"));
+        assert!(!out_of_disk("loss is NaN (os error 2)"));
     }
 
     #[test]

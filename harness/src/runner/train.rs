@@ -291,6 +291,9 @@ fn train(run: &Run, p: &Prepared, progress: &mut Progress) -> Result<Trained, Fa
         }
         push_trace(&mut trace, &t);
         progress.step(step, t.loss);
+        if let Some(sig) = super::signals::received() {
+            return Err(failure(Some(step as u64), format!("interrupted by {} after step {step}", super::signals::name(sig))));
+        }
         let last = step + 1 == p.steps;
         if select_best && validate_every > 0 && ((step + 1) % validate_every == 0 || last) {
             let score = validation_score(&det, p, c.training.validation.metric).map_err(at)?;
