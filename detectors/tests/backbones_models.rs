@@ -25,6 +25,7 @@ fn check(name: &str, size: usize, feature_dim: usize) -> Result<()> {
     assert_eq!(bb.feature_dim(), feature_dim, "{name}");
     let f = bb.forward_features(&images(2, size, 1)?, Mode::Train)?;
     assert_eq!(f.dims(), &[2, feature_dim], "{name}");
+    assert_eq!(backbones::feature_dim(name, size), Some(feature_dim), "{name}: without building");
     assert!(f.flatten_all()?.to_vec1::<f32>()?.iter().all(|v| v.is_finite()), "{name}");
     let store = pb.store();
     assert_eq!(store.num_trainable(), num_params(name, size).unwrap(), "{name}");

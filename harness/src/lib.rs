@@ -60,6 +60,7 @@ pub fn allocator_purge_delay_ms() -> i64 {
     unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) as i64 }
 }
 
+pub mod budget;
 pub mod data;
 pub mod eval;
 pub mod exit;

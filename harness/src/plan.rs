@@ -206,6 +206,23 @@ pub fn slug(name: &str) -> String {
 pub struct ValidateArgs {
     /// Protocol file.
     pub protocol: PathBuf,
+    /// Memory of the machine that will run the protocol (e.g. `64G`), for the check that each
+    /// run's training step fits [default: this machine's available memory, for CPU runs].
+    #[arg(long, value_name = "SIZE", value_parser = crate::budget::parse_size)]
+    pub max_memory: Option<u64>,
+}
+
+/// Fails (exit 2) when a run of the plan cannot work: a resolution below what its backbone
+/// accepts, or a training step that cannot fit in memory (see [`crate::budget`]).
+pub fn check_feasible(runs: &[Run], max_memory: Option<u64>, path: &std::path::Path) -> Result<(), CliError> {
+    let problems = crate::budget::check(runs, max_memory);
+    if problems.is_empty() {
+        return Ok(());
+    }
+    for p in &problems {
+        eprintln!("{}: {p}", path.display());
+    }
+    Err(CliError::config(format!("{} run configuration(s) of {} cannot run; nothing to run", problems.len(), path.display())))
 }
 
 /// Loads a protocol for a subcommand: on errors prints every one of them to stderr
@@ -225,6 +242,7 @@ pub fn load_or_report(path: &std::path::Path) -> Result<Protocol, CliError> {
 pub fn cmd_validate(args: ValidateArgs, v: Verbosity) -> anyhow::Result<ExitCode> {
     let p = load_or_report(&args.protocol)?;
     let runs = expand(&p);
+    check_feasible(&runs, args.max_memory, &args.protocol)?;
     let mut out = String::new();
     if v >= Verbosity::Normal {
         out.push_str(&plan_table(&runs));

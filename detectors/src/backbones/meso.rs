@@ -44,7 +44,7 @@ fn conv(
 }
 
 /// Side length after the four pools (2, 2, 2, 4), floor mode as PyTorch.
-fn meso_out_side(image_size: usize) -> Result<usize> {
+pub(crate) fn meso_out_side(image_size: usize) -> Result<usize> {
     let mut s = image_size;
     for k in [2, 2, 2, 4] {
         s = pool_out_size(s, k, k, 0)

@@ -90,6 +90,24 @@ pub fn min_image_size(name: &str) -> Option<usize> {
     })
 }
 
+/// Width of the pooled feature a backbone gives for a square input, without building it (what the
+/// projection head and the classifier take); `None` for an unknown name or a size it rejects.
+pub fn feature_dim(name: &str, image_size: usize) -> Option<usize> {
+    if image_size < min_image_size(name)? {
+        return None;
+    }
+    Some(match name {
+        "meso4" | "meso4-inception" => 16 * meso::meso_out_side(image_size).ok()?.pow(2),
+        "resnet18" | "resnet34" => 512,
+        "efficientnet-b0" => 1280,
+        "efficientnet-b4" => 1792,
+        "xception" => 2048,
+        "vit-b16" => 768,
+        "vit-tiny" => 64,
+        _ => return None,
+    })
+}
+
 /// Trainable parameters of a backbone (no classifier), without building it; `None` for an
 /// unknown name or an image size the backbone rejects. Only ViT's count depends on the size
 /// (position embeddings). Every constant is checked against a built model in the tests.

@@ -41,6 +41,9 @@ const DATA_KEYS: &[&str] = &[
 ];
 const TRAIN_KEYS: &[&str] = &["dataset", "manipulations", "split", "compression", "real_fake_ratio"];
 const TEST_KEYS: &[&str] = &["name", "dataset", "manipulations", "split", "compression", "role"];
+/// Longest method name: run ids (`<slug>-s<seed>-<12 hex>`) must stay well inside the 255-byte
+/// file-name limit of common filesystems.
+const MAX_METHOD_NAME: usize = 64;
 const MODEL_KEYS: &[&str] = &["backbone", "weights", "head"];
 const TRAINING_KEYS: &[&str] =
     &["steps", "epochs", "batch_size", "optimizer", "schedule", "validation", "selection"];
@@ -906,6 +909,19 @@ impl Checker<'_> {
                     k.span(),
                     &path,
                     "a method name must be non-empty, without leading/trailing spaces or control characters",
+                );
+                read.failed.push(name.to_string());
+                continue;
+            }
+            if name.chars().count() > MAX_METHOD_NAME {
+                self.cx.err(
+                    k.span(),
+                    &path,
+                    format!(
+                        "a method name of {} characters is too long: at most {MAX_METHOD_NAME} (it names table rows and, \
+                         with the seed and a hash, each run's directory)",
+                        name.chars().count()
+                    ),
                 );
                 read.failed.push(name.to_string());
                 continue;

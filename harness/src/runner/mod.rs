@@ -45,6 +45,9 @@ pub struct RunArgs {
     /// Redo runs that are already complete.
     #[arg(long)]
     pub force: bool,
+    /// Memory of this machine to plan with (e.g. `64G`) [default: the available memory, for CPU runs].
+    #[arg(long, value_name = "SIZE", value_parser = crate::budget::parse_size)]
+    pub max_memory: Option<u64>,
     /// Do not store each run's trained weights (`weights.safetensors`, needed by `bench predict`).
     #[arg(long)]
     pub no_weights: bool,
@@ -133,6 +136,7 @@ pub fn cmd_run(args: RunArgs, verbosity: Verbosity) -> anyhow::Result<ExitCode> 
         .filter(|r| args.only.is_empty() || args.only.contains(&r.config.method.name))
         .filter(|r| args.shard.is_none_or(|sh| sh.contains(&r.id)))
         .collect();
+    plan::check_feasible(&runs, args.max_memory, &args.protocol)?;
     let store = ResultsStore::new(&args.out);
     let pending: Vec<&Run> = runs
         .iter()
