@@ -328,3 +328,32 @@ fn signals_mark_the_run_interrupted_and_exit_with_the_signal_code() {
         assert!(text(&st).contains("1 interrupted"), "{}", text(&st));
     }
 }
+
+/// Two `bench data synth` into one folder: both succeed with the same data, and no hidden copy
+/// (nor the temporary folder of an earlier, killed generation) is left beside it.
+#[test]
+fn concurrent_synth_into_one_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("synth");
+    let stale = tmp.path().join(".synth.tmp-4000000000-0");
+    std::fs::create_dir_all(stale.join("dataset_json")).unwrap();
+    let spawn = || {
+        bench(&["data", "synth", "--preset", "tiny", "--out"])
+            .arg(&out)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert!(a.status.success(), "{}", text(&a));
+    assert!(b.status.success(), "{}", text(&b));
+    let left: Vec<String> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, vec!["synth".to_string()], "nothing but the output is left");
+    let o = bench(&["data", "check"]).arg(&out).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+}

@@ -264,7 +264,8 @@ pub fn cmd_run(args: RunArgs, verbosity: Verbosity) -> anyhow::Result<ExitCode> 
                 .into());
             }
             Err(failure) => {
-                progress.println(&format!(
+                // Why a run failed is an error message: printed under -q too.
+                progress.error(&format!(
                     "run {} failed{}: {}",
                     run.id,
                     failure.step.map(|s| format!(" at step {s}")).unwrap_or_default(),

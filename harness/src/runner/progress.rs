@@ -39,6 +39,16 @@ impl Progress {
         Self { verbosity, bars, current: None }
     }
 
+    /// An error line: printed at every verbosity, `-q` included (without tearing a bar).
+    pub fn error(&self, line: &str) {
+        match &self.bars {
+            Some((multi, _)) => {
+                let _ = multi.println(line);
+            }
+            None => eprintln!("{line}"),
+        }
+    }
+
     /// A line that must not tear a progress bar.
     pub fn println(&self, line: &str) {
         if self.verbosity == Verbosity::Quiet {

@@ -783,6 +783,12 @@ pub fn generate(out: &Path, preset: Preset, seed: u64) -> anyhow::Result<Summary
             .into());
         }
     }
+    if let (Some(parent), Some(name)) = (out.parent(), out.file_name()) {
+        let parent = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };
+        if parent.is_dir() {
+            remove_stale_temps(parent, &name.to_string_lossy())?;
+        }
+    }
     let tmp = sibling(out, "tmp")?;
     let summary = match build(&tmp, preset, seed) {
         Ok(s) => s,
@@ -791,18 +797,30 @@ pub fn generate(out: &Path, preset: Preset, seed: u64) -> anyhow::Result<Summary
             return Err(e);
         }
     };
-    if replace {
-        let old = sibling(out, "old")?;
-        std::fs::rename(out, &old).with_context(|| format!("moving {} aside", out.display()))?;
-        std::fs::rename(&tmp, out)
-            .with_context(|| format!("renaming {} to {}", tmp.display(), out.display()))?;
-        std::fs::remove_dir_all(&old).with_context(|| format!("removing {}", old.display()))?;
-    } else {
-        if out.exists() {
-            std::fs::remove_dir(out).with_context(|| format!("removing empty {}", out.display()))?;
+    let moved = (|| -> anyhow::Result<()> {
+        if replace {
+            let old = sibling(out, "old")?;
+            std::fs::rename(out, &old).with_context(|| format!("moving {} aside", out.display()))?;
+            std::fs::rename(&tmp, out)
+                .with_context(|| format!("renaming {} to {}", tmp.display(), out.display()))?;
+            std::fs::remove_dir_all(&old).with_context(|| format!("removing {}", old.display()))?;
+        } else {
+            if out.exists() {
+                std::fs::remove_dir(out).with_context(|| format!("removing empty {}", out.display()))?;
+            }
+            std::fs::rename(&tmp, out)
+                .with_context(|| format!("renaming {} to {}", tmp.display(), out.display()))?;
         }
-        std::fs::rename(&tmp, out)
-            .with_context(|| format!("renaming {} to {}", tmp.display(), out.display()))?;
+        Ok(())
+    })();
+    if let Err(e) = moved {
+        let _ = std::fs::remove_dir_all(&tmp);
+        // A concurrent `bench data synth` of the same preset and seed got there first: it wrote
+        // the same bytes (generation is a function of both), so this one has nothing to add.
+        if cached_ok(out, preset, seed) {
+            return Ok(summary);
+        }
+        return Err(e);
     }
     Ok(summary)
 }
@@ -869,12 +887,12 @@ fn cached_ok(dir: &Path, preset: Preset, seed: u64) -> bool {
 /// whose process is gone) are removed; those of a live process, this one included, and those of
 /// other hosts (whose processes cannot be checked from here) are left alone.
 fn remove_stale_temps(root: &Path, name: &str) -> anyhow::Result<()> {
-    let prefix = format!(".{name}.tmp-");
+    let prefixes = [format!(".{name}.tmp-"), format!(".{name}.old-")];
     let me = host_tag();
     for entry in std::fs::read_dir(root).with_context(|| format!("reading {}", root.display()))? {
         let entry = entry?;
         let fname = entry.file_name().to_string_lossy().into_owned();
-        let Some(rest) = fname.strip_prefix(&prefix) else { continue };
+        let Some(rest) = prefixes.iter().find_map(|p| fname.strip_prefix(p.as_str())) else { continue };
         let mut parts = rest.splitn(3, '-');
         let Some(pid) = parts.next().and_then(|p| p.parse().ok()) else { continue };
         // Names without a host come from before hosts were recorded: treated as this host's.
