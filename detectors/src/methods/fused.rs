@@ -440,7 +440,7 @@ impl Simd {
     /// chains per sum, where AVX-512 has one, and the per-block sums are latency-bound chains. On
     /// the development machine's EPYC (which executes 512-bit operations as two 256-bit halves)
     /// AVX2 ran the CS-DFD combination 1.2x faster at 1e4-1e6 parameters and as fast at 1e7
-    /// (BENCHMARKS.md). AVX-512 stays available through [`Simd::available`].
+    /// (docs/perf-log.md). AVX-512 stays available through [`Simd::available`].
     pub fn best() -> Self {
         #[cfg(target_arch = "x86_64")]
         {
