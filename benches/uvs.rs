@@ -17,9 +17,9 @@ use std::ops::Range;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use detectors::gradvec::FlatGrad;
-use detectors::methods::combine::{
-    Exec, HeadRule, Pair, Simd, cgr_head, cs_dfd_direction, cs_dfd_direction_on, two_stream_stats, uvs_two,
-    uvs_two_fixed, write_two,
+use detectors::methods::combine::{Pair, cgr_head, uvs_two, uvs_two_fixed};
+use detectors::methods::fused::{
+    Exec, HeadRule, Simd, cs_dfd_direction, cs_dfd_direction_on, two_stream_stats, write_two,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -117,7 +117,7 @@ fn bench(c: &mut Criterion) {
             b.iter(|| black_box(cs_dfd_combine(&g1, &g2, &mut v, &head)))
         });
         // The same on the pool with plain stores at every length (`Exec::best` streams the
-        // write pass from `combine::STREAM_FROM` elements on).
+        // write pass from `fused::STREAM_FROM` elements on).
         let cached = Exec { stream_from: usize::MAX, ..Exec::best() };
         group.bench_function(BenchmarkId::new("cs_dfd_combine_plain_stores", n), |b| {
             b.iter(|| black_box(cs_dfd_combine_on(cached, &g1, &g2, &mut v, &head)))

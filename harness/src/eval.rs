@@ -26,19 +26,30 @@ pub struct EvalArgs {
     /// Column holding the label: 0 = real, 1 = fake.
     #[arg(long, default_value = "label", value_name = "COLUMN")]
     pub label: String,
-    /// Column naming each frame's video (needed for video-level metrics).
-    #[arg(long, default_value = "video", value_name = "COLUMN")]
-    pub video: String,
+    /// Column naming each frame's video, for video-level metrics [default: video]. Without this
+    /// option a file with no `video` column gets frame-level metrics and a note that the video
+    /// level was skipped; a column named here must exist.
+    #[arg(long, value_name = "COLUMN")]
+    pub video: Option<String>,
     /// Column naming each frame's dataset / test set: metrics per group, then overall.
     #[arg(long, value_name = "COLUMN")]
     pub group: Option<String>,
     /// Also write the metrics to FILE: JSON (`.json`) or CSV (`.csv`), chosen by extension.
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
-    /// Which metrics: per frame, per video (mean frame score), or both.
-    #[arg(long, value_enum, default_value_t = Level::Both)]
-    pub level: Level,
+    /// Which metrics: per frame, per video (mean frame score), or both [default: both, or frame
+    /// when the file has no video column and none was named].
+    #[arg(long, value_enum)]
+    pub level: Option<Level>,
 }
+
+impl EvalArgs {
+    fn video_column(&self) -> &str {
+        self.video.as_deref().unwrap_or(DEFAULT_VIDEO_COLUMN)
+    }
+}
+
+const DEFAULT_VIDEO_COLUMN: &str = "video";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -81,6 +92,10 @@ struct Report<'a> {
     file: String,
     columns: Columns<'a>,
     level: Level,
+    /// Why the video level was left out, when it was not asked for explicitly and could not be
+    /// computed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    video_skipped: Option<String>,
     /// One entry per group value, sorted; empty without a group column.
     groups: &'a [GroupMetrics],
     overall: &'a GroupMetrics,
@@ -97,9 +112,14 @@ pub fn cmd_eval(args: EvalArgs, v: Verbosity) -> anyhow::Result<ExitCode> {
         None => None,
         Some(p) => Some(out_format(p)?),
     };
-    let frames = read_scores(&args)?;
+    let (frames, level, video_skipped) = read_scores(&args)?;
+    if let Some(why) = &video_skipped
+        && v > Verbosity::Quiet
+    {
+        eprintln!("note: {why}");
+    }
 
-    let overall = metrics_of(None, &frames, args.level);
+    let overall = metrics_of(None, &frames, level);
     let groups = match args.group {
         None => Vec::new(),
         Some(_) => {
@@ -107,7 +127,7 @@ pub fn cmd_eval(args: EvalArgs, v: Verbosity) -> anyhow::Result<ExitCode> {
             for f in &frames {
                 by_group.entry(&f.dataset).or_default().push(f.clone());
             }
-            by_group.iter().map(|(g, fs)| metrics_of(Some(g), fs, args.level)).collect()
+            by_group.iter().map(|(g, fs)| metrics_of(Some(g), fs, level)).collect()
         }
     };
 
@@ -118,7 +138,7 @@ pub fn cmd_eval(args: EvalArgs, v: Verbosity) -> anyhow::Result<ExitCode> {
             frames.len(),
             args.score,
             args.label,
-            if args.level.video() { format!(" video=`{}`", args.video) } else { String::new() },
+            if level.video() { format!(" video=`{}`", args.video_column()) } else { String::new() },
             args.group.as_ref().map(|g| format!(" group=`{g}`")).unwrap_or_default()
         );
     }
@@ -130,10 +150,11 @@ pub fn cmd_eval(args: EvalArgs, v: Verbosity) -> anyhow::Result<ExitCode> {
             columns: Columns {
                 score: &args.score,
                 label: &args.label,
-                video: args.level.video().then_some(args.video.as_str()),
+                video: level.video().then_some(args.video_column()),
                 group: args.group.as_deref(),
             },
-            level: args.level,
+            level,
+            video_skipped,
             groups: &groups,
             overall: &overall,
         };
@@ -180,8 +201,9 @@ fn metrics_of(group: Option<&str>, frames: &[FrameScore], level: Level) -> Group
 }
 
 /// Reads the rows into frames; `dataset` holds the group value ("" without a group column) and
-/// `video` the video name ("" when only frame-level metrics are asked for).
-fn read_scores(args: &EvalArgs) -> Result<Vec<FrameScore>, CliError> {
+/// `video` the video name ("" when only frame-level metrics are computed). Returns the level
+/// computed and, when the video level was dropped for want of a video column, why.
+fn read_scores(args: &EvalArgs) -> Result<(Vec<FrameScore>, Level, Option<String>), CliError> {
     let file = args.scores.display();
     let mut rdr = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
@@ -212,7 +234,15 @@ fn read_scores(args: &EvalArgs) -> Result<Vec<FrameScore>, CliError> {
     };
     let score_i = find(&args.score, "--score")?;
     let label_i = find(&args.label, "--label")?;
-    let video_i = if args.level.video() { Some(find(&args.video, "--video")?) } else { None };
+    let mut level = args.level.unwrap_or(Level::Both);
+    let mut video_skipped = None;
+    if args.level.is_none() && args.video.is_none() && !headers.iter().any(|h| h == DEFAULT_VIDEO_COLUMN) {
+        level = Level::Frame;
+        video_skipped = Some(format!(
+            "{file}: no `{DEFAULT_VIDEO_COLUMN}` column, so video-level metrics were skipped (name the column with --video COLUMN)"
+        ));
+    }
+    let video_i = if level.video() { Some(find(args.video_column(), "--video")?) } else { None };
     let group_i = match &args.group {
         Some(g) => Some(find(g, "--group")?),
         None => None,
@@ -260,7 +290,7 @@ fn read_scores(args: &EvalArgs) -> Result<Vec<FrameScore>, CliError> {
         };
         let video = match video_i {
             Some(i) if cell(i).is_empty() => {
-                return Err(CliError::config(format!("{}: empty video name", at(&args.video))));
+                return Err(CliError::config(format!("{}: empty video name", at(args.video_column()))));
             }
             Some(i) => cell(i).to_owned(),
             None => String::new(),
@@ -268,7 +298,7 @@ fn read_scores(args: &EvalArgs) -> Result<Vec<FrameScore>, CliError> {
         let dataset = group_i.map(|i| cell(i).to_owned()).unwrap_or_default();
         frames.push(FrameScore { dataset, label, video, score });
     }
-    Ok(frames)
+    Ok((frames, level, video_skipped))
 }
 
 const METRIC_HEADS: [&str; 7] = ["AUC", "AP", "EER", "EER_int", "ACC", "ACC_real", "ACC_fake"];

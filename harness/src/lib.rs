@@ -74,3 +74,4 @@ pub mod results;
 pub mod runner;
 pub mod slurm;
 pub mod stats;
+pub mod status;

@@ -42,7 +42,7 @@ enum Command {
     Slurm(harness::slurm::SlurmArgs),
     /// List complete, failed, interrupted and missing runs of a results directory (per shard).
     #[command(after_help = "Examples:\n  bench status results/runs\n  bench status results/runs --protocol protocols/cross_dataset.toml --shards 8\nExit status: 0 all complete, 1 some failed or missing, 2 bad usage.")]
-    Status(harness::slurm::StatusArgs),
+    Status(harness::status::StatusArgs),
     /// List the known methods, backbones, datasets and shipped protocols.
     #[command(after_help = "Example:\n  bench list")]
     List(harness::list::ListArgs),
@@ -73,7 +73,7 @@ fn main() -> ExitCode {
         Command::Data(a) => harness::data::cmd_data(a, verbosity),
         Command::Validate(a) => harness::plan::cmd_validate(a, verbosity),
         Command::Slurm(a) => harness::slurm::cmd_slurm(a, verbosity),
-        Command::Status(a) => harness::slurm::cmd_status(a, verbosity),
+        Command::Status(a) => harness::status::cmd_status(a, verbosity),
         Command::List(a) => harness::list::cmd_list(a, verbosity),
     };
     match result {

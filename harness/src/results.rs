@@ -743,8 +743,13 @@ pub fn is_complete(run_dir: &Path) -> bool {
     read_manifest(&run_dir.join(MANIFEST_FILE)).is_ok_and(|m| m.status == RunStatus::Complete)
 }
 
+/// The folder `bench report` writes into by default, inside a protocol's results directory; it
+/// is not a run.
+pub const REPORT_DIR: &str = "report";
+
 /// The run directories under a protocol directory, sorted by name; hidden entries (temporary
-/// files, `.DS_Store`) and plain files are skipped. Completeness is not checked here.
+/// files, `.DS_Store`), plain files and the `report/` folder are skipped. Completeness is not
+/// checked here.
 pub fn list_runs(protocol_dir: &Path) -> Result<Vec<RunDir>> {
     let entries = fs::read_dir(protocol_dir)
         .with_context(|| format!("{}: cannot list runs", protocol_dir.display()))?;
@@ -752,7 +757,7 @@ pub fn list_runs(protocol_dir: &Path) -> Result<Vec<RunDir>> {
     for e in entries {
         let e = e.with_context(|| format!("{}: cannot list runs", protocol_dir.display()))?;
         let name = e.file_name();
-        if name.to_string_lossy().starts_with('.') || !e.path().is_dir() {
+        if name.to_string_lossy().starts_with('.') || name == REPORT_DIR || !e.path().is_dir() {
             continue;
         }
         runs.push(RunDir { path: e.path() });

@@ -116,16 +116,34 @@ fn renamed_columns_frame_level_csv_out() {
 }
 
 #[test]
-fn video_level_needs_a_video_column() {
-    let o = bench(&[fixture("ties_small.csv").to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(2));
-    let e = stderr(&o);
-    assert!(
-        e.contains("ties_small.csv") && e.contains("no column `video`") && e.contains("--level frame"),
-        "{e}"
-    );
-    let o = bench(&[fixture("ties_small.csv").to_str().unwrap(), "--level", "frame"]);
+fn without_a_video_column_frame_metrics_and_a_note_that_video_level_was_skipped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("m.json");
+    let o = bench(&[fixture("ties_small.csv").to_str().unwrap(), "--out", out.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(e.contains("ties_small.csv") && e.contains("video-level metrics were skipped"), "{e}");
+    let got: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    assert_eq!(got["level"], "frame");
+    assert!(got["video_skipped"].as_str().unwrap().contains("no `video` column"));
+    assert!(got["overall"].get("video").is_none(), "{got}");
+    // The same frame metrics as asking for the frame level explicitly.
+    let explicit = tmp.path().join("f.json");
+    let o = bench(&[fixture("ties_small.csv").to_str().unwrap(), "--level", "frame", "--out", explicit.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("skipped"), "{}", stderr(&o));
+    let frame: serde_json::Value = serde_json::from_slice(&std::fs::read(&explicit).unwrap()).unwrap();
+    assert_eq!(got["overall"]["frame"], frame["overall"]["frame"]);
+    // Asking for the video level (or naming a video column) without the column is still an error.
+    for args in [vec!["--level", "video"], vec!["--level", "both"], vec!["--video", "clip"]] {
+        let mut a = vec![fixture("ties_small.csv").to_str().unwrap().to_owned()];
+        a.extend(args.iter().map(|s| s.to_string()));
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        let o = bench(&a);
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        let e = stderr(&o);
+        assert!(e.contains("ties_small.csv") && e.contains("no column `") && e.contains("--level frame"), "{e}");
+    }
 }
 
 #[test]

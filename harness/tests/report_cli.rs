@@ -305,8 +305,9 @@ fn report_tables_plots_and_byte_identical_regeneration() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = cross_fixture(tmp.path());
     let summary = generate(&args(&dir, None, 200)).unwrap();
-    // Default output: results/<protocol>/ next to runs/.
-    assert_eq!(summary.out, tmp.path().join("results/cross"));
+    // Default output: DIR/report/, next to the runs (never the committed results/<protocol>/).
+    assert_eq!(summary.out, dir.join("report"));
+    assert!(!tmp.path().join("results/cross").exists());
     assert_eq!((summary.complete_runs, summary.excluded_runs), (6, 2));
     let out = summary.out.clone();
     for f in [
@@ -454,7 +455,9 @@ fn report_tables_plots_and_byte_identical_regeneration() {
             fs::write(p, bytes).unwrap();
         }
     }
-    generate(&args(&dir, None, 200)).unwrap();
+    // Regenerating in place: the report folder inside DIR is not taken for a run.
+    let again = generate(&args(&dir, None, 200)).unwrap();
+    assert_eq!((again.complete_runs, again.excluded_runs), (6, 2));
     assert_eq!(first, all_files(&out));
     let other = tmp.path().join("again");
     generate(&args(&dir, Some(other.clone()), 200)).unwrap();

@@ -7,13 +7,20 @@ use std::process::{Command, Output};
 use harness::data::synth::{self, Preset};
 use harness::protocol;
 use harness::results::{Failure, Manifest, RunDir, RunStatus};
-use harness::runner::shard_of;
-use harness::slurm::{self, RunState};
+use harness::status::{self, RunState};
 
 const BENCH: &str = env!("CARGO_BIN_EXE_bench");
 
 fn bench(args: &[&str], cwd: &Path) -> Output {
     Command::new(BENCH).args(args).current_dir(cwd).output().unwrap()
+}
+
+/// The documented partition, computed here from its definition: the plan's ids sorted, the k-th
+/// in shard k mod n.
+fn shard_in(ids: &[(String, String)], id: &str, n: u64) -> u64 {
+    let mut sorted: Vec<&str> = ids.iter().map(|(i, _)| i.as_str()).collect();
+    sorted.sort();
+    sorted.iter().position(|&x| x == id).unwrap() as u64 % n
 }
 
 fn text(o: &Output) -> String {
@@ -137,16 +144,15 @@ fn script_has_array_shards_resources_and_logs() {
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(std::fs::metadata(&script_path).unwrap().permissions().mode() & 0o111, 0o111);
     }
-    // The header's runs per shard: only O with seed 0 is selected, in the shard its id hashes to.
+    // The header's runs per shard: only O with seed 0 is selected.
     let ids: Vec<String> = plan_ids(&p)
         .into_iter()
         .filter(|(id, m)| m == "O" && id.contains("-s0-"))
         .map(|(id, _)| id)
         .collect();
     assert_eq!(ids.len(), 1);
-    let mut per = [0; 3];
-    per[shard_of(&ids[0], 3) as usize] += 1;
-    let header = format!("1 runs in 3 shards ({}/{}/{} runs per shard)", per[0], per[1], per[2]);
+    // One run in three balanced shards: the first shard has it.
+    let header = "1 runs in 3 shards (1/0/0 runs per shard)";
     assert!(s.contains(&header), "`{header}` in\n{s}");
     assert!(
         text(&o).contains(&format!("sbatch {}", script_path.canonicalize().unwrap().display())),
@@ -225,7 +231,7 @@ fn a_failing_shard_leaves_the_others_intact_and_status_names_it() {
     assert_eq!(o.status.code(), Some(2), "without SLURM_ARRAY_TASK_ID: {}", text(&o));
 
     let ids = plan_ids(&p);
-    let shard_has_sam = |s: u64| ids.iter().any(|(id, m)| m == "SAM" && shard_of(id, 2) == s);
+    let shard_has_sam = |s: u64| ids.iter().any(|(id, m)| m == "SAM" && shard_in(&ids, id, 2) == s);
     let mut codes = BTreeMap::new();
     for s in 0..2 {
         let o = run_task(&script, Some(s), t.path());
@@ -250,8 +256,8 @@ fn a_failing_shard_leaves_the_others_intact_and_status_names_it() {
     let out = text(&o);
     assert!(out.contains("4 runs: 2 complete, 2 failed"), "{out}");
     for s in 0..2u64 {
-        let done = ids.iter().filter(|(id, m)| m == "O" && shard_of(id, 2) == s).count();
-        let all = ids.iter().filter(|(id, _)| shard_of(id, 2) == s).count();
+        let done = ids.iter().filter(|(id, m)| m == "O" && shard_in(&ids, id, 2) == s).count();
+        let all = ids.iter().filter(|(id, _)| shard_in(&ids, id, 2) == s).count();
         let tail = if shard_has_sam(s) { "NOT DONE" } else { "ok" };
         assert!(out.contains(&format!("shard {s}: {done}/{all} complete  {tail}")), "shard {s}:\n{out}");
     }
@@ -267,7 +273,7 @@ fn a_failing_shard_leaves_the_others_intact_and_status_names_it() {
     // Re-running a good shard skips its complete runs and leaves their files untouched.
     let good = (0..2).find(|&s| !shard_has_sam(s));
     if let Some(s) = good {
-        let id = &ids.iter().find(|(id, _)| shard_of(id, 2) == s).unwrap().0;
+        let id = &ids.iter().find(|(id, _)| shard_in(&ids, id, 2) == s).unwrap().0;
         let before = std::fs::read(dir.join(id).join("manifest.json")).unwrap();
         let o = run_task(&script, Some(s), t.path());
         assert!(o.status.success(), "{}", text(&o));
@@ -304,18 +310,20 @@ fn status_of_a_fixture_tree_per_shard_and_exit_codes() {
     let stray = RunDir::create(&root, "fx", "old-s0-000000000000").unwrap();
     stray.write_manifest(&manifest("old-s0-000000000000", "old", RunStatus::Complete)).unwrap();
     std::fs::write(root.join("fx/.hidden-tmp"), "x").unwrap();
+    // `bench report runs/fx` writes runs/fx/report/: not a run (the stray stays the only extra).
+    std::fs::create_dir_all(root.join("fx/report/tables")).unwrap();
 
     // Library level: states and failing shards against an independent computation.
     let proto = protocol::load(&p).unwrap();
     for n in [1u64, 2, 3] {
-        let st = slurm::protocol_status(&root.join("fx"), Some((&proto, Some(n)))).unwrap();
+        let st = status::protocol_status(&root.join("fx"), Some((&proto, Some(n)))).unwrap();
         let state = |id: &str| st.runs.iter().find(|e| e.id == id).unwrap().state.clone();
         assert_eq!(state(&c.0), RunState::Complete);
         assert_eq!(state(&f.0), RunState::Failed { step: Some(3), reason: "loss is NaN".into() });
         assert!(matches!(state(&r.0), RunState::Running { host, .. } if host == "node7"));
         assert_eq!(state(&miss.0), RunState::Missing);
         assert!(!st.runs.iter().find(|e| e.id == "old-s0-000000000000").unwrap().planned);
-        let want: BTreeSet<u64> = [f, r, miss].iter().map(|x| shard_of(&x.0, n)).collect();
+        let want: BTreeSet<u64> = [f, r, miss].iter().map(|x| shard_in(&ids, &x.0, n)).collect();
         assert_eq!(st.failing_shards(), want.into_iter().collect::<Vec<_>>(), "{n} shards");
     }
 
@@ -326,9 +334,9 @@ fn status_of_a_fixture_tree_per_shard_and_exit_codes() {
     let line = |id: &str| {
         out.lines().find(|l| l.contains(id)).unwrap_or_else(|| panic!("{id} in\n{out}")).to_string()
     };
-    assert!(line(&f.0).contains(&format!("[shard {}]  at step 3: loss is NaN", shard_of(&f.0, 2))), "{out}");
+    assert!(line(&f.0).contains(&format!("[shard {}]  at step 3: loss is NaN", shard_in(&ids, &f.0, 2))), "{out}");
     assert!(line(&r.0).contains("on node7"), "{out}");
-    assert!(line(&miss.0).contains(&format!("[shard {}]", shard_of(&miss.0, 2))), "{out}");
+    assert!(line(&miss.0).contains(&format!("[shard {}]", shard_in(&ids, &miss.0, 2))), "{out}");
     assert!(out.contains("not in the plan (1"), "{out}");
     assert!(!out.contains(".hidden-tmp"), "{out}");
     // The protocol's own folder works as DIR too.

@@ -9,9 +9,9 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
-use super::combine::{
-    HeadRule, cs_dfd_direction, pcgrad, trace_numbers, two_stream_stats, uvs_two_fixed, write_two,
-};
+use super::combine::{cagrad_reference, pcgrad, uvs_two_fixed};
+use super::cs_dfd::{self, HeadRule};
+use super::fused::{cs_dfd_direction, trace_numbers, two_stream_stats, write_two};
 use super::{StepCtx, StreamNeeds, TrainingMethod};
 use crate::batch::StepInput;
 use crate::config::OptimizerConfig;
@@ -24,12 +24,13 @@ use crate::trace::StepTrace;
 #[derive(Debug, Clone)]
 pub enum Rule {
     /// CS-DFD (methods.md 2.1-2.2). UVS acts on every parameter outside the projection head;
-    /// the head gets `g1 + g2` plus, with `cgr`, the conflict term.
-    CsDfd { c: f64, tau: f64, uvs: bool, cgr: bool },
+    /// the head gets `g1 + g2` plus, with `cgr`, the conflict term. `reference` computes it with
+    /// `cs_dfd::reference` instead of the fused fast path.
+    CsDfd { c: f64, tau: f64, uvs: bool, cgr: bool, reference: bool },
     /// PCGrad with a seeded random inner order.
     PcGrad { rng: ChaCha8Rng },
-    /// CAGrad, LibMTL convention, over all parameters.
-    CaGrad { c: f64 },
+    /// CAGrad, LibMTL convention, over all parameters; `reference` as for CS-DFD.
+    CaGrad { c: f64, reference: bool },
 }
 
 pub struct TwoStream {
@@ -96,15 +97,17 @@ impl TrainingMethod for TwoStream {
         self.v.resize(n);
         let (g1, g2) = (&self.g1.data, &self.g2.data);
         let nums = match &mut self.rule {
-            Rule::CsDfd { c, tau, uvs, cgr } => {
+            Rule::CsDfd { c, tau, uvs, cgr, reference } => {
                 let head = det.head_range();
                 if *cgr && head.is_none() {
                     candle_core::bail!("cs-dfd with cgr = true needs a projection head (head_layers >= 1)");
                 }
                 let rule = if *cgr { HeadRule::Cgr { tau: *tau } } else { HeadRule::Sum };
-                cs_dfd_direction(g1, g2, head.as_ref(), uvs.then_some(*c), rule, &mut self.v.data)
+                let direction = if *reference { cs_dfd::reference } else { cs_dfd_direction };
+                direction(g1, g2, head.as_ref(), uvs.then_some(*c), rule, &mut self.v.data)
             }
-            Rule::CaGrad { c } => {
+            Rule::CaGrad { c, reference: true } => cagrad_reference(g1, g2, *c, &mut self.v.data),
+            Rule::CaGrad { c, reference: false } => {
                 let stats = two_stream_stats(g1, g2, None, true);
                 let pair = stats.pair.expect("asked for UVS statistics");
                 let sol = uvs_two_fixed(&pair, *c);

@@ -18,6 +18,8 @@ use crate::trace::StepTrace;
 
 pub mod combine;
 pub mod conflict;
+pub mod cs_dfd;
+pub mod fused;
 pub mod sharp;
 pub mod spec;
 
@@ -375,11 +377,15 @@ pub fn build_method(
                      (or set cgr = false for the UVS-only ablation)"
                 );
             }
-            let rule = Rule::CsDfd { c: r.float("c"), tau: r.float("tau"), uvs, cgr };
+            let reference = r.choice("path") == "reference";
+            let rule = Rule::CsDfd { c: r.float("c"), tau: r.float("tau"), uvs, cgr, reference };
             Box::new(TwoStream::new("cs-dfd", rule, optimizer))
         }
         "pcgrad" => Box::new(TwoStream::new("pcgrad", TwoStream::pcgrad_seeded(seed), optimizer)),
-        "cagrad" => Box::new(TwoStream::new("cagrad", Rule::CaGrad { c: r.float("c") }, optimizer)),
+        "cagrad" => {
+            let rule = Rule::CaGrad { c: r.float("c"), reference: r.choice("path") == "reference" };
+            Box::new(TwoStream::new("cagrad", rule, optimizer))
+        }
         "roga" => Box::new(Roga::new(
             RogaParams { rho: r.float("rho"), alpha: r.float("alpha"), weight: r.float("weight") },
             optimizer,

@@ -18,6 +18,10 @@ pub struct ParamSpec {
     pub name: &'static str,
     pub kind: ParamKind,
     pub help: &'static str,
+    /// Whether the resolved configuration (and so the run id) records the parameter when it has
+    /// its default value. False only for switches added after results were published, so that
+    /// protocols which do not set them keep their run ids.
+    pub recorded_at_default: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -39,16 +43,16 @@ impl MethodSpec {
 }
 
 const fn float(name: &'static str, default: f64, min: f64, max: f64, help: &'static str) -> ParamSpec {
-    ParamSpec { name, kind: ParamKind::Float { default, min, max, min_exclusive: false }, help }
+    ParamSpec { name, kind: ParamKind::Float { default, min, max, min_exclusive: false }, help, recorded_at_default: true }
 }
 const fn pos_float(name: &'static str, default: f64, max: f64, help: &'static str) -> ParamSpec {
-    ParamSpec { name, kind: ParamKind::Float { default, min: 0.0, max, min_exclusive: true }, help }
+    ParamSpec { name, kind: ParamKind::Float { default, min: 0.0, max, min_exclusive: true }, help, recorded_at_default: true }
 }
 const fn boolean(name: &'static str, default: bool, help: &'static str) -> ParamSpec {
-    ParamSpec { name, kind: ParamKind::Bool { default }, help }
+    ParamSpec { name, kind: ParamKind::Bool { default }, help, recorded_at_default: true }
 }
 const fn choice(name: &'static str, options: &'static [&'static str], help: &'static str) -> ParamSpec {
-    ParamSpec { name, kind: ParamKind::Choice { options }, help }
+    ParamSpec { name, kind: ParamKind::Choice { options }, help, recorded_at_default: true }
 }
 
 const STREAMS: ParamSpec = choice(
@@ -61,6 +65,15 @@ const STREAMS_ORIGINAL: ParamSpec = choice(
     &["original", "online", "both"],
     "training streams the (sharpness-aware) objective is computed on",
 );
+/// Which implementation computes the update: the one-pass fast path (`methods::fused`) or the
+/// reference that reads as the paper (`methods::cs_dfd`, `combine::cagrad_reference`). They
+/// agree to a few f32 ulps (tests/methods_fused.rs), not bit for bit.
+const PATH: ParamSpec = ParamSpec {
+    name: "path",
+    kind: ParamKind::Choice { options: &["fused", "reference"] },
+    help: "implementation of the update: fused (one-pass fast path) or reference (the paper's steps over plain slices)",
+    recorded_at_default: false,
+};
 const UVS_C: ParamSpec = pos_float("c", 0.5, 10.0, "UVS trust-region radius: ||v - g0|| <= c ||g0||");
 const CGR_TAU: ParamSpec = float("tau", 0.01, 0.0, 1.0, "CGR conflict-term strength on the projection head");
 const SAM_RHO: ParamSpec = pos_float("rho", 0.05, 5.0, "perturbation radius");
@@ -83,6 +96,7 @@ static REGISTRY: &[MethodSpec] = &[
             CGR_TAU,
             boolean("uvs", true, "apply UVS (false: backbone and classifier get g1 + g2)"),
             boolean("cgr", true, "apply CGR on the projection head (false: head gets plain gradients)"),
+            PATH,
         ],
         note: None,
     },
@@ -97,7 +111,7 @@ static REGISTRY: &[MethodSpec] = &[
         kind: "cagrad",
         display: "CAGrad",
         help: "CAGrad, LibMTL convention (mean g0, output divided by 1 + c^2) on the two streams",
-        params: &[pos_float("c", 0.5, 10.0, "trust-region radius")],
+        params: &[pos_float("c", 0.5, 10.0, "trust-region radius"), PATH],
         note: None,
     },
     MethodSpec {
@@ -145,6 +159,7 @@ static REGISTRY: &[MethodSpec] = &[
                 name: "alpha",
                 kind: ParamKind::Float { default: 0.9, min: 0.0, max: 1.0, min_exclusive: true },
                 help: "CVaR level: mean of the largest ceil(alpha B) losses (1 = ERM)",
+                recorded_at_default: true,
             },
             float("gamma", 0.6, 0.0, 100.0, "weight of the AUC term"),
             float("sam_rho", 0.0, 0.0, 5.0, "SAM radius; 0 disables SAM"),

@@ -957,6 +957,9 @@ impl Checker<'_> {
                     None => Some(default_param(&p.kind)),
                 };
                 match value {
+                    // Left out of the configuration (and the run id) at its default; the method
+                    // reads the registry default for a missing name.
+                    Some(x) if !p.recorded_at_default && x == default_param(&p.kind) => {}
                     Some(x) => {
                         params.insert(p.name.to_string(), x);
                     }

@@ -1,6 +1,7 @@
 //! `bench report`: tables and plots regenerated from stored results (see `crate::results`).
 //!
-//! Output (under `--out`, default `results/<protocol>/`):
+//! Output (under `--out`, default `DIR/report/`, next to the runs, so that a report never
+//! overwrites the committed `results/<protocol>/` unless `--out` names it):
 //! - `README.md`: settings, the list of outputs and every table inline;
 //! - `runs.md`: every run directory with its status; incomplete and failed runs are excluded
 //!   from all tables and plots and listed there with the reason;
@@ -42,7 +43,8 @@ pub use tables::TABLE_IDS;
 pub struct ReportArgs {
     /// A protocol's results directory (`results/runs/<protocol>`) or a merged one.
     pub dir: PathBuf,
-    /// Output directory [default: results/<protocol>/ next to `runs/`].
+    /// Output directory [default: DIR/report/, next to the runs; the committed reports are
+    /// regenerated with `--out results/<protocol>`].
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Method (protocol name) the others are tested against [default: the manifests' report.baseline].
@@ -136,14 +138,10 @@ impl Outputs {
     }
 }
 
-fn default_out(dir: &Path, protocol: &str) -> PathBuf {
-    let abs = dir.components().collect::<PathBuf>();
-    match abs.parent() {
-        Some(p) if p.file_name().is_some_and(|n| n == "runs") => {
-            p.parent().map(|r| r.join(protocol)).unwrap_or_else(|| PathBuf::from(protocol))
-        }
-        _ => Path::new("results").join(protocol),
-    }
+/// `DIR/report/`: inside the (git-ignored) results tree, and skipped when runs are listed
+/// (`results::REPORT_DIR`), so a report can be regenerated in place any number of times.
+fn default_out(dir: &Path) -> PathBuf {
+    dir.join(crate::results::REPORT_DIR)
 }
 
 /// Generates the report for `args.dir`; the library entry point behind `bench report`.
@@ -178,7 +176,7 @@ pub fn generate(args: &ReportArgs) -> Result<ReportSummary> {
         }));
         name
     };
-    let out = args.out.clone().unwrap_or_else(|| default_out(&args.dir, &protocol));
+    let out = args.out.clone().unwrap_or_else(|| default_out(&args.dir));
 
     // The report section: union of the manifests' ids in first-seen order over sorted runs.
     let mut table_ids: Vec<String> = Vec::new();

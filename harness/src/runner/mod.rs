@@ -8,7 +8,7 @@ pub mod progress;
 pub mod signals;
 pub mod train;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::SystemTime;
@@ -51,8 +51,9 @@ pub struct RunArgs {
     /// Do not store each run's trained weights (`weights.safetensors`, needed by `bench predict`).
     #[arg(long)]
     pub no_weights: bool,
-    /// Run only shard I of N (I in 0..N): a fixed partition of the plan by run id, so N processes
-    /// (e.g. a Slurm array with `--shard $SLURM_ARRAY_TASK_ID/N`) cover every run exactly once.
+    /// Run only shard I of N (I in 0..N): a balanced partition of the plan by sorted run id (sizes
+    /// differ by at most one), so N processes (e.g. a Slurm array with
+    /// `--shard $SLURM_ARRAY_TASK_ID/N`) cover every run exactly once.
     #[arg(long, value_name = "I/N", value_parser = parse_shard)]
     pub shard: Option<Shard>,
 }
@@ -65,20 +66,49 @@ pub struct Shard {
 }
 
 impl Shard {
-    /// Whether the run with this id belongs to the shard. The partition depends on the id alone
-    /// (a hash of the fully resolved configuration), so it is the same on every machine.
-    pub fn contains(&self, run_id: &str) -> bool {
-        shard_of(run_id, self.count) == self.index
+    /// The runs of `runs` that fall into this shard (see [`assign_shards`]).
+    pub fn select<'a>(&self, runs: &'a [Run]) -> Vec<&'a Run> {
+        let shard = assign_shards(runs.iter().map(|r| r.id.as_str()), self.count);
+        runs.iter().filter(|r| shard.get(r.id.as_str()) == Some(&self.index)).collect()
     }
 }
 
-/// The shard (0..count) a run id falls into: the first 8 bytes of sha256(id) modulo count.
-pub fn shard_of(run_id: &str, count: u64) -> u64 {
-    use sha2::{Digest, Sha256};
-    let digest = Sha256::digest(run_id.as_bytes());
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&digest[..8]);
-    u64::from_be_bytes(first) % count.max(1)
+/// A balanced partition of a plan: the run ids sorted, the k-th goes to shard k mod count, so
+/// shard sizes differ by at most one. It depends on the set of ids alone (each a hash of the
+/// fully resolved configuration), not on their order or the machine, so N processes given the
+/// same protocol and the same `--seeds`/`--only` agree on it.
+pub fn assign_shards<'a>(ids: impl IntoIterator<Item = &'a str>, count: u64) -> BTreeMap<&'a str, u64> {
+    let sorted: BTreeSet<&str> = ids.into_iter().collect();
+    sorted.into_iter().zip((0..count.max(1)).cycle()).collect()
+}
+
+/// The runs `bench run --seeds S --only M` considers (before sharding and before skipping
+/// complete ones), in plan order.
+pub fn select_runs(protocol: &crate::protocol::Protocol, seeds: &[u64], only: &[String]) -> Vec<Run> {
+    let mut p = protocol.clone();
+    if !seeds.is_empty() {
+        p.seeds = seeds.to_vec();
+    }
+    plan::expand(&p).into_iter().filter(|r| only.is_empty() || only.contains(&r.config.method.name)).collect()
+}
+
+/// `--only` names must be methods of the protocol (the tasks would all fail on a typo).
+pub fn check_only(protocol: &crate::protocol::Protocol, only: &[String], path: &Path) -> Result<(), CliError> {
+    let names: Vec<&str> = protocol.methods.iter().map(|m| m.method.name.as_str()).collect();
+    for name in only {
+        if !names.contains(&name.as_str()) {
+            let hint = crate::protocol::suggest(name, names.iter().copied())
+                .first()
+                .map(|s| format!("; did you mean `{s}`?"))
+                .unwrap_or_default();
+            return Err(CliError::config(format!(
+                "--only {name}: no method of that name in {} (methods: {}){hint}",
+                path.display(),
+                names.join(", ")
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn parse_shard(s: &str) -> Result<Shard, String> {
@@ -131,11 +161,10 @@ pub fn cmd_run(args: RunArgs, verbosity: Verbosity) -> anyhow::Result<ExitCode> 
             .into());
         }
     }
-    let runs: Vec<Run> = plan::expand(&protocol)
-        .into_iter()
-        .filter(|r| args.only.is_empty() || args.only.contains(&r.config.method.name))
-        .filter(|r| args.shard.is_none_or(|sh| sh.contains(&r.id)))
-        .collect();
+    let mut runs: Vec<Run> = select_runs(&protocol, &[], &args.only);
+    if let Some(shard) = args.shard {
+        runs = shard.select(&runs).into_iter().cloned().collect();
+    }
     plan::check_feasible(&runs, args.max_memory, &args.protocol)?;
     let store = ResultsStore::new(&args.out);
     let pending: Vec<&Run> = runs
@@ -373,20 +402,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn shards_partition_run_ids() {
+    fn shards_partition_run_ids_in_balanced_parts() {
         let ids: Vec<String> = (0..200).map(|i| format!("run-{i}")).collect();
-        for count in [1u64, 2, 3, 7] {
-            let shards: Vec<Shard> = (0..count).map(|index| Shard { index, count }).collect();
-            for id in &ids {
-                assert_eq!(
-                    shards.iter().filter(|s| s.contains(id)).count(),
-                    1,
-                    "{id} in exactly one of {count}"
-                );
+        for count in [1u64, 2, 3, 7, 15, 16, 250] {
+            let shard = assign_shards(ids.iter().map(String::as_str), count);
+            assert_eq!(shard.len(), ids.len(), "every id has one shard");
+            let mut sizes = vec![0usize; count as usize];
+            for &s in shard.values() {
+                sizes[s as usize] += 1;
             }
+            let (lo, hi) = (sizes.iter().min().unwrap(), sizes.iter().max().unwrap());
+            assert!(hi - lo <= 1, "{count} shards: sizes {sizes:?}");
+            assert_eq!(sizes.iter().sum::<usize>(), 200);
         }
-        // Fixed partition: the value for a given id never changes across versions or machines.
-        assert_eq!(shard_of("cs-dfd-s0-d9e84e4c74e0", 4), shard_of("cs-dfd-s0-d9e84e4c74e0", 4));
+        // 15 runs in 4 shards: 4/4/4/3 (a hash partition gave 4/2/6/3).
+        let fifteen: Vec<String> = (0..15).map(|i| format!("r{i:02}")).collect();
+        let shard = assign_shards(fifteen.iter().map(String::as_str), 4);
+        let sizes: Vec<usize> = (0..4).map(|s| shard.values().filter(|&&v| v == s).count()).collect();
+        assert_eq!(sizes, [4, 4, 4, 3]);
+        // Fixed partition, pinned: sorted ids in turn, whatever order they come in.
+        let ids = ["o-s1-bb", "cs-dfd-s0-d9e84e4c74e0", "s-s0-aa", "o-s0-cc", "roga-s0-dd"];
+        let shard = assign_shards(ids, 2);
+        assert_eq!(shard["cs-dfd-s0-d9e84e4c74e0"], 0);
+        assert_eq!(shard["o-s0-cc"], 1);
+        assert_eq!(shard["o-s1-bb"], 0);
+        assert_eq!(shard["roga-s0-dd"], 1);
+        assert_eq!(shard["s-s0-aa"], 0);
     }
 
     #[test]
