@@ -149,6 +149,12 @@ pub struct Manifest {
     pub notes: Vec<String>,
     #[serde(default)]
     pub report: ReportSpec,
+    /// Frames each set actually used, per label: `train`, `val`, `test:<name>` -> label -> frames.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub frames_used: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Train/test leakage found by the data pre-flight (shared videos or frames, val = test).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub leakage: Vec<String>,
 }
 
 impl Manifest {
@@ -190,6 +196,8 @@ impl Manifest {
             skipped_files: BTreeMap::new(),
             notes: Vec::new(),
             report: ReportSpec::default(),
+            frames_used: BTreeMap::new(),
+            leakage: Vec::new(),
         }
     }
 
