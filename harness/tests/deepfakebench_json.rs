@@ -451,3 +451,35 @@ fn shipped_run_ids_are_unchanged() {
     assert_eq!(got.len(), 180);
     assert_eq!(got, expected);
 }
+
+#[test]
+fn labels_the_data_lacks_are_warned_about() {
+    // FF-DF.json standing in for FaceForensics++: the protocol's default fakes are FF-DF,
+    // FF-F2F, FF-FS and FF-NT, the data has only FF-DF.
+    let (d, root) = released_root();
+    std::fs::copy(root.join("dataset_json/FF-DF.json"), root.join("dataset_json/FaceForensics++.json")).unwrap();
+    let text = protocol_text("ffpp", "dataset = \"FaceForensics++\"", &["DFDC"], "", 2);
+    let p = d.path().join("ffpp.toml");
+    std::fs::write(&p, text).unwrap();
+    let (code, out) = bench(&["validate", p.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("warning: the train set (dataset FaceForensics++ split train) has no `FF-F2F`, `FF-FS`, `FF-NT`"),
+        "{out}"
+    );
+}
+
+#[test]
+fn path_map_and_drop_overlap_are_checked_like_every_key() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    let p = dir.path().join("p.toml");
+    let text = protocol_text("x", "dataset = \"UADFV\"\ndrop_overlap = \"yes\"", &["UADFV"], "", 2)
+        .replace(&format!("path_map = {{ \"{PREFIX}\" = \"\" }}"), "path_map = { \"/a\" = 3, \"\" = \"b\" }");
+    let errs = harness::protocol::load_str(&text, &p).unwrap_err().to_string();
+    assert!(errs.contains("data.path_map./a") || errs.contains("data.path_map.\"/a\""), "{errs}");
+    assert!(errs.contains("empty prefix") && errs.contains("train.drop_overlap"), "{errs}");
+    let synth = "name = \"s\"\nseeds = [0]\n[data]\nformat = \"synthetic\"\npath_map = { \"/a\" = \"\" }\n[train]\ndataset = \"UADFV\"\n[[test]]\ndataset = \"UADFV\"\n[methods.O]\nkind = \"erm\"\n";
+    let errs = harness::protocol::load_str(synth, &p).unwrap_err().to_string();
+    assert!(errs.contains("`path_map` is not used with format = \"synthetic\""), "{errs}");
+}

@@ -225,7 +225,7 @@ pub fn preflight(runs: &[&Run]) -> Preflight {
     let mut seen_groups: BTreeSet<String> = BTreeSet::new();
     let mut used_issues: BTreeSet<(PathBuf, String)> = BTreeSet::new();
     let mut all_issues: Vec<JsonIssue> = Vec::new();
-    let mut rows: BTreeMap<(String, String, String, Split), [usize; 3]> = BTreeMap::new();
+    let mut rows: BTreeMap<(Role, String, String, String, Split), [usize; 3]> = BTreeMap::new();
     let mut messages: BTreeSet<String> = BTreeSet::new();
     let mut push = |list: &mut Vec<String>, msg: String| {
         if messages.insert(msg.clone()) {
@@ -379,13 +379,17 @@ pub fn preflight(runs: &[&Run]) -> Preflight {
     }
     let mut t = String::new();
     if !rows.is_empty() {
+        let w = |f: &dyn Fn(&(Role, String, String, String, Split)) -> usize, min: usize| {
+            rows.keys().map(f).max().unwrap_or(0).max(min)
+        };
+        let (ws, wd, wl) = (w(&|k| k.1.chars().count(), 3), w(&|k| k.2.chars().count(), 7), w(&|k| k.3.chars().count(), 5));
         let _ = writeln!(
             t,
-            "{:<16} {:<20} {:<18} {:<6} {:>7} {:>8} {:>8}",
+            "{:<ws$}  {:<wd$}  {:<wl$}  {:<5}  {:>7}  {:>8}  {:>8}",
             "set", "dataset", "label", "split", "videos", "frames", "missing"
         );
-        for ((set, d, l, sp), [v, f, m]) in &rows {
-            let _ = writeln!(t, "{set:<16} {d:<20} {l:<18} {:<6} {v:>7} {f:>8} {m:>8}", sp.as_str());
+        for ((_, set, d, l, sp), [v, f, m]) in &rows {
+            let _ = writeln!(t, "{set:<ws$}  {d:<wd$}  {l:<wl$}  {:<5}  {v:>7}  {f:>8}  {m:>8}", sp.as_str());
         }
     }
     pf.table = t;
@@ -399,7 +403,7 @@ fn check_set(
     ix: &Index,
     root: &Path,
     exists: &mut HashMap<PathBuf, bool>,
-    rows: &mut BTreeMap<(String, String, String, Split), [usize; 3]>,
+    rows: &mut BTreeMap<(Role, String, String, String, Split), [usize; 3]>,
     pf: &mut Preflight,
     push: &mut impl FnMut(&mut Vec<String>, String),
 ) {
@@ -414,7 +418,9 @@ fn check_set(
     let mut videos: BTreeMap<(String, String), BTreeSet<(Option<String>, String)>> = BTreeMap::new();
     for e in &ix.entries {
         let here = *exists.entry(e.frame_path.clone()).or_insert_with(|| e.frame_path.is_file());
-        let row = rows.entry((spec.name.clone(), e.dataset.clone(), e.label_name.clone(), e.split)).or_default();
+        let row = rows
+            .entry((spec.role.clone(), spec.name.clone(), e.dataset.clone(), e.label_name.clone(), e.split))
+            .or_default();
         row[1] += 1;
         if !here {
             row[2] += 1;
@@ -426,7 +432,7 @@ fn check_set(
             .insert((e.compression.clone(), e.video.clone()));
     }
     for ((d, l), v) in videos {
-        if let Some(row) = rows.get_mut(&(spec.name.clone(), d, l, spec.split)) {
+        if let Some(row) = rows.get_mut(&(spec.role.clone(), spec.name.clone(), d, l, spec.split)) {
             row[0] = v.len();
         }
     }
