@@ -149,12 +149,27 @@ pub struct Manifest {
     pub notes: Vec<String>,
     #[serde(default)]
     pub report: ReportSpec,
+    /// What the run read: frames per set and label, leakage between its sets.
+    #[serde(default, skip_serializing_if = "DataUsage::is_empty")]
+    pub data: DataUsage,
+}
+
+/// The data a run used (`Manifest::data`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DataUsage {
     /// Frames each set actually used, per label: `train`, `val`, `test:<name>` -> label -> frames.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(default)]
     pub frames_used: BTreeMap<String, BTreeMap<String, u64>>,
-    /// Train/test leakage found by the data pre-flight (shared videos or frames, val = test).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// Train/test leakage: shared videos or frame files, a validation set that is a test set,
+    /// and what `train.drop_overlap` dropped.
+    #[serde(default)]
     pub leakage: Vec<String>,
+}
+
+impl DataUsage {
+    pub fn is_empty(&self) -> bool {
+        self.frames_used.is_empty() && self.leakage.is_empty()
+    }
 }
 
 impl Manifest {
@@ -196,8 +211,7 @@ impl Manifest {
             skipped_files: BTreeMap::new(),
             notes: Vec::new(),
             report: ReportSpec::default(),
-            frames_used: BTreeMap::new(),
-            leakage: Vec::new(),
+            data: DataUsage::default(),
         }
     }
 

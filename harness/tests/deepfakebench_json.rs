@@ -348,10 +348,11 @@ fn cross_dataset_protocol_on_the_released_jsons_runs_to_completion() {
     let run_dir = std::fs::read_dir(results.join("ffdf-cross")).unwrap().next().unwrap().unwrap().path();
     let m: Value = serde_json::from_str(&std::fs::read_to_string(run_dir.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(m["status"], "complete");
-    assert_eq!(m["frames_used"]["train"]["FF-real"], 16);
-    assert_eq!(m["frames_used"]["train"]["FF-DF"], 16);
-    assert_eq!(m["frames_used"]["test:DFDC"]["DFDC_Real"], 8);
-    assert_eq!(m["frames_used"]["test:UADFV"]["UADFV_Fake"], 8);
+    let used = &m["data"]["frames_used"];
+    assert_eq!(used["train"]["FF-real"], 16);
+    assert_eq!(used["train"]["FF-DF"], 16);
+    assert_eq!(used["test:DFDC"]["DFDC_Real"], 8);
+    assert_eq!(used["test:UADFV"]["UADFV_Fake"], 8);
 }
 
 #[test]

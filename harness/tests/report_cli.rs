@@ -187,6 +187,7 @@ fn write_run(store: &ResultsStore, protocol: &str, sp: &Spec) -> String {
         skipped_files: Default::default(),
         notes: vec![],
         report: sp.report.clone(),
+        data: Default::default(),
     };
     if sp.status == RunStatus::Complete {
         run.write_trace(&trace).unwrap();

@@ -42,6 +42,7 @@ fn manifest(id: &str, status: RunStatus) -> Manifest {
             tables: vec!["csdfd-table1".into()],
             plots: vec!["roc".into()],
         },
+        data: Default::default(),
     }
 }
 

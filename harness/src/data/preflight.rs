@@ -37,7 +37,7 @@ pub fn parse_split(s: &str) -> Result<Split> {
 
 /// Real frames and the listed fakes of the training dataset, in the training compression.
 fn on_train_side(c: &RunConfig, e: &FrameEntry) -> bool {
-    (e.label == 0 || c.train.manipulations.iter().any(|m| *m == e.label_name))
+    (e.label == 0 || c.train.manipulations.contains(&e.label_name))
         && c.train.compression.as_ref().is_none_or(|want| e.compression.as_ref().is_none_or(|have| have == want))
 }
 
@@ -169,6 +169,11 @@ enum Role {
     Test(usize),
 }
 
+/// A pre-flight table row: set role and name, dataset, label, split.
+type RowKey = (Role, String, String, String, Split);
+/// Videos, frames, missing frames per row.
+type Rows = BTreeMap<RowKey, [usize; 3]>;
+
 /// One set as a run reads it; equal specs are checked once.
 #[derive(Debug, Clone)]
 struct SetSpec {
@@ -225,7 +230,7 @@ pub fn preflight(runs: &[&Run]) -> Preflight {
     let mut seen_groups: BTreeSet<String> = BTreeSet::new();
     let mut used_issues: BTreeSet<(PathBuf, String)> = BTreeSet::new();
     let mut all_issues: Vec<JsonIssue> = Vec::new();
-    let mut rows: BTreeMap<(Role, String, String, String, Split), [usize; 3]> = BTreeMap::new();
+    let mut rows: Rows = BTreeMap::new();
     let mut messages: BTreeSet<String> = BTreeSet::new();
     let mut push = |list: &mut Vec<String>, msg: String| {
         if messages.insert(msg.clone()) {
@@ -379,7 +384,7 @@ pub fn preflight(runs: &[&Run]) -> Preflight {
     }
     let mut t = String::new();
     if !rows.is_empty() {
-        let w = |f: &dyn Fn(&(Role, String, String, String, Split)) -> usize, min: usize| {
+        let w = |f: &dyn Fn(&RowKey) -> usize, min: usize| {
             rows.keys().map(f).max().unwrap_or(0).max(min)
         };
         let (ws, wd, wl) = (w(&|k| k.1.chars().count(), 3), w(&|k| k.2.chars().count(), 7), w(&|k| k.3.chars().count(), 5));
@@ -403,7 +408,7 @@ fn check_set(
     ix: &Index,
     root: &Path,
     exists: &mut HashMap<PathBuf, bool>,
-    rows: &mut BTreeMap<(Role, String, String, String, Split), [usize; 3]>,
+    rows: &mut Rows,
     pf: &mut Preflight,
     push: &mut impl FnMut(&mut Vec<String>, String),
 ) {
@@ -415,7 +420,8 @@ fn check_set(
         return;
     }
     let mut missing: Vec<&Path> = Vec::new();
-    let mut videos: BTreeMap<(String, String), BTreeSet<(Option<String>, String)>> = BTreeMap::new();
+    // (dataset, label, compression, video)
+    let mut videos: BTreeSet<(&str, &str, Option<&str>, &str)> = BTreeSet::new();
     for e in &ix.entries {
         let here = *exists.entry(e.frame_path.clone()).or_insert_with(|| e.frame_path.is_file());
         let row = rows
@@ -426,14 +432,11 @@ fn check_set(
             row[2] += 1;
             missing.push(&e.frame_path);
         }
-        videos
-            .entry((e.dataset.clone(), e.label_name.clone()))
-            .or_default()
-            .insert((e.compression.clone(), e.video.clone()));
+        videos.insert((&e.dataset, &e.label_name, e.compression.as_deref(), &e.video));
     }
-    for ((d, l), v) in videos {
-        if let Some(row) = rows.get_mut(&(spec.role.clone(), spec.name.clone(), d, l, spec.split)) {
-            row[0] = v.len();
+    for (d, l, _, _) in videos {
+        if let Some(row) = rows.get_mut(&(spec.role.clone(), spec.name.clone(), d.to_string(), l.to_string(), spec.split)) {
+            row[0] += 1;
         }
     }
     let absent = absent_labels(c, spec, ix);

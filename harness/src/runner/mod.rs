@@ -200,7 +200,7 @@ pub fn cmd_run(args: RunArgs, verbosity: Verbosity) -> anyhow::Result<ExitCode> 
         ));
     }
     let mut failed = Vec::new();
-    let mut finished: Vec<(String, Vec<(String, Option<f64>)>)> = Vec::new();
+    let mut finished: Vec<RunAucs> = Vec::new();
     for run in pending {
         let run_dir = store.create(&protocol.name, &run.id)?;
         let mut manifest = new_manifest(run, &report, &device, git.as_ref())?;
@@ -212,8 +212,7 @@ pub fn cmd_run(args: RunArgs, verbosity: Verbosity) -> anyhow::Result<ExitCode> 
                 manifest.status = RunStatus::Complete;
                 manifest.skipped_files = out.skipped_files;
                 manifest.notes.extend(out.notes);
-                manifest.frames_used = out.frames_used;
-                manifest.leakage = out.leakage;
+                manifest.data = results::DataUsage { frames_used: out.frames_used, leakage: out.leakage };
                 run_dir.write_manifest(&manifest)?;
                 finished.push((run.id.clone(), out.auc));
                 progress.finish_run("complete");
@@ -291,8 +290,11 @@ fn new_manifest(
     Ok(m)
 }
 
+/// A run id and its frame-level AUC per test set (`None`: undefined).
+pub type RunAucs = (String, Vec<(String, Option<f64>)>);
+
 /// Frame-level AUC of each finished run per test set, and their mean (AVG, over the defined ones).
-pub fn auc_table(runs: &[(String, Vec<(String, Option<f64>)>)]) -> String {
+pub fn auc_table(runs: &[RunAucs]) -> String {
     use std::fmt::Write;
     let mut sets: Vec<&str> = Vec::new();
     for (_, aucs) in runs {
