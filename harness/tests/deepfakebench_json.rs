@@ -484,3 +484,63 @@ fn path_map_and_drop_overlap_are_checked_like_every_key() {
     let errs = harness::protocol::load_str(synth, &p).unwrap_err().to_string();
     assert!(errs.contains("`path_map` is not used with format = \"synthetic\""), "{errs}");
 }
+
+#[test]
+fn quirks_a_protocol_reads_are_warnings_or_errors_as_they_deserve() {
+    let (d, root) = released_root();
+    // A flattened split that a test set reads: one video, with a warning saying who uses it.
+    let text = protocol_text("flat", "dataset = \"FF-DF\"\nmanipulations = [\"FF-DF\"]\ncompression = \"c23\"", &["DFDC"], "", 2)
+        .replace("dataset = \"DFDC\"\nsplit = \"test\"", "dataset = \"DFDC\"\nsplit = \"val\"");
+    let p = d.path().join("flat.toml");
+    std::fs::write(&p, text).unwrap();
+    let (code, out) = bench(&["validate", p.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("read as one video (used by the test `DFDC` set)"), "{out}");
+    assert!(
+        out.contains("the test `DFDC` set (dataset DFDC split val) has no `DFDC_Fake` (the protocol asks for them; one class: its AUC, EER and AP are undefined)"),
+        "{out}"
+    );
+
+    // A malformed split: an error naming the key when a set reads it, a warning when none does.
+    let json = root.join("dataset_json/FF-DF.json");
+    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    v["FF-DF"]["FF-DF"]["test"]["c23"]["077_078"]["frames"] = json!("not a list");
+    std::fs::write(&json, v.to_string()).unwrap();
+    let in_domain = protocol_text("bad", "dataset = \"FF-DF\"\nmanipulations = [\"FF-DF\"]\ncompression = \"c23\"", &["FF-DF"], "", 2)
+        .replace("dataset = \"FF-DF\"\nsplit = \"test\"", "dataset = \"FF-DF\"\nmanipulations = [\"FF-DF\"]\nsplit = \"test\"");
+    let p = d.path().join("bad.toml");
+    std::fs::write(&p, &in_domain).unwrap();
+    let (code, out) = bench(&["validate", p.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(r#"error: "#)
+            && out.contains(r#"at $["FF-DF"]["FF-DF"]["test"]["c23"]["077_078"]["frames"]: expected an array"#)
+            && out.contains("the test `FF-DF` set needs it: fix the JSON"),
+        "{out}"
+    );
+    let cross = protocol_text("ok", "dataset = \"FF-DF\"\nmanipulations = [\"FF-DF\"]\ncompression = \"c23\"", &["DFDC"], "", 2);
+    std::fs::write(&p, &cross).unwrap();
+    let (code, out) = bench(&["validate", p.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(r#"["077_078"]["frames"]: expected an array; the test split of FF-DF is skipped (not used by this protocol)"#), "{out}");
+}
+
+#[test]
+fn drop_overlap_trains_without_the_shared_videos() {
+    let (d, _root) = released_root();
+    let text = protocol_text("celeb-drop", "dataset = \"Celeb-DF-v2\"\ndrop_overlap = true", &["Celeb-DF-v2"], "", 2);
+    let p = d.path().join("drop.toml");
+    std::fs::write(&p, text).unwrap();
+    let results = d.path().join("results");
+    let (code, out) = bench(&["run", p.to_str().unwrap(), "--out", results.to_str().unwrap(), "--no-weights"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("train.drop_overlap = true: 2 overlapping videos are dropped from training"), "{out}");
+    let run_dir = std::fs::read_dir(results.join("celeb-drop")).unwrap().next().unwrap().unwrap().path();
+    let m: Value = serde_json::from_str(&std::fs::read_to_string(run_dir.join("manifest.json")).unwrap()).unwrap();
+    // Real training videos 00000 and 00001 are test videos: only 00002 (4 frames) is left.
+    assert_eq!(m["data"]["frames_used"]["train"]["CelebDFv2_real"], 4, "{m}");
+    assert_eq!(m["data"]["frames_used"]["train"]["CelebDFv2_fake"], 8, "{m}");
+    let leakage: Vec<&str> = m["data"]["leakage"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    assert!(leakage.iter().any(|l| l.contains("2 overlapping videos dropped from training")), "{leakage:?}");
+    assert!(leakage.iter().any(|l| l.contains("the validation set is test set `Celeb-DF-v2`")), "{leakage:?}");
+}

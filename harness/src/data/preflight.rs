@@ -441,7 +441,13 @@ fn check_set(
     }
     let absent = absent_labels(c, spec, ix);
     if !absent.is_empty() {
-        push(&mut pf.warnings, format!("the {what} has no {} (the protocol asks for them)", absent.join(", ")));
+        let one_class = !(ix.entries.iter().any(|e| e.label == 0) && ix.entries.iter().any(|e| e.label == 1));
+        let note = if one_class && matches!(spec.role, Role::Test(_)) {
+            "; one class: its AUC, EER and AP are undefined"
+        } else {
+            ""
+        };
+        push(&mut pf.warnings, format!("the {what} has no {} (the protocol asks for them{note})", absent.join(", ")));
     }
     if missing.is_empty() {
         return;
