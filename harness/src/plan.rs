@@ -270,7 +270,24 @@ pub fn cmd_validate(args: ValidateArgs, v: Verbosity) -> anyhow::Result<ExitCode
         let _ = write!(out, " x sweep points of {}", paths.join(", "));
     }
     let _ = writeln!(out, "; results in results/runs/{}", p.name);
+    // Data pre-flight: what `bench run` would read, checked now (stat only, no decoding).
+    let all: Vec<&Run> = runs.iter().collect();
+    let pf = crate::data::preflight::applies(&all).then(|| crate::data::preflight::preflight(&all));
+    if let Some(pf) = &pf {
+        out.push_str("\ndata pre-flight:\n");
+        out.push_str(&pf.render());
+    }
     print_lines(out.lines())?;
+    if let Some(pf) = pf
+        && !pf.ok()
+    {
+        return Err(CliError::failed(format!(
+            "{}: data pre-flight failed ({} error(s)): `bench run` would fail",
+            args.protocol.display(),
+            pf.errors.len()
+        ))
+        .into());
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -236,9 +236,10 @@ pub fn collect_inputs(
                     Some(r) => r.to_path_buf(),
                     None => default_root(input),
                 };
-                let opts = IndexOptions { frames_per_video };
-                let index =
-                    Index::from_json(input, &root, &opts).map_err(|e| CliError::config(format!("{e:#}")))?;
+                let opts = IndexOptions { frames_per_video, ..Default::default() };
+                let index = Index::from_json(input, &root, &opts)
+                    .and_then(Index::strict)
+                    .map_err(|e| CliError::config(format!("{e:#}")))?;
                 let entries = index.entries.into_iter().filter(|e| split.is_none_or(|s| e.split == s));
                 items.extend(entries.map(|e| Item {
                     path: e.frame_path,

@@ -152,10 +152,13 @@ pub struct Manifest {
     #[serde(default)]
     pub report: ReportSpec,
     /// Size and SHA-256 of every result file, recorded when the run completes, so that a
-    /// truncated, garbled or deleted file is detected (see [`verify_files`]). Empty in manifests
+    /// truncated, garbled or deleted file is detected (see [`RunDir::damage`]). Empty in manifests
     /// written before checksums were recorded: those runs cannot be verified.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub files: BTreeMap<String, FileDigest>,
+    /// What the run read: frames per set and label, leakage between its sets.
+    #[serde(default, skip_serializing_if = "DataUsage::is_empty")]
+    pub data: DataUsage,
 }
 
 /// Size in bytes and SHA-256 (lowercase hex) of one result file.
@@ -163,6 +166,24 @@ pub struct Manifest {
 pub struct FileDigest {
     pub size: u64,
     pub sha256: String,
+}
+
+/// The data a run used (`Manifest::data`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DataUsage {
+    /// Frames each set actually used, per label: `train`, `val`, `test:<name>` -> label -> frames.
+    #[serde(default)]
+    pub frames_used: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Train/test leakage: shared videos or frame files, a validation set that is a test set,
+    /// and what `train.drop_overlap` dropped.
+    #[serde(default)]
+    pub leakage: Vec<String>,
+}
+
+impl DataUsage {
+    pub fn is_empty(&self) -> bool {
+        self.frames_used.is_empty() && self.leakage.is_empty()
+    }
 }
 
 impl Manifest {
@@ -205,6 +226,7 @@ impl Manifest {
             notes: Vec::new(),
             report: ReportSpec::default(),
             files: BTreeMap::new(),
+            data: DataUsage::default(),
         }
     }
 

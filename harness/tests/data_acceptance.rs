@@ -193,7 +193,7 @@ fn tensor_bytes(b: &detectors::Batch) -> (Vec<f32>, Vec<f32>) {
 #[test]
 fn json_index_counts_labels_spreading_and_side_paths() {
     let fx = ff_fixture();
-    let idx = Index::from_json(&fx.json, &fx.root, &IndexOptions { frames_per_video: Some(4) }).unwrap();
+    let idx = Index::from_json(&fx.json, &fx.root, &IndexOptions { frames_per_video: Some(4), ..Default::default() }).unwrap();
     let train = idx.select(&Selection::new().split(Split::Train));
     // 001: 4 of 10 spread; 002: 2 (short); 001_002: 4 of 10.
     assert_eq!(train.len(), 10);
@@ -256,14 +256,14 @@ fn json_errors_name_file_and_key_path() {
         r#"{"X": {"X_real": {"train": {"v1": {"label": "X_real", "frames": ["X\\frames\\v1\\000.png", 5]}}}}}"#,
     )
     .unwrap();
-    let e = format!("{:#}", Index::from_json(&p, dir.path(), &IndexOptions::default()).unwrap_err());
+    let e = format!("{:#}", Index::from_json(&p, dir.path(), &IndexOptions::default()).unwrap().strict().unwrap_err());
     assert!(
         e.contains("bad.json") && e.contains(r#"["v1"]["frames"][1]"#) && e.contains("expected a string"),
         "{e}"
     );
 
     std::fs::write(&p, r#"{"X": {"X_real": {"training": {}}}}"#).unwrap();
-    let e = format!("{:#}", Index::from_json(&p, dir.path(), &IndexOptions::default()).unwrap_err());
+    let e = format!("{:#}", Index::from_json(&p, dir.path(), &IndexOptions::default()).unwrap().strict().unwrap_err());
     assert!(e.contains(r#"$["X"]["X_real"]["training"]"#) && e.contains("unknown split"), "{e}");
 
     // A path escaping the data root is refused.
@@ -272,7 +272,7 @@ fn json_errors_name_file_and_key_path() {
         r#"{"X": {"X_real": {"test": {"v1": {"label": "X_real", "frames": ["X\\..\\..\\..\\etc\\frames\\v1\\0.png"]}}}}}"#,
     )
     .unwrap();
-    let e = format!("{:#}", Index::from_json(&p, dir.path(), &IndexOptions::default()).unwrap_err());
+    let e = format!("{:#}", Index::from_json(&p, dir.path(), &IndexOptions::default()).unwrap().strict().unwrap_err());
     assert!(
         e.contains("bad.json") && e.contains("escapes the data root") && e.contains("[\"frames\"][0]"),
         "{e}"
@@ -296,7 +296,7 @@ fn folder_tree_index() {
     write_png(&r.join("Other/test/fake/w/0.png"), &face_image(FRAME_PX, 2));
     std::fs::write(r.join("Other/test/fake/w/notes.txt"), "ignored").unwrap();
 
-    let idx = Index::from_root(r, &IndexOptions { frames_per_video: Some(2) }).unwrap();
+    let idx = Index::from_root(r, &IndexOptions { frames_per_video: Some(2), ..Default::default() }).unwrap();
     let uadfv = idx.select(&Selection::new().dataset("UADFV"));
     for s in Split::ALL {
         let sub = uadfv.select(&Selection::new().split(s));

@@ -188,6 +188,7 @@ fn write_run(store: &ResultsStore, protocol: &str, sp: &Spec) -> String {
         notes: vec![],
         report: sp.report.clone(),
         files: Default::default(),
+        data: Default::default(),
     };
     if sp.status == RunStatus::Complete {
         run.write_trace(&trace).unwrap();

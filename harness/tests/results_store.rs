@@ -43,6 +43,7 @@ fn manifest(id: &str, status: RunStatus) -> Manifest {
             plots: vec!["roc".into()],
         },
         files: Default::default(),
+        data: Default::default(),
     }
 }
 

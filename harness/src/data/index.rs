@@ -143,6 +143,8 @@ impl fmt::Display for VideoKey {
 pub struct IndexOptions {
     /// Keep at most this many frames per video, spread evenly.
     pub frames_per_video: Option<usize>,
+    /// Prefix rewrites of JSON frame paths (`data.path_map`), tried in order; see [`map_path`].
+    pub path_map: Vec<(String, String)>,
 }
 
 /// A video with fewer frames than [`IndexOptions::frames_per_video`] asked for.
@@ -160,6 +162,8 @@ pub struct ShortVideo {
 pub struct Index {
     pub entries: Vec<FrameEntry>,
     pub short_videos: Vec<ShortVideo>,
+    /// Parts of the source JSONs that were skipped or read in a degraded way.
+    pub issues: Vec<JsonIssue>,
 }
 
 /// Which frames to keep ([`Index::select`]). Each `None` field accepts everything.
@@ -246,132 +250,54 @@ impl Index {
 
     /// As [`Index::from_json`] for an already parsed value; `source` names it in errors.
     pub fn from_json_value(value: &Value, source: &Path, root: &Path, opts: &IndexOptions) -> Result<Index> {
-        let err = |path: &str, what: String| anyhow!("{}: at {path}: {what}", source.display());
-        let top = value.as_object().ok_or_else(|| err("$", "expected an object {dataset: {...}}".into()))?;
+        let top = value.as_object().ok_or_else(|| {
+            anyhow!("{}: at $: expected an object {{dataset: {{label: {{split: ...}}}}}}", source.display())
+        })?;
         let mut out = Index::default();
+        let issue = |dataset: &str, label: &str, split: Option<Split>, key: String, kind: IssueKind| JsonIssue {
+            source: source.to_path_buf(),
+            dataset: dataset.to_string(),
+            label: label.to_string(),
+            split,
+            key,
+            kind,
+        };
         for (dataset, labels) in top {
             let kp = format!("$[{dataset:?}]");
-            let labels =
-                labels.as_object().ok_or_else(|| err(&kp, "expected an object {label: {...}}".into()))?;
+            let Some(labels) = labels.as_object() else {
+                let why = "expected an object {label: {split: ...}}; this dataset is skipped".to_string();
+                out.issues.push(issue(dataset, "", None, kp, IssueKind::Malformed(why)));
+                continue;
+            };
             for (label_key, splits) in labels {
                 let kp = format!("{kp}[{label_key:?}]");
-                let splits =
-                    splits.as_object().ok_or_else(|| err(&kp, "expected an object {split: {...}}".into()))?;
+                let Some(splits) = splits.as_object() else {
+                    let why = "expected an object {split: {...}}; this label is skipped".to_string();
+                    out.issues.push(issue(dataset, label_key, None, kp, IssueKind::Malformed(why)));
+                    continue;
+                };
                 for (split_key, level) in splits {
                     let kp = format!("{kp}[{split_key:?}]");
-                    let split = Split::parse(split_key).ok_or_else(|| {
-                        err(&kp, format!("unknown split {split_key:?} (expected train, val or test)"))
-                    })?;
-                    let level = level.as_object().ok_or_else(|| err(&kp, "expected an object".into()))?;
-                    // Either videos directly, or one more level of compressions.
-                    let has_videos = level.values().any(|v| v.get("frames").is_some());
-                    let groups: Vec<(Option<&str>, &serde_json::Map<String, Value>, String)> = if has_videos {
-                        vec![(None, level, kp.clone())]
-                    } else {
-                        let mut g = Vec::new();
-                        for (comp, videos) in level {
-                            let kp = format!("{kp}[{comp:?}]");
-                            let videos = videos.as_object().ok_or_else(|| {
-                                err(&kp, "expected an object of videos {video: {\"frames\": [...]}}".into())
-                            })?;
-                            g.push((Some(comp.as_str()), videos, kp));
-                        }
-                        g
+                    let Some(split) = Split::parse(split_key) else {
+                        let why = format!("unknown split {split_key:?} (expected train, val or test); skipped");
+                        out.issues.push(issue(dataset, label_key, None, kp, IssueKind::Malformed(why)));
+                        continue;
                     };
-                    for (comp, videos, kp) in groups {
-                        for (video_key, video) in videos {
-                            let kp = format!("{kp}[{video_key:?}]");
-                            let vobj = video.as_object().ok_or_else(|| {
-                                err(&kp, "expected a video object {\"label\", \"frames\", \"masks\"}".into())
-                            })?;
-                            let label_name = match vobj.get("label") {
-                                None => label_key.clone(),
-                                Some(Value::String(s)) => s.clone(),
-                                Some(_) => {
-                                    return Err(err(&format!("{kp}[\"label\"]"), "expected a string".into()));
-                                }
-                            };
-                            let frames = vobj
-                                .get("frames")
-                                .ok_or_else(|| err(&kp, "missing key \"frames\"".into()))?
-                                .as_array()
-                                .ok_or_else(|| {
-                                    err(&format!("{kp}[\"frames\"]"), "expected an array".into())
-                                })?;
-                            let masks = match vobj.get("masks") {
-                                None | Some(Value::Null) => None,
-                                Some(Value::Array(a)) => Some(a),
-                                Some(_) => {
-                                    return Err(err(&format!("{kp}[\"masks\"]"), "expected an array".into()));
-                                }
-                            };
-                            let mut items = Vec::with_capacity(frames.len());
-                            for (i, f) in frames.iter().enumerate() {
-                                let fkp = format!("{kp}[\"frames\"][{i}]");
-                                let s =
-                                    f.as_str().ok_or_else(|| err(&fkp, "expected a string path".into()))?;
-                                let (path, parts) = resolve(root, s).map_err(|e| err(&fkp, e))?;
-                                if parts.len() < 2 {
-                                    return Err(err(
-                                        &fkp,
-                                        format!("{s:?}: expected <video>/<frame> at least"),
-                                    ));
-                                }
-                                let mask = match masks.and_then(|m| m.get(i)) {
-                                    Some(Value::String(m)) => Some(
-                                        resolve(root, m)
-                                            .map_err(|e| err(&format!("{kp}[\"masks\"][{i}]"), e))?
-                                            .0,
-                                    ),
-                                    Some(Value::Null) | None => None,
-                                    Some(_) => {
-                                        return Err(err(
-                                            &format!("{kp}[\"masks\"][{i}]"),
-                                            "expected a string path".into(),
-                                        ));
-                                    }
-                                };
-                                let video = parts[parts.len() - 2].clone();
-                                let frame = parts[parts.len() - 1].clone();
-                                items.push((video, frame, path, mask));
+                    let place = SplitPlace { dataset, label_key, split, root, opts };
+                    match read_split(&place, level, &kp) {
+                        Ok(read) => {
+                            if read.flattened {
+                                out.issues.push(issue(dataset, label_key, Some(split), kp.clone(), IssueKind::Flattened));
                             }
-                            let wanted = opts.frames_per_video;
-                            let found = items.len();
-                            let mut kept = spread_sorted(items, wanted, |it| it.1.as_str());
-                            let label = if is_real_label(&label_name) { 0 } else { 1 };
-                            if let Some(w) = wanted
-                                && found < w
-                            {
-                                out.short_videos.push(ShortVideo {
-                                    key: VideoKey {
-                                        dataset: dataset.clone(),
-                                        label_name: label_name.clone(),
-                                        video: video_key.clone(),
-                                    },
-                                    split,
-                                    found,
-                                    wanted: w,
-                                });
+                            if read.videos == 0 {
+                                out.issues.push(issue(dataset, label_key, Some(split), kp, IssueKind::Empty));
                             }
-                            for (video, frame, path, mask) in kept.drain(..) {
-                                let landmark_path = landmark_path_for(&path).filter(|p| p.is_file());
-                                let mask_path = mask
-                                    .or_else(|| side_path(&path, "masks", None))
-                                    .filter(|p| label == 1 && p.is_file());
-                                out.entries.push(FrameEntry {
-                                    dataset: dataset.clone(),
-                                    label_name: label_name.clone(),
-                                    label,
-                                    manipulation: (label == 1).then(|| label_name.clone()),
-                                    split,
-                                    compression: comp.map(str::to_string),
-                                    video,
-                                    frame,
-                                    frame_path: path,
-                                    landmark_path,
-                                    mask_path,
-                                });
-                            }
+                            out.entries.extend(read.entries);
+                            out.short_videos.extend(read.short_videos);
+                        }
+                        Err((at, why)) => {
+                            let why = format!("{why}; the {split} split of {label_key} is skipped");
+                            out.issues.push(issue(dataset, label_key, Some(split), at, IssueKind::Malformed(why)));
                         }
                     }
                 }
@@ -502,6 +428,16 @@ impl Index {
     pub fn extend(&mut self, other: Index) {
         self.entries.extend(other.entries);
         self.short_videos.extend(other.short_videos);
+        self.issues.extend(other.issues);
+    }
+
+    /// Fails on the first malformed part of a source JSON (for callers that read a JSON
+    /// whole, such as `bench predict`); flattened and empty splits pass.
+    pub fn strict(self) -> Result<Index> {
+        match self.issues.iter().find(|i| i.is_malformed()) {
+            Some(i) => Err(anyhow!("{i}")),
+            None => Ok(self),
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -525,6 +461,7 @@ impl Index {
                 })
                 .cloned()
                 .collect(),
+            issues: self.issues.clone(),
         }
     }
 
@@ -533,6 +470,7 @@ impl Index {
         Index {
             entries: self.entries.iter().filter(|e| keep(e)).cloned().collect(),
             short_videos: Vec::new(),
+            issues: self.issues.clone(),
         }
     }
 
@@ -586,6 +524,209 @@ impl Index {
     }
 }
 
+/// A part of a dataset JSON that was skipped or read in a degraded way. Released DeepfakeBench
+/// JSONs have such parts (DFDC's flattened `val`, empty `train` splits), so they do not stop the
+/// indexing: whoever needs the split decides (an error for a split a protocol trains or tests
+/// on, a warning otherwise).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JsonIssue {
+    pub source: PathBuf,
+    pub dataset: String,
+    /// Label key; empty when a whole dataset was skipped.
+    pub label: String,
+    /// `None` when the problem is above the split level (a label that is not an object, an
+    /// unknown split key).
+    pub split: Option<Split>,
+    /// JSON key path of the problem, e.g. `$["DFDC"]["DFDC_Real"]["val"]`.
+    pub key: String,
+    pub kind: IssueKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IssueKind {
+    /// The split is one `{"label", "frames"}` video object instead of `{video: {...}}`; its
+    /// frames were read as one video.
+    Flattened,
+    /// The split lists no video.
+    Empty,
+    /// Unreadable; nothing of it was read. The text says what was expected.
+    Malformed(String),
+}
+
+impl JsonIssue {
+    pub fn is_malformed(&self) -> bool {
+        matches!(self.kind, IssueKind::Malformed(_))
+    }
+
+    /// Whether this issue affects frames of `dataset`/`label`/`split` (an issue above the split
+    /// level affects every split of its label, or of its dataset).
+    pub fn affects(&self, dataset: &str, label: &str, split: Split) -> bool {
+        self.dataset == dataset
+            && (self.label.is_empty() || self.label == label)
+            && self.split.is_none_or(|s| s == split)
+    }
+
+    pub fn message(&self) -> String {
+        match &self.kind {
+            IssueKind::Flattened => "flattened split: one {\"label\", \"frames\"} object instead of {video: {...}} \
+                 (a known defect of DeepfakeBench's rearrange.py); read as one video"
+                .to_string(),
+            IssueKind::Empty => "empty split: no videos (released DeepfakeBench JSONs leave unused splits empty, \
+                 e.g. DFDC's train)"
+                .to_string(),
+            IssueKind::Malformed(why) => why.clone(),
+        }
+    }
+}
+
+impl fmt::Display for JsonIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: at {}: {}", self.source.display(), self.key, self.message())
+    }
+}
+
+/// Where a split sits in its JSON, and how to read it.
+struct SplitPlace<'a> {
+    dataset: &'a str,
+    label_key: &'a str,
+    split: Split,
+    root: &'a Path,
+    opts: &'a IndexOptions,
+}
+
+struct SplitRead {
+    entries: Vec<FrameEntry>,
+    short_videos: Vec<ShortVideo>,
+    videos: usize,
+    flattened: bool,
+}
+
+/// Reads one split: `{video: {...}}`, `{compression: {video: {...}}}`, or the flattened
+/// `{"label", "frames"}` of one video. An error carries the key path of the offending value.
+fn read_split(place: &SplitPlace<'_>, level: &Value, kp: &str) -> std::result::Result<SplitRead, (String, String)> {
+    let err = |path: &str, what: &str| (path.to_string(), what.to_string());
+    let level = level.as_object().ok_or_else(|| err(kp, "expected an object {video: {\"frames\": [...]}}"))?;
+    let mut read = SplitRead { entries: Vec::new(), short_videos: Vec::new(), videos: 0, flattened: false };
+    if level.get("frames").is_some_and(Value::is_array) {
+        // DeepfakeBench's rearrange.py bug: the split is the video object itself. Its name is
+        // the folder of its first frame.
+        read.flattened = true;
+        let name = level["frames"]
+            .as_array()
+            .and_then(|a| a.first())
+            .and_then(Value::as_str)
+            .and_then(|s| s.split(['\\', '/']).filter(|p| !p.is_empty()).rev().nth(1))
+            .unwrap_or(place.label_key)
+            .to_string();
+        read_video(place, None, &name, &Value::Object(level.clone()), kp, &mut read)?;
+        return Ok(read);
+    }
+    // Either videos directly, or one more level of compressions.
+    let has_videos = level.values().any(|v| v.get("frames").is_some());
+    if has_videos {
+        for (video_key, video) in level {
+            read_video(place, None, video_key, video, &format!("{kp}[{video_key:?}]"), &mut read)?;
+        }
+    } else {
+        for (comp, videos) in level {
+            let kp = format!("{kp}[{comp:?}]");
+            let videos = videos
+                .as_object()
+                .ok_or_else(|| err(&kp, "expected an object of videos {video: {\"frames\": [...]}}"))?;
+            for (video_key, video) in videos {
+                read_video(place, Some(comp), video_key, video, &format!("{kp}[{video_key:?}]"), &mut read)?;
+            }
+        }
+    }
+    Ok(read)
+}
+
+fn read_video(
+    place: &SplitPlace<'_>,
+    comp: Option<&str>,
+    video_key: &str,
+    video: &Value,
+    kp: &str,
+    read: &mut SplitRead,
+) -> std::result::Result<(), (String, String)> {
+    let err = |path: String, what: String| (path, what);
+    let vobj = video
+        .as_object()
+        .ok_or_else(|| err(kp.to_string(), "expected a video object {\"label\", \"frames\", \"masks\"}".into()))?;
+    let label_name = match vobj.get("label") {
+        None => place.label_key.to_string(),
+        Some(Value::String(s)) => s.clone(),
+        Some(_) => return Err(err(format!("{kp}[\"label\"]"), "expected a string".into())),
+    };
+    let frames = vobj
+        .get("frames")
+        .ok_or_else(|| err(kp.to_string(), "missing key \"frames\"".into()))?
+        .as_array()
+        .ok_or_else(|| err(format!("{kp}[\"frames\"]"), "expected an array".into()))?;
+    let masks = match vobj.get("masks") {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(a)) => Some(a),
+        Some(_) => return Err(err(format!("{kp}[\"masks\"]"), "expected an array".into())),
+    };
+    let (root, map) = (place.root, &place.opts.path_map);
+    let mut items = Vec::with_capacity(frames.len());
+    for (i, f) in frames.iter().enumerate() {
+        let fkp = format!("{kp}[\"frames\"][{i}]");
+        let s = f.as_str().ok_or_else(|| err(fkp.clone(), "expected a string path".into()))?;
+        let (path, parts) = resolve(root, s, map).map_err(|e| err(fkp.clone(), e))?;
+        if parts.len() < 2 {
+            return Err(err(fkp, format!("{s:?}: expected <video>/<frame> at least")));
+        }
+        let mask = match masks.and_then(|m| m.get(i)) {
+            Some(Value::String(m)) => {
+                Some(resolve(root, m, map).map_err(|e| err(format!("{kp}[\"masks\"][{i}]"), e))?.0)
+            }
+            Some(Value::Null) | None => None,
+            Some(_) => return Err(err(format!("{kp}[\"masks\"][{i}]"), "expected a string path".into())),
+        };
+        let video = parts[parts.len() - 2].clone();
+        let frame = parts[parts.len() - 1].clone();
+        items.push((video, frame, path, mask));
+    }
+    read.videos += 1;
+    let wanted = place.opts.frames_per_video;
+    let found = items.len();
+    let kept = spread_sorted(items, wanted, |it| it.1.as_str());
+    let label = if is_real_label(&label_name) { 0 } else { 1 };
+    if let Some(w) = wanted
+        && found < w
+    {
+        read.short_videos.push(ShortVideo {
+            key: VideoKey {
+                dataset: place.dataset.to_string(),
+                label_name: label_name.clone(),
+                video: video_key.to_string(),
+            },
+            split: place.split,
+            found,
+            wanted: w,
+        });
+    }
+    for (video, frame, path, mask) in kept {
+        let landmark_path = landmark_path_for(&path).filter(|p| p.is_file());
+        let mask_path = mask.or_else(|| side_path(&path, "masks", None)).filter(|p| label == 1 && p.is_file());
+        read.entries.push(FrameEntry {
+            dataset: place.dataset.to_string(),
+            label_name: label_name.clone(),
+            label,
+            manipulation: (label == 1).then(|| label_name.clone()),
+            split: place.split,
+            compression: comp.map(str::to_string),
+            video,
+            frame,
+            frame_path: path,
+            landmark_path,
+            mask_path,
+        });
+    }
+    Ok(())
+}
+
 /// Expected landmark path of a frame: the last `frames` component becomes `landmarks`, the
 /// extension `.npy`. `None` when the path has no `frames` component.
 pub fn landmark_path_for(frame: &Path) -> Option<PathBuf> {
@@ -610,28 +751,112 @@ fn side_path(frame: &Path, dir: &str, ext: Option<&str>) -> Option<PathBuf> {
     Some(p)
 }
 
-/// Resolves a JSON frame path against the root. Returns the path and its components.
-fn resolve(root: &Path, raw: &str) -> std::result::Result<(PathBuf, Vec<String>), String> {
+/// Rewrites the first matching prefix of `raw` (`data.path_map`). Separators are compared as
+/// `/` (`T:\\data` matches `T:\data\UADFV\...` and `T:/data/UADFV/...`), and a prefix matches
+/// whole components only. The result is relative to the data root unless the replacement is
+/// absolute. `None` when no prefix matches.
+pub fn map_path(raw: &str, map: &[(String, String)]) -> Option<String> {
+    let norm = raw.replace('\\', "/");
+    for (from, to) in map {
+        let from = from.replace('\\', "/");
+        let from = from.trim_end_matches('/');
+        let Some(rest) = norm.strip_prefix(from) else { continue };
+        if !(rest.is_empty() || rest.starts_with('/')) {
+            continue;
+        }
+        let rest = rest.trim_start_matches('/');
+        let to = to.replace('\\', "/");
+        return Some(if to.is_empty() {
+            rest.to_string()
+        } else {
+            format!("{}/{rest}", to.trim_end_matches('/'))
+        });
+    }
+    None
+}
+
+/// Whether a path starts with a Windows drive (`T:\...`, `T:/...`).
+fn has_drive(raw: &str) -> bool {
+    let b = raw.as_bytes();
+    b.len() >= 2 && b[1] == b':' && b[0].is_ascii_alphabetic()
+}
+
+/// Resolves a JSON frame path against the root, after the `path_map` rewrites. Returns the path
+/// and its components. An absolute path is used as it is; a Windows drive path that no rewrite
+/// matched cannot exist here: it is kept as written (with `/`) so that it is reported as a
+/// missing file, with the `path_map` line that would fix it ([`suggest_path_map`]).
+fn resolve(root: &Path, raw: &str, map: &[(String, String)]) -> std::result::Result<(PathBuf, Vec<String>), String> {
     if raw.is_empty() {
         return Err("empty path".into());
     }
-    let absolute = raw.starts_with('/') || raw.starts_with('\\');
-    let bytes = raw.as_bytes();
-    if bytes.len() >= 2 && bytes[1] == b':' && bytes[0].is_ascii_alphabetic() {
-        return Err(format!(
-            "{raw:?}: a Windows drive path cannot be resolved here; make it relative to the data root"
-        ));
-    }
+    let mapped = map_path(raw, map);
+    let s = mapped.as_deref().unwrap_or(raw);
+    let absolute = mapped.is_none() && (s.starts_with('/') || s.starts_with('\\'));
     let parts: Vec<String> =
-        raw.split(['\\', '/']).filter(|s| !s.is_empty() && *s != ".").map(str::to_string).collect();
+        s.split(['\\', '/']).filter(|s| !s.is_empty() && *s != ".").map(str::to_string).collect();
     if parts.iter().any(|p| p == "..") {
         return Err(format!("{raw:?}: path escapes the data root ('..' is not allowed)"));
     }
-    let mut p = if absolute { PathBuf::from("/") } else { root.to_path_buf() };
+    if parts.is_empty() {
+        return Err(format!("{raw:?}: empty after the data.path_map rewrite"));
+    }
+    let mut p = if has_drive(s) {
+        PathBuf::new()
+    } else if absolute || s.starts_with('/') {
+        PathBuf::from("/")
+    } else {
+        root.to_path_buf()
+    };
     for part in &parts {
         p.push(part);
     }
     Ok((p, parts))
+}
+
+/// The `path_map` entry that would make missing frames resolve: the shortest leading part of
+/// their paths whose removal makes the first of them exist under `root`, checked against a few
+/// more. Returns the prefix as written in the frame path (relative to `root` when the path was
+/// resolved under it).
+pub fn suggest_path_map(root: &Path, missing: &[&Path]) -> Option<String> {
+    let first = missing.first()?;
+    let rel = first.strip_prefix(root).unwrap_or(first);
+    let comps: Vec<String> = rel
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(s) => Some(s.to_string_lossy().into_owned()),
+            _ => None,
+        })
+        .collect();
+    let absolute = rel.is_absolute();
+    for k in 1..comps.len().saturating_sub(1) {
+        let prefix: Vec<&str> = comps[..k].iter().map(String::as_str).collect();
+        let rest: PathBuf = comps[k..].iter().collect();
+        if !root.join(&rest).is_file() {
+            continue;
+        }
+        // The same prefix must help the others too (a handful is enough evidence).
+        let helps = missing.iter().skip(1).take(8).all(|m| {
+            let r = m.strip_prefix(root).unwrap_or(m);
+            let c: Vec<String> = r
+                .components()
+                .filter_map(|c| match c {
+                    Component::Normal(s) => Some(s.to_string_lossy().into_owned()),
+                    _ => None,
+                })
+                .collect();
+            c.len() > k && c[..k].iter().map(String::as_str).eq(prefix.iter().copied()) && root.join(c[k..].iter().collect::<PathBuf>()).is_file()
+        });
+        if helps {
+            let joined = prefix.join("/");
+            return Some(if absolute { format!("/{joined}") } else { joined });
+        }
+    }
+    None
+}
+
+/// The TOML lines that add a `path_map` entry removing `prefix`.
+pub fn path_map_hint(prefix: &str) -> String {
+    format!("add to the protocol's [data] table: path_map = {{ '{prefix}' = '' }}")
 }
 
 /// Natural order key: a frame stem made of digits sorts by its number, otherwise by name.
@@ -739,15 +964,58 @@ mod tests {
 
     #[test]
     fn resolve_refuses_escape() {
-        let e = resolve(Path::new("/r"), "a\\..\\..\\etc\\frames\\v\\0.png").unwrap_err();
+        let e = resolve(Path::new("/r"), "a\\..\\..\\etc\\frames\\v\\0.png", &[]).unwrap_err();
         assert!(e.contains("escapes"), "{e}");
-        let (p, parts) = resolve(Path::new("/r"), "A\\frames/v\\000.png").unwrap();
+        let (p, parts) = resolve(Path::new("/r"), "A\\frames/v\\000.png", &[]).unwrap();
         assert_eq!(p, Path::new("/r/A/frames/v/000.png"));
         assert_eq!(parts.len(), 4);
         assert_eq!(
-            resolve(Path::new("/r"), "/abs/frames/v/0.png").unwrap().0,
+            resolve(Path::new("/r"), "/abs/frames/v/0.png", &[]).unwrap().0,
             Path::new("/abs/frames/v/0.png")
         );
+    }
+
+    #[test]
+    fn path_map_rewrites_whole_components_with_either_separator() {
+        let map = vec![
+            ("/deepfakebench/datasets/rgb".to_string(), String::new()),
+            ("T:\\data".to_string(), String::new()),
+            ("old".to_string(), "/mnt/new".to_string()),
+        ];
+        assert_eq!(
+            map_path("/deepfakebench/datasets/rgb\\UADFV\\frames\\0001\\000.png", &map).as_deref(),
+            Some("UADFV/frames/0001/000.png")
+        );
+        assert_eq!(map_path("T:\\data\\DFDC\\v\\1.png", &map).as_deref(), Some("DFDC/v/1.png"));
+        assert_eq!(map_path("T:/data/DFDC/v/1.png", &map).as_deref(), Some("DFDC/v/1.png"));
+        // `T:\\database` does not start with the component `T:\\data`.
+        assert_eq!(map_path("T:\\database\\v\\1.png", &map), None);
+        assert_eq!(map_path("old/x/v/1.png", &map).as_deref(), Some("/mnt/new/x/v/1.png"));
+        let (p, _) = resolve(Path::new("/r"), "T:\\data\\DFDC\\v\\1.png", &map).unwrap();
+        assert_eq!(p, Path::new("/r/DFDC/v/1.png"));
+        let (p, _) = resolve(Path::new("/r"), "/deepfakebench/datasets/rgb\\U\\v\\1.png", &map).unwrap();
+        assert_eq!(p, Path::new("/r/U/v/1.png"));
+        assert_eq!(resolve(Path::new("/r"), "old/x/v/1.png", &map).unwrap().0, Path::new("/mnt/new/x/v/1.png"));
+        // An unmapped drive path stays as written, never under the root.
+        let (p, _) = resolve(Path::new("/r"), "T:\\other\\v\\1.png", &[]).unwrap();
+        assert_eq!(p, Path::new("T:/other/v/1.png"));
+    }
+
+    #[test]
+    fn path_map_suggestion_finds_the_prefix_to_strip() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for f in ["UADFV/frames/0001/000.png", "UADFV/frames/0001/001.png"] {
+            std::fs::create_dir_all(root.join(f).parent().unwrap()).unwrap();
+            std::fs::write(root.join(f), b"x").unwrap();
+        }
+        let a = PathBuf::from("/deepfakebench/datasets/rgb/UADFV/frames/0001/000.png");
+        let b = PathBuf::from("/deepfakebench/datasets/rgb/UADFV/frames/0001/001.png");
+        assert_eq!(suggest_path_map(root, &[&a, &b]).as_deref(), Some("/deepfakebench/datasets/rgb"));
+        let w = PathBuf::from("T:/data/UADFV/frames/0001/000.png");
+        assert_eq!(suggest_path_map(root, &[&w]).as_deref(), Some("T:/data"));
+        let nowhere = PathBuf::from("/x/y/z/0.png");
+        assert_eq!(suggest_path_map(root, &[&nowhere]), None);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 pub mod check;
 pub mod index;
 pub mod loader;
+pub mod preflight;
 pub mod sbi;
 pub mod synth;
 

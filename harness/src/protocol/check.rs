@@ -33,13 +33,15 @@ const DATA_KEYS: &[&str] = &[
     "synth_seed",
     "root",
     "json_dir",
+    "path_map",
     "resolution",
     "frames_per_video",
     "normalisation",
     "augmentation",
     "on_missing",
 ];
-const TRAIN_KEYS: &[&str] = &["dataset", "manipulations", "split", "compression", "real_fake_ratio"];
+const TRAIN_KEYS: &[&str] =
+    &["dataset", "manipulations", "split", "compression", "real_fake_ratio", "drop_overlap"];
 const TEST_KEYS: &[&str] = &["name", "dataset", "manipulations", "split", "compression", "role"];
 /// Longest method name: run ids (`<slug>-s<seed>-<12 hex>`) must stay well inside the 255-byte
 /// file-name limit of common filesystems.
@@ -304,7 +306,7 @@ impl Checker<'_> {
                     ),
                     None => 0,
                 });
-                for k in ["root", "json_dir"] {
+                for k in ["root", "json_dir", "path_map"] {
                     ok &= !not_for(cx, k, "synthetic");
                 }
             }
@@ -315,6 +317,7 @@ impl Checker<'_> {
                 }
                 if fmt == DataFormat::Folders {
                     ok &= !not_for(cx, "json_dir", name);
+                    ok &= !not_for(cx, "path_map", name);
                 }
                 let rv = cx.require(t, "root", "the frames root directory");
                 root = rv.and_then(|v| self.existing_path("data.root", v, true));
@@ -355,6 +358,29 @@ impl Checker<'_> {
                 }
             }),
         };
+        let path_map = match t.get("path_map") {
+            None => Some(Vec::new()),
+            Some(v) => cx.table("data.path_map", v).and_then(|m| {
+                let mut map = Vec::new();
+                let mut good = true;
+                for (k, val) in m.t.iter() {
+                    let from = k.get_ref().to_string();
+                    let p = m.child(&from);
+                    if from.trim_matches(['/', '\\']).is_empty() {
+                        cx.err(k.span(), &p, "empty prefix: write the leading part of the JSON's frame paths to replace, e.g. '/deepfakebench/datasets/rgb' = ''");
+                        good = false;
+                        continue;
+                    }
+                    match cx.string(&p, val) {
+                        Some(to) => map.push((from, to)),
+                        None => good = false,
+                    }
+                }
+                // Longest prefix first, so that a more specific rewrite wins whatever the file order.
+                map.sort_by(|a: &(String, String), b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
+                good.then_some(map)
+            }),
+        };
         let on_missing = match t.get("on_missing") {
             None => Some(PerSplit { train: OnMissing::Skip, test: OnMissing::Fail }),
             Some(v) => per_split(cx, "data.on_missing", v, |cx, p, v| {
@@ -371,6 +397,7 @@ impl Checker<'_> {
             synth_seed,
             root,
             json_dir,
+            path_map: path_map?,
             resolution: resolution?,
             frames_per_video: frames_per_video?,
             normalisation: normalisation?,
@@ -478,12 +505,17 @@ impl Checker<'_> {
             Some(v) => self.cx.float("train.real_fake_ratio", v, 0.0, 1000.0, true).map(Some),
             None => Some(None),
         };
+        let drop_overlap = match t.get("drop_overlap") {
+            Some(v) => self.cx.boolean("train.drop_overlap", v),
+            None => Some(false),
+        };
         Some(TrainSet {
             dataset: dataset?,
             manipulations: manipulations?,
             split: split?,
             compression: compression?,
             real_fake_ratio: real_fake_ratio?,
+            drop_overlap: drop_overlap?,
         })
     }
 

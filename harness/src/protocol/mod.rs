@@ -121,6 +121,11 @@ pub struct DataConfig {
     pub root: Option<PathBuf>,
     /// DeepfakeBench: folder holding `<Dataset>.json` (defaults to `root`).
     pub json_dir: Option<PathBuf>,
+    /// DeepfakeBench: prefix rewrites of the JSONs' frame paths, longest prefix first
+    /// (`"/deepfakebench/datasets/rgb" = ""`). Left out of the run id when empty, so that ids of
+    /// protocols without it are what they were before the key existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub path_map: Vec<(String, String)>,
     /// Side of the square network input, in pixels.
     pub resolution: u32,
     pub frames_per_video: PerSplit<u32>,
@@ -170,6 +175,10 @@ pub struct TrainSet {
     pub compression: Option<String>,
     /// Real frames per fake frame in the original stream; `None` keeps the data's own ratio.
     pub real_fake_ratio: Option<f64>,
+    /// Drop training videos that also appear in a test or validation set (same dataset, label
+    /// and video, or the same frame file). Left out of the run id when false (the default).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub drop_overlap: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

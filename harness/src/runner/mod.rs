@@ -186,6 +186,23 @@ pub fn cmd_run(args: RunArgs, verbosity: Verbosity) -> anyhow::Result<ExitCode> 
         return Ok(ExitCode::SUCCESS);
     }
 
+    // Data pre-flight: every set of every pending run is indexed and its frames stat'ed before a
+    // minute of training is spent.
+    if crate::data::preflight::applies(&pending) {
+        let pf = crate::data::preflight::preflight(&pending);
+        if verbosity != Verbosity::Quiet || !pf.ok() {
+            eprint!("{}", pf.render());
+        }
+        if !pf.ok() {
+            return Err(CliError::failed(format!(
+                "{}: data pre-flight failed ({} error(s)); nothing was trained",
+                args.protocol.display(),
+                pf.errors.len()
+            ))
+            .into());
+        }
+    }
+
     // The device is opened once up front so that asking for CUDA from a CPU build is a
     // configuration error (exit 2), not a failure of every run.
     let device = detectors::device::open(&protocol.device)
@@ -227,6 +244,7 @@ pub fn cmd_run(args: RunArgs, verbosity: Verbosity) -> anyhow::Result<ExitCode> 
     let holder = format!("{} {}", env::host(), std::process::id());
     signals::install().context("installing the SIGINT/SIGTERM handlers")?;
     let resume = format!("bench run {} --out {}", args.protocol.display(), args.out.display());
+    let mut finished: Vec<RunAucs> = Vec::new();
     for run in pending {
         if let Some(sig) = signals::received() {
             progress.finish();
@@ -261,7 +279,9 @@ pub fn cmd_run(args: RunArgs, verbosity: Verbosity) -> anyhow::Result<ExitCode> 
                 manifest.skipped_files = out.skipped_files;
                 manifest.notes.extend(out.notes);
                 manifest.files = run_dir.digest_files(ctx.save_weights)?;
+                manifest.data = results::DataUsage { frames_used: out.frames_used, leakage: out.leakage };
                 run_dir.write_manifest(&manifest)?;
+                finished.push((run.id.clone(), out.auc));
                 progress.finish_run("complete");
             }
             Err(failure) if signals::received().is_some() => {
@@ -309,6 +329,9 @@ pub fn cmd_run(args: RunArgs, verbosity: Verbosity) -> anyhow::Result<ExitCode> 
         }
     }
     progress.finish();
+    if verbosity != Verbosity::Quiet && !finished.is_empty() {
+        print!("{}", auc_table(&finished));
+    }
     if failed.is_empty() {
         Ok(ExitCode::SUCCESS)
     } else {
@@ -361,6 +384,43 @@ fn new_manifest(
         m.notes.push(note.clone());
     }
     Ok(m)
+}
+
+/// A run id and its frame-level AUC per test set (`None`: undefined).
+pub type RunAucs = (String, Vec<(String, Option<f64>)>);
+
+/// Frame-level AUC of each finished run per test set, and their mean (AVG, over the defined ones).
+pub fn auc_table(runs: &[RunAucs]) -> String {
+    use std::fmt::Write;
+    let mut sets: Vec<&str> = Vec::new();
+    for (_, aucs) in runs {
+        for (name, _) in aucs {
+            if !sets.contains(&name.as_str()) {
+                sets.push(name);
+            }
+        }
+    }
+    let id_w = runs.iter().map(|r| r.0.len()).max().unwrap_or(3).max(3);
+    let widths: Vec<usize> = sets.iter().map(|s| s.chars().count().max(6)).collect();
+    let mut s = String::new();
+    let _ = write!(s, "{:<id_w$}", "run");
+    for (name, w) in sets.iter().zip(&widths) {
+        let _ = write!(s, "  {name:>w$}");
+    }
+    let _ = writeln!(s, "  {:>6}", "AVG");
+    let cell = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.4}"));
+    for (id, aucs) in runs {
+        let _ = write!(s, "{id:<id_w$}");
+        for (name, w) in sets.iter().zip(&widths) {
+            let v = aucs.iter().find(|(n, _)| n == name).and_then(|(_, v)| *v);
+            let _ = write!(s, "  {:>w$}", cell(v));
+        }
+        let defined: Vec<f64> = aucs.iter().filter_map(|(_, v)| *v).collect();
+        let avg = (!defined.is_empty()).then(|| defined.iter().sum::<f64>() / defined.len() as f64);
+        let _ = writeln!(s, "  {:>6}", cell(avg));
+    }
+    let _ = writeln!(s, "(frame-level AUC per test set; - = undefined, e.g. a test set with one class)");
+    s
 }
 
 fn now() -> String {

@@ -13,7 +13,8 @@ use detectors::{Mode, ParamStore, StepInput};
 
 use super::progress::Progress;
 use super::{RunContext, failure};
-use crate::data::index::{Index, IndexOptions, Split};
+use crate::data::index::Index;
+use crate::data::preflight;
 use crate::data::loader::{EvalStream, FailurePolicy, FrameStore, LoaderConfig, TrainStream, mix_seed};
 use crate::data::synth::{self, Preset};
 use crate::metrics::{self, FrameScore, Metric, MetricSet};
@@ -34,6 +35,10 @@ pub struct DataCache {
 pub struct RunOutput {
     pub skipped_files: BTreeMap<String, u64>,
     pub notes: Vec<String>,
+    pub leakage: Vec<String>,
+    pub frames_used: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Frame-level AUC per test set (`None`: undefined), for the end-of-run table.
+    pub auc: Vec<(String, Option<f64>)>,
 }
 
 /// Decoded-frame cache per frame store: enough for the small synthetic preset many times over.
@@ -62,6 +67,10 @@ struct Prepared {
     test_store: Arc<FrameStore>,
     steps: usize,
     batch: usize,
+    /// Train/test leakage found (and what `train.drop_overlap` dropped), for the manifest.
+    leakage: Vec<String>,
+    /// Frames per label of each set: `train`, `val`, `test:<name>`.
+    frames_used: BTreeMap<String, BTreeMap<String, u64>>,
 }
 
 fn prepare(c: &RunConfig, device: &Device, ctx: &mut RunContext) -> anyhow::Result<Prepared> {
@@ -69,17 +78,8 @@ fn prepare(c: &RunConfig, device: &Device, ctx: &mut RunContext) -> anyhow::Resu
     let frames_train = c.data.frames_per_video.train as usize;
     let frames_test = c.data.frames_per_video.test as usize;
     let train_all = dataset_index(c, &root, &c.train.dataset, frames_train, ctx)?;
-    let real_label = |e: &crate::data::index::FrameEntry| e.label == 0;
-    let train_split = parse_split(&c.train.split)?;
-    let wanted_fakes: HashSet<&str> = c.train.manipulations.iter().map(String::as_str).collect();
-    let compression = c.train.compression.clone();
-    let on_train_side = |e: &crate::data::index::FrameEntry| {
-        (real_label(e) || wanted_fakes.contains(e.label_name.as_str()))
-            && compression.as_ref().is_none_or(|want| e.compression.as_ref().is_none_or(|have| have == want))
-    };
-    let train_index = train_all.filter(|e| e.split == train_split && on_train_side(e));
-    let val_split = parse_split(&c.training.validation.split)?;
-    let val_index = train_all.filter(|e| e.split == val_split && on_train_side(e));
+    let mut train_index = preflight::select_train(&train_all, c)?;
+    let val_index = preflight::select_val(&train_all, c)?;
     if train_index.entries.is_empty() {
         bail!(
             "training selection is empty: dataset {} split {} labels real + {:?}",
@@ -91,19 +91,30 @@ fn prepare(c: &RunConfig, device: &Device, ctx: &mut RunContext) -> anyhow::Resu
     let mut tests = Vec::new();
     for (i, t) in c.tests.iter().enumerate() {
         let all = dataset_index(c, &root, &t.dataset, frames_test, ctx)?;
-        let split = parse_split(&t.split)?;
-        let fakes: HashSet<&str> = t.manipulations.iter().map(String::as_str).collect();
-        let index = all.filter(|e| {
-            e.split == split
-                && (fakes.is_empty() || e.label == 0 || fakes.contains(e.label_name.as_str()))
-                && t.compression
-                    .as_ref()
-                    .is_none_or(|want| e.compression.as_ref().is_none_or(|have| have == want))
-        });
+        let index = preflight::select_test(&all, t)?;
         if index.entries.is_empty() {
             bail!("test set `{}` is empty: dataset {} split {}", t.name, t.dataset, t.split);
         }
         tests.push((i, index));
+    }
+    let tests_named: Vec<(&str, &Index)> = tests.iter().map(|(i, ix)| (c.tests[*i].name.as_str(), ix)).collect();
+    let mut leakage = preflight::leakage(&train_index, &val_index, &tests_named);
+    if c.train.drop_overlap {
+        let others: Vec<&Index> = std::iter::once(&val_index).chain(tests.iter().map(|t| &t.1)).collect();
+        let (kept, dropped) = preflight::drop_overlap(&train_index, &others);
+        if dropped > 0 {
+            leakage.push(format!("train.drop_overlap: {dropped} overlapping videos dropped from training"));
+        }
+        if kept.entries.is_empty() {
+            bail!("training selection is empty after train.drop_overlap removed {dropped} videos shared with the test or validation sets");
+        }
+        train_index = kept;
+    }
+    let mut frames_used = BTreeMap::new();
+    frames_used.insert("train".to_string(), preflight::frames_per_label(&train_index));
+    frames_used.insert("val".to_string(), preflight::frames_per_label(&val_index));
+    for (i, ix) in &tests {
+        frames_used.insert(format!("test:{}", c.tests[*i].name), preflight::frames_per_label(ix));
     }
     let train_store = frame_store(c, device, c.data.on_missing.train, c.data.augmentation.hflip, ctx)?;
     let test_store = frame_store(c, device, c.data.on_missing.test, 0.0, ctx)?;
@@ -112,11 +123,7 @@ fn prepare(c: &RunConfig, device: &Device, ctx: &mut RunContext) -> anyhow::Resu
         TrainLength::Steps(n) => n as usize,
         TrainLength::Epochs(e) => (e as usize * train_index.entries.len()).div_ceil(batch.max(1)),
     };
-    Ok(Prepared { train_index, val_index, tests, train_store, test_store, steps, batch })
-}
-
-fn parse_split(s: &str) -> anyhow::Result<Split> {
-    Split::parse(s).ok_or_else(|| anyhow!("unknown split `{s}`; expected train, val or test"))
+    Ok(Prepared { train_index, val_index, tests, train_store, test_store, steps, batch, leakage, frames_used })
 }
 
 fn data_root(c: &RunConfig, ctx: &mut RunContext) -> anyhow::Result<PathBuf> {
@@ -156,13 +163,7 @@ fn dataset_index(
     if let Some(ix) = ctx.data.indexes.get(&key) {
         return Ok(ix.clone());
     }
-    let opts = IndexOptions { frames_per_video: (frames > 0).then_some(frames) };
-    let index = match (&c.data.format, &c.data.json_dir) {
-        (DataFormat::Deepfakebench, Some(json_dir)) => {
-            Index::from_json(&json_dir.join(format!("{dataset}.json")), root, &opts)?
-        }
-        _ => Index::load_datasets(root, &[dataset.to_string()], &opts)?,
-    };
+    let index = preflight::load_index(c, root, dataset, frames)?;
     let index = Arc::new(index);
     ctx.data.indexes.insert(key, index.clone());
     Ok(index)
@@ -494,7 +495,12 @@ fn score_and_store(
             stats.sbi_fallbacks, stats.sbi_samples
         ));
     }
-    Ok(RunOutput { skipped_files, notes })
+    let auc = metric_rows
+        .iter()
+        .filter(|r| r.level == Level::Frame)
+        .map(|r| (r.test_set.clone(), r.auc))
+        .collect();
+    Ok(RunOutput { skipped_files, notes, leakage: p.leakage.clone(), frames_used: p.frames_used.clone(), auc })
 }
 
 fn metric_row(test_set: &str, role: Role, level: Level, m: &MetricSet) -> MetricRow {
