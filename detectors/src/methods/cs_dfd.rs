@@ -39,8 +39,10 @@ fn dot(x: &[f32], y: &[f32]) -> f64 {
 }
 
 /// The update direction `out` of one CS-DFD step from the two stream gradients (Algorithm 1,
-/// steps 2-3): UVS's `v*` on `theta` when `uvs_c = Some(c)` (else `g0 = g1 + g2` there), and
-/// `head_rule` on the head `theta_p`. Step 4 (`theta <- theta - alpha v*`) is the optimizer's.
+/// steps 2-3): `head_rule` on the head `theta_p` (step 2), then UVS's `v*` on `theta` when
+/// `uvs_c = Some(c)`, else `g0 = g1 + g2` there (step 3). Step 1 (features through the
+/// projection head, and the two backward passes) is the model's; step 4
+/// (`theta <- theta - alpha v*`) is the optimizer's.
 pub fn reference(
     g1: &[f32],
     g2: &[f32],
@@ -54,6 +56,18 @@ pub fn reference(
     let p = head.cloned().unwrap_or(n..n);
     assert!(p.start <= p.end && p.end <= n, "head range {p:?} outside a vector of {n}");
 
+    // Step 2 on theta_p: the head's gradient with CGR's conflict term (eq. 24), or plain
+    // g1 + g2 without it.
+    let (g1_p, g2_p) = (&g1[p.clone()], &g2[p.clone()]);
+    match head_rule {
+        HeadRule::Sum => {
+            for (v, g) in out[p.clone()].iter_mut().zip(g0(g1_p, g2_p)) {
+                *v = g as f32;
+            }
+        }
+        HeadRule::Cgr { tau } => cgr(g1_p, g2_p, tau, &mut out[p.clone()]),
+    }
+
     // Step 3 on theta (every parameter outside the head, one vector to UVS): g0 <- v*.
     let theta = |g: &[f32]| -> Vec<f32> { [&g[..p.start], &g[p.end..]].concat() };
     let (g1_theta, g2_theta) = (theta(g1), theta(g2));
@@ -66,17 +80,6 @@ pub fn reference(
     };
     out[..p.start].copy_from_slice(&v_theta[..p.start]);
     out[p.end..].copy_from_slice(&v_theta[p.start..]);
-
-    // Step 2's conflict term on theta_p: CGR (eq. 24), or plain g1 + g2 without it.
-    let (g1_p, g2_p) = (&g1[p.clone()], &g2[p.clone()]);
-    match head_rule {
-        HeadRule::Sum => {
-            for (v, g) in out[p].iter_mut().zip(g0(g1_p, g2_p)) {
-                *v = g as f32;
-            }
-        }
-        HeadRule::Cgr { tau } => cgr(g1_p, g2_p, tau, &mut out[p]),
-    }
 
     trace(g1, g2, out, mu)
 }
@@ -97,6 +100,19 @@ pub(crate) fn trace(g1: &[f32], g2: &[f32], v: &[f32], mu: Option<[f64; 2]>) -> 
 /// `g0 = g1 + g2`, the sum of the stream gradients (the paper's sum convention).
 fn g0(g1: &[f32], g2: &[f32]) -> Vec<f64> {
     g1.iter().zip(g2).map(|(&a, &b)| a as f64 + b as f64).collect()
+}
+
+/// CGR (Conflict Gradient Reduction, eqs. 23-24) on the projection head: the gradient of the
+/// conflict loss `-cos(g1_p, g2_p)` with each Hessian approximated by `tau g (x) g` (eq. 23),
+/// added to `g1_p + g2_p`:
+/// `grad_p = g1_p + g2_p - gamma (g1_p (x) g1_p (x) g2_p + g2_p (x) g2_p (x) g1_p)` (eq. 24),
+/// `gamma = tau / (||g1_p|| ||g2_p||)`, the norms guarded like PyTorch's cosine.
+pub fn cgr(g1_p: &[f32], g2_p: &[f32], tau: f64, out: &mut [f32]) {
+    let gamma = tau / (dot(g1_p, g1_p).sqrt().max(1e-8) * dot(g2_p, g2_p).sqrt().max(1e-8));
+    for ((v, &a), &b) in out.iter_mut().zip(g1_p).zip(g2_p) {
+        let (a, b) = (a as f64, b as f64);
+        *v = (a + b - gamma * (a * a * b + b * b * a)) as f32;
+    }
 }
 
 /// UVS (Update Vector Search, eqs. 9-16): the update `v*` that maximises the smaller of the two
@@ -124,19 +140,6 @@ pub fn uvs(g1: &[f32], g2: &[f32], c: f64) -> (Vec<f32>, [f64; 2]) {
         g0.iter().zip(&g_w).map(|(g, w)| g + w / (2.0 * lambda_star)).collect()
     };
     (v_star.into_iter().map(|x| x as f32).collect(), mu)
-}
-
-/// CGR (Conflict Gradient Reduction, eqs. 23-24) on the projection head: the gradient of the
-/// conflict loss `-cos(g1_p, g2_p)` with each Hessian approximated by `tau g (x) g` (eq. 23),
-/// added to `g1_p + g2_p`:
-/// `grad_p = g1_p + g2_p - gamma (g1_p (x) g1_p (x) g2_p + g2_p (x) g2_p (x) g1_p)` (eq. 24),
-/// `gamma = tau / (||g1_p|| ||g2_p||)`, the norms guarded like PyTorch's cosine.
-pub fn cgr(g1_p: &[f32], g2_p: &[f32], tau: f64, out: &mut [f32]) {
-    let gamma = tau / (dot(g1_p, g1_p).sqrt().max(1e-8) * dot(g2_p, g2_p).sqrt().max(1e-8));
-    for ((v, &a), &b) in out.iter_mut().zip(g1_p).zip(g2_p) {
-        let (a, b) = (a as f64, b as f64);
-        *v = (a + b - gamma * (a * a * b + b * b * a)) as f32;
-    }
 }
 
 #[cfg(test)]
