@@ -145,22 +145,7 @@ pub fn cmd_run(args: RunArgs, verbosity: Verbosity) -> anyhow::Result<ExitCode> 
     if let Some(device) = &args.device {
         protocol.device = device.clone();
     }
-    let known: BTreeSet<&str> = protocol.methods.iter().map(|m| m.method.name.as_str()).collect();
-    for name in &args.only {
-        if !known.contains(name.as_str()) {
-            let names: Vec<&str> = known.iter().copied().collect();
-            let hint = crate::protocol::suggest(name, names.iter().copied())
-                .first()
-                .map(|s| format!("; did you mean `{s}`?"))
-                .unwrap_or_default();
-            return Err(CliError::config(format!(
-                "--only {name}: no method of that name in {} (methods: {}){hint}",
-                args.protocol.display(),
-                names.join(", ")
-            ))
-            .into());
-        }
-    }
+    check_only(&protocol, &args.only, &args.protocol)?;
     let mut runs: Vec<Run> = select_runs(&protocol, &[], &args.only);
     if let Some(shard) = args.shard {
         runs = shard.select(&runs).into_iter().cloned().collect();
