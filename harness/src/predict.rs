@@ -236,7 +236,8 @@ pub fn collect_inputs(
                     Some(r) => r.to_path_buf(),
                     None => default_root(input),
                 };
-                let opts = IndexOptions { frames_per_video, ..Default::default() };
+                // The user named this JSON on the command line: its absolute paths are theirs to read.
+                let opts = IndexOptions { frames_per_video, allow_outside_root: true, ..Default::default() };
                 let index = Index::from_json(input, &root, &opts)
                     .and_then(Index::strict)
                     .map_err(|e| CliError::config(format!("{e:#}")))?;

@@ -39,6 +39,9 @@ pub struct CheckArgs {
     /// `--path-map /deepfakebench/datasets/rgb=`); repeatable.
     #[arg(long = "path-map", value_name = "FROM=TO", value_parser = parse_map)]
     pub path_map: Vec<(String, String)>,
+    /// Read absolute frame paths outside the root, as the protocol's `data.allow_outside_root`.
+    #[arg(long)]
+    pub allow_outside_root: bool,
     /// Do not count frames without a landmark file as problems (test-only sets need none).
     #[arg(long)]
     pub allow_missing_landmarks: bool,
@@ -294,8 +297,9 @@ pub fn index_target(
     target: &Path,
     root: Option<&Path>,
     path_map: &[(String, String)],
+    allow_outside_root: bool,
 ) -> anyhow::Result<(Index, Vec<String>)> {
-    let opts = IndexOptions { frames_per_video: None, path_map: path_map.to_vec() };
+    let opts = IndexOptions { frames_per_video: None, path_map: path_map.to_vec(), allow_outside_root };
     if target.is_dir() {
         if root.is_some() {
             return Err(CliError::config(format!(
@@ -365,7 +369,7 @@ pub fn cmd_check(args: CheckArgs, v: Verbosity) -> anyhow::Result<ExitCode> {
     if args.frames == Some(0) {
         return Err(CliError::config("--frames must be at least 1").into());
     }
-    let (index, fatal) = index_target(&args.target, args.root.as_deref(), &args.path_map)?;
+    let (index, fatal) = index_target(&args.target, args.root.as_deref(), &args.path_map, args.allow_outside_root)?;
     let mut rep = check_index(&index, args.frames, args.allow_missing_landmarks);
     rep.fatal.splice(0..0, fatal);
     let root = args.root.clone().unwrap_or_else(|| {

@@ -145,6 +145,10 @@ pub struct IndexOptions {
     pub frames_per_video: Option<usize>,
     /// Prefix rewrites of JSON frame paths (`data.path_map`), tried in order; see [`map_path`].
     pub path_map: Vec<(String, String)>,
+    /// Read absolute frame paths that lie outside the root (`data.allow_outside_root`). Off, such
+    /// a path that exists is refused: a dataset JSON should not make a run read files it was not
+    /// pointed at. One that does not exist is a missing frame, with the `path_map` hint.
+    pub allow_outside_root: bool,
 }
 
 /// A video with fewer frames than [`IndexOptions::frames_per_video`] asked for.
@@ -668,18 +672,18 @@ fn read_video(
         Some(Value::Array(a)) => Some(a),
         Some(_) => return Err(err(format!("{kp}[\"masks\"]"), "expected an array".into())),
     };
-    let (root, map) = (place.root, &place.opts.path_map);
+    let (root, map, outside) = (place.root, &place.opts.path_map, place.opts.allow_outside_root);
     let mut items = Vec::with_capacity(frames.len());
     for (i, f) in frames.iter().enumerate() {
         let fkp = format!("{kp}[\"frames\"][{i}]");
         let s = f.as_str().ok_or_else(|| err(fkp.clone(), "expected a string path".into()))?;
-        let (path, parts) = resolve(root, s, map).map_err(|e| err(fkp.clone(), e))?;
+        let (path, parts) = resolve(root, s, map, outside).map_err(|e| err(fkp.clone(), e))?;
         if parts.len() < 2 {
             return Err(err(fkp, format!("{s:?}: expected <video>/<frame> at least")));
         }
         let mask = match masks.and_then(|m| m.get(i)) {
             Some(Value::String(m)) => {
-                Some(resolve(root, m, map).map_err(|e| err(format!("{kp}[\"masks\"][{i}]"), e))?.0)
+                Some(resolve(root, m, map, outside).map_err(|e| err(format!("{kp}[\"masks\"][{i}]"), e))?.0)
             }
             Some(Value::Null) | None => None,
             Some(_) => return Err(err(format!("{kp}[\"masks\"][{i}]"), "expected a string path".into())),
@@ -785,7 +789,12 @@ fn has_drive(raw: &str) -> bool {
 /// and its components. An absolute path is used as it is; a Windows drive path that no rewrite
 /// matched cannot exist here: it is kept as written (with `/`) so that it is reported as a
 /// missing file, with the `path_map` line that would fix it ([`suggest_path_map`]).
-fn resolve(root: &Path, raw: &str, map: &[(String, String)]) -> std::result::Result<(PathBuf, Vec<String>), String> {
+fn resolve(
+    root: &Path,
+    raw: &str,
+    map: &[(String, String)],
+    allow_outside_root: bool,
+) -> std::result::Result<(PathBuf, Vec<String>), String> {
     if raw.is_empty() {
         return Err("empty path".into());
     }
@@ -809,6 +818,16 @@ fn resolve(root: &Path, raw: &str, map: &[(String, String)]) -> std::result::Res
     };
     for part in &parts {
         p.push(part);
+    }
+    if absolute && !allow_outside_root && p.exists() {
+        let root_abs = std::path::absolute(root).unwrap_or_else(|_| root.to_path_buf());
+        if !p.starts_with(&root_abs) {
+            return Err(format!(
+                "{raw:?} lies outside the data root {}: set data.allow_outside_root = true to read it, or \
+                 rewrite its prefix with data.path_map",
+                root_abs.display()
+            ));
+        }
     }
     Ok((p, parts))
 }
@@ -964,15 +983,39 @@ mod tests {
 
     #[test]
     fn resolve_refuses_escape() {
-        let e = resolve(Path::new("/r"), "a\\..\\..\\etc\\frames\\v\\0.png", &[]).unwrap_err();
+        let e = resolve(Path::new("/r"), "a\\..\\..\\etc\\frames\\v\\0.png", &[], false).unwrap_err();
         assert!(e.contains("escapes"), "{e}");
-        let (p, parts) = resolve(Path::new("/r"), "A\\frames/v\\000.png", &[]).unwrap();
+        let (p, parts) = resolve(Path::new("/r"), "A\\frames/v\\000.png", &[], false).unwrap();
         assert_eq!(p, Path::new("/r/A/frames/v/000.png"));
         assert_eq!(parts.len(), 4);
         assert_eq!(
-            resolve(Path::new("/r"), "/abs/frames/v/0.png", &[]).unwrap().0,
+            resolve(Path::new("/r"), "/abs/frames/v/0.png", &[], false).unwrap().0,
             Path::new("/abs/frames/v/0.png")
         );
+    }
+
+    #[test]
+    fn absolute_paths_outside_the_root_are_read_only_when_allowed() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("root");
+        std::fs::create_dir_all(root.join("A/frames/v")).unwrap();
+        std::fs::create_dir_all(d.path().join("elsewhere/v")).unwrap();
+        let inside = root.join("A/frames/v/0.png");
+        let outside = d.path().join("elsewhere/v/0.png");
+        std::fs::write(&inside, b"x").unwrap();
+        std::fs::write(&outside, b"x").unwrap();
+        let s = |p: &Path| p.to_str().unwrap().to_string();
+
+        assert_eq!(resolve(&root, &s(&inside), &[], false).unwrap().0, inside);
+        let e = resolve(&root, &s(&outside), &[], false).unwrap_err();
+        assert!(e.contains("outside the data root") && e.contains("allow_outside_root"), "{e}");
+        assert_eq!(resolve(&root, &s(&outside), &[], true).unwrap().0, outside);
+        // Absent, it cannot be read anyway: a missing frame, reported with the path_map hint.
+        let absent = d.path().join("gone/v/0.png");
+        assert_eq!(resolve(&root, &s(&absent), &[], false).unwrap().0, absent);
+        // A path the user mapped on purpose is theirs.
+        let map = vec![("/mapped".to_string(), s(&d.path().join("elsewhere")))];
+        assert_eq!(resolve(&root, "/mapped/v/0.png", &map, false).unwrap().0, outside);
     }
 
     #[test]
@@ -991,13 +1034,13 @@ mod tests {
         // `T:\\database` does not start with the component `T:\\data`.
         assert_eq!(map_path("T:\\database\\v\\1.png", &map), None);
         assert_eq!(map_path("old/x/v/1.png", &map).as_deref(), Some("/mnt/new/x/v/1.png"));
-        let (p, _) = resolve(Path::new("/r"), "T:\\data\\DFDC\\v\\1.png", &map).unwrap();
+        let (p, _) = resolve(Path::new("/r"), "T:\\data\\DFDC\\v\\1.png", &map, false).unwrap();
         assert_eq!(p, Path::new("/r/DFDC/v/1.png"));
-        let (p, _) = resolve(Path::new("/r"), "/deepfakebench/datasets/rgb\\U\\v\\1.png", &map).unwrap();
+        let (p, _) = resolve(Path::new("/r"), "/deepfakebench/datasets/rgb\\U\\v\\1.png", &map, false).unwrap();
         assert_eq!(p, Path::new("/r/U/v/1.png"));
-        assert_eq!(resolve(Path::new("/r"), "old/x/v/1.png", &map).unwrap().0, Path::new("/mnt/new/x/v/1.png"));
+        assert_eq!(resolve(Path::new("/r"), "old/x/v/1.png", &map, false).unwrap().0, Path::new("/mnt/new/x/v/1.png"));
         // An unmapped drive path stays as written, never under the root.
-        let (p, _) = resolve(Path::new("/r"), "T:\\other\\v\\1.png", &[]).unwrap();
+        let (p, _) = resolve(Path::new("/r"), "T:\\other\\v\\1.png", &[], false).unwrap();
         assert_eq!(p, Path::new("T:/other/v/1.png"));
     }
 

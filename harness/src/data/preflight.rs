@@ -22,7 +22,11 @@ const FIRST_MISSING: usize = 5;
 /// Reads one dataset of a run's data root (its JSON, or its folder) with the run's frame limit.
 pub fn load_index(c: &RunConfig, root: &Path, dataset: &str, frames: usize) -> Result<Index> {
     let opts =
-        IndexOptions { frames_per_video: (frames > 0).then_some(frames), path_map: c.data.path_map.clone() };
+        IndexOptions {
+            frames_per_video: (frames > 0).then_some(frames),
+            path_map: c.data.path_map.clone(),
+            allow_outside_root: c.data.allow_outside_root,
+        };
     match (&c.data.format, &c.data.json_dir) {
         (DataFormat::Deepfakebench, Some(json_dir)) => {
             Index::from_json(&json_dir.join(format!("{dataset}.json")), root, &opts)

@@ -34,6 +34,7 @@ const DATA_KEYS: &[&str] = &[
     "root",
     "json_dir",
     "path_map",
+    "allow_outside_root",
     "resolution",
     "frames_per_video",
     "normalisation",
@@ -306,7 +307,7 @@ impl Checker<'_> {
                     ),
                     None => 0,
                 });
-                for k in ["root", "json_dir", "path_map"] {
+                for k in ["root", "json_dir", "path_map", "allow_outside_root"] {
                     ok &= !not_for(cx, k, "synthetic");
                 }
             }
@@ -318,6 +319,7 @@ impl Checker<'_> {
                 if fmt == DataFormat::Folders {
                     ok &= !not_for(cx, "json_dir", name);
                     ok &= !not_for(cx, "path_map", name);
+                    ok &= !not_for(cx, "allow_outside_root", name);
                 }
                 let rv = cx.require(t, "root", "the frames root directory");
                 root = rv.and_then(|v| self.existing_path("data.root", v, true));
@@ -381,6 +383,10 @@ impl Checker<'_> {
                 good.then_some(map)
             }),
         };
+        let allow_outside_root = match t.get("allow_outside_root") {
+            None => Some(false),
+            Some(v) => cx.boolean("data.allow_outside_root", v),
+        };
         let on_missing = match t.get("on_missing") {
             None => Some(PerSplit { train: OnMissing::Skip, test: OnMissing::Fail }),
             Some(v) => per_split(cx, "data.on_missing", v, |cx, p, v| {
@@ -398,6 +404,7 @@ impl Checker<'_> {
             root,
             json_dir,
             path_map: path_map?,
+            allow_outside_root: allow_outside_root?,
             resolution: resolution?,
             frames_per_video: frames_per_video?,
             normalisation: normalisation?,

@@ -126,6 +126,10 @@ pub struct DataConfig {
     /// protocols without it are what they were before the key existed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub path_map: Vec<(String, String)>,
+    /// Whether absolute frame paths outside `root` may be read. Left out of the run id when
+    /// false (its default), like `path_map`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_outside_root: bool,
     /// Side of the square network input, in pixels.
     pub resolution: u32,
     pub frames_per_video: PerSplit<u32>,
