@@ -1,13 +1,20 @@
-//! Loading pretrained weights from, and saving a run's weights to, safetensors files.
+//! Loading pretrained weights from safetensors files and PyTorch checkpoints (`.pth`, `.pt`,
+//! `.bin`: `torch.save`'s zip format), and saving a run's weights to safetensors.
 //!
-//! Tensors are matched by name against the store's trainable parameters and buffers. The names
-//! each backbone family expects (relative to the backbone's builder prefix; export a PyTorch
-//! `state_dict()` with `safetensors.torch.save_file`):
+//! [`read_tensors`] reads either format (a checkpoint's `state_dict`, `model` or `net` entry when
+//! the tensors are nested one level). With [`LoadOptions::family`] set, a `module.` prefix
+//! (DataParallel) is dropped, a DeepfakeBench detector checkpoint is reduced to its `backbone.`
+//! tensors, and the family's other naming schemes are translated by
+//! [`crate::backbones::reference_name`]. Tensors are then matched by name against the store's
+//! trainable parameters and buffers. The names each backbone family expects (relative to the
+//! backbone's builder prefix):
 //!
 //! - `resnet18` / `resnet34` (torchvision): `conv1.weight`, `bn1.{weight,bias,running_mean,
 //!   running_var}`, `layer{1-4}.{i}.conv{1,2}.weight`, `layer{1-4}.{i}.bn{1,2}.*`,
 //!   `layer{2-4}.0.downsample.0.weight`, `layer{2-4}.0.downsample.1.*`. Ignore `fc.`.
-//! - `efficientnet-b0` / `-b4` (timm `efficientnet_b*` / `tf_efficientnet_b*`): `conv_stem.weight`,
+//! - `efficientnet-b0` / `-b4` (timm `efficientnet_b*`) and `tf-efficientnet-b0` / `-b4` (timm
+//!   `tf_efficientnet_b*`; efficientnet_pytorch's `_conv_stem`, `_bn0`, `_blocks.N.*` are mapped
+//!   by [`crate::backbones::efficientnet::reference_name`]): `conv_stem.weight`,
 //!   `bn1.*`, `blocks.{s}.{b}.conv_dw.weight`, `.bn1.*`, `.se.conv_reduce.{weight,bias}`,
 //!   `.se.conv_expand.{weight,bias}`, `.conv_pw.weight`, `.bn2.*` (stage 0) and
 //!   `.conv_pw`, `.bn1`, `.conv_dw`, `.bn2`, `.se.*`, `.conv_pwl`, `.bn3` (stages 1-6),
@@ -37,6 +44,9 @@ use crate::params::ParamStore;
 /// How file names map onto store names, and what may be left over.
 #[derive(Debug, Clone, Default)]
 pub struct LoadOptions {
+    /// The backbone whose reference naming schemes are translated (see the module docs); also
+    /// drops `module.` prefixes and keeps only the `backbone.` tensors of a detector checkpoint.
+    pub family: Option<String>,
     /// Removed from the start of a file tensor's name when present (e.g. `"module."`).
     pub strip_prefix: Option<String>,
     /// Prepended after stripping (e.g. `"backbone."` when the backbone was built under that prefix).
@@ -67,26 +77,129 @@ fn map_name(name: &str, opts: &LoadOptions) -> String {
         Some(p) => name.strip_prefix(p.as_str()).unwrap_or(name),
         None => name,
     };
-    match &opts.add_prefix {
-        Some(p) => format!("{p}{stripped}"),
+    let native = match &opts.family {
+        Some(f) => crate::backbones::reference_name(f, stripped),
         None => stripped.to_string(),
+    };
+    match &opts.add_prefix {
+        Some(p) => format!("{p}{native}"),
+        None => native,
     }
 }
 
-/// Copies every tensor of a safetensors file into the store's parameters and buffers, by name.
+/// Keys under which training scripts nest a `state_dict` in a checkpoint, tried in order.
+pub const NESTING_KEYS: &[&str] = &["state_dict", "model", "net", "model_state_dict", "module"];
+
+/// The storage format of a weights file, from its first bytes (not its extension).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Safetensors,
+    /// `torch.save`'s zip format (PyTorch >= 1.6).
+    PyTorchZip,
+}
+
+pub fn detect_format(path: &Path) -> Result<Format> {
+    use std::io::Read;
+    let err = |m: String| candle_core::Error::Msg(format!("{}: {m}", path.display()));
+    let mut head = [0u8; 9];
+    let mut f = std::fs::File::open(path).map_err(|e| err(format!("cannot open: {e}")))?;
+    let n = f.read(&mut head).map_err(|e| err(format!("cannot read: {e}")))?;
+    if n >= 4 && head[..4] == *b"PK\x03\x04" {
+        return Ok(Format::PyTorchZip);
+    }
+    if n == 9 && head[8] == b'{' {
+        return Ok(Format::Safetensors);
+    }
+    if n >= 1 && head[0] == 0x80 {
+        return Err(err(
+            "a PyTorch checkpoint in the legacy (pre-1.6) format, which is not read; re-save it once \
+             with `torch.save(torch.load(f, map_location='cpu'), f)` in any PyTorch >= 1.6"
+                .into(),
+        ));
+    }
+    Err(err("neither a safetensors file nor a PyTorch checkpoint (.pth/.pt/.bin zip)".into()))
+}
+
+/// Every tensor of a weights file (safetensors or PyTorch zip checkpoint), sorted by name, in
+/// the file's dtype on the CPU. A checkpoint whose tensors are nested under one of
+/// [`NESTING_KEYS`] is read from there.
+pub fn read_tensors(path: impl AsRef<Path>) -> Result<Vec<(String, Tensor)>> {
+    let path = path.as_ref();
+    let err = |m: String| candle_core::Error::Msg(format!("{}: {m}", path.display()));
+    let mut tensors: Vec<(String, Tensor)> = match detect_format(path)? {
+        Format::Safetensors => candle_core::safetensors::load(path, &Device::Cpu)
+            .map_err(|e| err(format!("cannot read safetensors file: {e}")))?
+            .into_iter()
+            .collect(),
+        Format::PyTorchZip => {
+            let (found, _) = crate::pth::read(path, NESTING_KEYS)?;
+            if found.is_empty() {
+                return Err(err(format!(
+                    "no tensors found at the top level or under {}",
+                    NESTING_KEYS.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+                )));
+            }
+            found
+        }
+    };
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(tensors)
+}
+
+/// Drops a `module.` prefix (DataParallel) from every name that has it and, when any name
+/// starts with `backbone.` (a DeepfakeBench detector checkpoint) or `net.` (SBI's detector), keeps
+/// only those, without the prefix. Returns the kept tensors and the names set aside.
+pub fn unwrap_checkpoint(tensors: Vec<(String, Tensor)>) -> (Vec<(String, Tensor)>, Vec<String>) {
+    let tensors: Vec<(String, Tensor)> = tensors
+        .into_iter()
+        .map(|(n, t)| match n.strip_prefix("module.") {
+            Some(rest) => (rest.to_string(), t),
+            None => (n, t),
+        })
+        .collect();
+    let Some(prefix) = ["backbone.", "net."].into_iter().find(|p| tensors.iter().any(|(n, _)| n.starts_with(p)))
+    else {
+        return (tensors, Vec::new());
+    };
+    let mut kept = Vec::new();
+    let mut aside = Vec::new();
+    for (n, t) in tensors {
+        match n.strip_prefix(prefix) {
+            Some(rest) => kept.push((rest.to_string(), t)),
+            None => aside.push(n),
+        }
+    }
+    (kept, aside)
+}
+
+/// Kept for callers that predate PyTorch checkpoints: [`load_weights`] under its old name.
+pub fn load_safetensors(store: &ParamStore, path: impl AsRef<Path>, opts: &LoadOptions) -> Result<LoadReport> {
+    load_weights(store, path, opts)
+}
+
+/// Copies every tensor of a weights file (see [`read_tensors`]) into the store's parameters and
+/// buffers, by name.
 ///
 /// All-or-nothing: names and shapes are checked first; any missing store entry (not allowed),
 /// unexpected file tensor (not ignored) or shape mismatch returns an error listing all of them,
 /// and nothing is copied. Tensors are converted to the store's dtype (f32) and device.
-pub fn load_safetensors(
+pub fn load_weights(store: &ParamStore, path: impl AsRef<Path>, opts: &LoadOptions) -> Result<LoadReport> {
+    let path = path.as_ref();
+    let tensors = read_tensors(path)?;
+    let (tensors, aside) = if opts.family.is_some() { unwrap_checkpoint(tensors) } else { (tensors, Vec::new()) };
+    let mut report = load_tensors(store, tensors, path, opts)?;
+    report.ignored.extend(aside);
+    Ok(report)
+}
+
+/// [`load_weights`] for tensors already read; `source` names them in errors.
+pub fn load_tensors(
     store: &ParamStore,
-    path: impl AsRef<Path>,
+    file: Vec<(String, Tensor)>,
+    source: &Path,
     opts: &LoadOptions,
 ) -> Result<LoadReport> {
-    let path = path.as_ref();
-    let file = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| {
-        candle_core::Error::Msg(format!("{}: cannot read safetensors file: {e}", path.display()))
-    })?;
+    let path = source;
 
     let mut targets: BTreeMap<&str, &candle_core::Var> = BTreeMap::new();
     for (n, v) in store.trainable().chain(store.buffers()) {
@@ -98,10 +211,7 @@ pub fn load_safetensors(
     let mut mismatched = Vec::new();
     let mut mismatched_names = std::collections::BTreeSet::new();
     let mut plan: Vec<(String, Tensor)> = Vec::new();
-    let mut file_names: Vec<&String> = file.keys().collect();
-    file_names.sort();
-    for fname in file_names {
-        let tensor = &file[fname];
+    for (fname, tensor) in &file {
         let name = map_name(fname, opts);
         if name.ends_with("num_batches_tracked")
             || opts.ignore_prefixes.iter().any(|p| name.starts_with(p.as_str()))
