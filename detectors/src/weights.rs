@@ -346,3 +346,76 @@ pub fn resize_pos_embed(pos: &Tensor, want: &[usize]) -> Result<Tensor> {
     }
     Tensor::from_vec(out, (1, want[1], d), pos.device())
 }
+
+/// How well a file's tensors fit a backbone (`bench weights inspect`).
+#[derive(Debug, Clone, Default)]
+pub struct Fit {
+    pub backbone: String,
+    /// Store names that a file tensor fills.
+    pub matched: Vec<String>,
+    /// Store names no file tensor fills.
+    pub missing: Vec<String>,
+    /// File names (as in the file) that are no store name.
+    pub unexpected: Vec<String>,
+    /// `name: file [..], model [..]`.
+    pub mismatched: Vec<String>,
+    /// File names skipped: classifiers, `num_batches_tracked`, a detector's non-backbone parts.
+    pub ignored: Vec<String>,
+}
+
+impl Fit {
+    pub fn is_exact(&self) -> bool {
+        self.missing.is_empty() && self.unexpected.is_empty() && self.mismatched.is_empty() && !self.matched.is_empty()
+    }
+
+    /// Fraction of the backbone's tensors filled, less the fraction of the file left unused:
+    /// 1 for an exact fit.
+    pub fn score(&self) -> f64 {
+        let store = (self.matched.len() + self.missing.len() + self.mismatched.len()).max(1) as f64;
+        let file = (self.matched.len() + self.unexpected.len() + self.mismatched.len()).max(1) as f64;
+        self.matched.len() as f64 / store - self.unexpected.len() as f64 / file
+    }
+}
+
+/// Matches a file's tensors against `backbone` built for `image_size` pixels, with the loader's
+/// own name mapping (`module.`/`backbone.` unwrapping, the family's naming schemes, classifier
+/// tensors ignored) and shape rules (Cadene's `[out, in]` pointwise weights; a `pos_embed` of
+/// another grid, which loading resizes).
+pub fn fit(tensors: &[(String, Tensor)], backbone: &str, image_size: usize) -> Result<Fit> {
+    let pb = ParamStore::new(&Device::Cpu).builder(0);
+    crate::backbones::build(backbone, &pb, image_size)?;
+    let store = pb.store();
+    let targets: BTreeMap<&str, Vec<usize>> =
+        store.trainable().chain(store.buffers()).map(|(n, v)| (n.as_str(), v.dims().to_vec())).collect();
+    let opts = LoadOptions {
+        family: Some(backbone.to_string()),
+        ignore_prefixes: crate::backbones::CLASSIFIER_PREFIXES.iter().map(|p| p.to_string()).collect(),
+        ..Default::default()
+    };
+    let (kept, aside) =
+        unwrap_checkpoint(tensors.iter().map(|(n, t)| (n.clone(), t.clone())).collect());
+    let mut fit = Fit { backbone: backbone.to_string(), ignored: aside, ..Default::default() };
+    let mut seen = std::collections::BTreeSet::new();
+    for (fname, t) in &kept {
+        let name = map_name(fname, &opts);
+        if name.ends_with("num_batches_tracked") || opts.ignore_prefixes.iter().any(|p| name.starts_with(p.as_str())) {
+            fit.ignored.push(fname.clone());
+            continue;
+        }
+        let Some(want) = targets.get(name.as_str()) else {
+            fit.unexpected.push(fname.clone());
+            continue;
+        };
+        seen.insert(name.clone());
+        let got = t.dims();
+        let pointwise = got.len() == 2 && want.len() == 4 && want[2..] == [1, 1] && got == &want[..2];
+        let pos_embed = name.ends_with("pos_embed") && got.len() == 3 && want.len() == 3 && got[2] == want[2];
+        if got == want.as_slice() || pointwise || pos_embed {
+            fit.matched.push(name);
+        } else {
+            fit.mismatched.push(format!("{name}: file {got:?}, model {want:?}"));
+        }
+    }
+    fit.missing = targets.keys().filter(|n| !seen.contains(**n)).map(|n| n.to_string()).collect();
+    Ok(fit)
+}

@@ -56,6 +56,7 @@ pub fn allocator_purge_delay_ms() -> i64 {
 pub mod data;
 pub mod eval;
 pub mod exit;
+pub mod features;
 pub mod list;
 pub mod metrics;
 pub mod plan;
@@ -66,3 +67,4 @@ pub mod results;
 pub mod runner;
 pub mod slurm;
 pub mod stats;
+pub mod weights_cmd;
