@@ -9,6 +9,7 @@ pub mod gradvec;
 pub mod layers;
 pub mod params;
 pub mod pth;
+pub mod reference_formula;
 pub mod losses;
 pub mod methods;
 pub mod model;

@@ -15,50 +15,17 @@ use detectors::backbones::{CLASSIFIER_PREFIXES, build};
 use detectors::model::Backbone;
 use detectors::weights::{LoadOptions, LoadReport, load_weights};
 use detectors::{Mode, ParamStore};
+use detectors::reference_formula as formula;
 use serde_json::Value;
 
-const INPUT_TENSOR_INDEX: u32 = 100_000;
 const TOLERANCE: f64 = 1e-5;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/reference")
 }
 
-/// The script's `formula_raw`: integers in [-2048, 2048) from a 32-bit hash.
-fn formula_raw(tensor_index: u32, i: usize) -> i32 {
-    let mut x = tensor_index
-        .wrapping_mul(0x9E37_79B1)
-        .wrapping_add((i as u32).wrapping_mul(0x85EB_CA77))
-        .wrapping_add(0x1656_67B1);
-    x ^= x >> 15;
-    x = x.wrapping_mul(0x2C1B_3C6D);
-    x ^= x >> 12;
-    ((x >> 8) & 0xFFF) as i32 - 2048
-}
-
-/// The script's `formula_values`: exact binary fractions, so both sides hold the same bits.
-fn formula_values(tensor_index: u32, name: &str, shape: &[usize]) -> Vec<f32> {
-    let n: usize = shape.iter().product();
-    let scale = if shape.len() >= 2 {
-        let fan_in: usize = shape[1..].iter().product();
-        let k = (usize::BITS - 1 - fan_in.leading_zeros()) / 2;
-        2f64.powi(-(k as i32))
-    } else {
-        1.0
-    };
-    let offset = name.ends_with("running_var") || (shape.len() == 1 && name.ends_with("weight"));
-    (0..n)
-        .map(|i| {
-            let v = formula_raw(tensor_index, i) as f64 / 4096.0;
-            (if offset { 1.0 + v } else { v * scale }) as f32
-        })
-        .collect()
-}
-
 fn formula_input(size: usize, batch: usize) -> Result<Tensor> {
-    let shape = [batch, 3, size, size];
-    let v: Vec<f32> = formula_values(INPUT_TENSOR_INDEX, "input", &shape).iter().map(|x| x * 4.0).collect();
-    Tensor::from_vec(v, &shape, &Device::Cpu)
+    Tensor::from_vec(formula::input(size, batch), (batch, 3, size, size), &Device::Cpu)
 }
 
 fn read_json(path: &Path) -> Value {
@@ -96,7 +63,7 @@ fn check_formula_case(case: &str) -> Result<()> {
         let name = entry[0].as_str().expect("name");
         let shape: Vec<usize> =
             entry[1].as_array().expect("shape").iter().map(|d| d.as_u64().expect("dim") as usize).collect();
-        let values = formula_values(t as u32, name, &shape);
+        let values = formula::values(t as u32, name, &shape);
         tensors.insert(name.to_string(), Tensor::from_vec(values, shape.as_slice(), &Device::Cpu)?);
     }
     let dir = tempfile::tempdir().map_err(candle_core::Error::wrap)?;
@@ -135,16 +102,15 @@ fn check_pth_case(case: &str) -> Result<LoadReport> {
 
 #[test]
 fn formula_matches_python() {
-    // A hand-checked element: tensor 0, element 0 (see the script's `formula_raw`).
-    let mut x: u32 = 0x1656_67B1;
-    x ^= x >> 15;
-    x = x.wrapping_mul(0x2C1B_3C6D);
-    x ^= x >> 12;
-    assert_eq!(formula_raw(0, 0), ((x >> 8) & 0xFFF) as i32 - 2048);
+    // Literals printed by the script's `formula_raw` (numpy uint64 arithmetic).
+    let got: Vec<i32> = (0..3).map(|i| formula::raw(0, i)).collect();
+    assert_eq!(got, [1409, -1751, -372]);
+    assert_eq!(formula::raw(7, 4), -775);
+    assert_eq!([formula::raw(100_000, 0), formula::raw(100_000, 1)], [-1539, -1976]);
     // Every value is a multiple of 2^-12 (times a power of two) in the documented ranges.
-    let w = formula_values(3, "conv.weight", &[8, 4, 3, 3]);
+    let w = formula::values(3, "conv.weight", &[8, 4, 3, 3]);
     assert!(w.iter().all(|v| v.abs() <= 0.5 / 4.0 && (v * 4096.0 * 4.0).fract() == 0.0));
-    let var = formula_values(3, "bn.running_var", &[64]);
+    let var = formula::values(3, "bn.running_var", &[64]);
     assert!(var.iter().all(|v| (0.5..1.5).contains(v)));
 }
 
