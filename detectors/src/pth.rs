@@ -28,9 +28,12 @@ fn tensor_infos(entries: Vec<(Object, Object)>, dir: &Path) -> Result<Vec<Tensor
     Ok(out)
 }
 
+/// Tensors by name.
+pub type NamedTensors = Vec<(String, Tensor)>;
+
 /// Reads every tensor of the checkpoint's top-level dict or, when that holds none, of the first
 /// of `nesting_keys` whose value is a dict of tensors. Returns the tensors and the key used.
-pub fn read(path: &Path, nesting_keys: &[&str]) -> Result<(Vec<(String, Tensor)>, Option<String>)> {
+pub fn read(path: &Path, nesting_keys: &[&str]) -> Result<(NamedTensors, Option<String>)> {
     let open = || -> Result<ZipArchive<BufReader<std::fs::File>>> {
         let file = std::fs::File::open(path).map_err(|e| err(path, e))?;
         let cfg = Config { archive_offset: ArchiveOffset::Known(0) };

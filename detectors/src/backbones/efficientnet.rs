@@ -85,7 +85,6 @@ struct PaddedConv {
 }
 
 impl PaddedConv {
-    #[allow(clippy::too_many_arguments)]
     fn new(
         pb: &ParamBuilder,
         cin: usize,
