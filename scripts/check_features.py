@@ -2,7 +2,7 @@
 """Acceptance check of `bench features` against PyTorch references (run by hand, never by CI).
 
 For each backbone: a random-initialised reference with BatchNorm statistics set away from 0/1,
-saved with `torch.save(model.state_dict())` and with safetensors, an input `x.safetensors`, and
+saved with `torch.save(model.state_dict())` (zip and legacy format) and with safetensors, an input `x.safetensors`, and
 `bench features --backbone NAME --weights FILE --size S x.safetensors --out y.safetensors` for
 both files; prints the largest |difference| over the largest |reference feature|.
 
@@ -89,8 +89,13 @@ def main():
                 sd = rename(sd)
             xp = os.path.join(d, "x.safetensors")
             save_file({"x": x}, xp)
-            files = {"pth": os.path.join(d, f"{case}.pth"), "safetensors": os.path.join(d, f"{case}.safetensors")}
+            files = {
+                "pth": os.path.join(d, f"{case}.pth"),
+                "pth-legacy": os.path.join(d, f"{case}-legacy.pth"),
+                "safetensors": os.path.join(d, f"{case}.safetensors"),
+            }
             torch.save(sd, files["pth"])
+            torch.save(sd, files["pth-legacy"], _use_new_zipfile_serialization=False)
             save_file(sd, files["safetensors"])
             for kind, w in files.items():
                 out = os.path.join(d, "y.safetensors")

@@ -15,7 +15,8 @@ Two kinds of fixture, both small:
   names, loads them through dfbench's loaders and compares.
 * `pth/*.pth` + `pth/*.json`: reduced-width EfficientNets (random init, BatchNorm statistics set
   away from 0/1) saved with `torch.save` - plain, nested under `state_dict` with `module.`
-  prefixes, and as a DeepfakeBench detector checkpoint - with the features of a formula input.
+  prefixes, in the legacy pre-1.6 format, and as a DeepfakeBench detector checkpoint - with the
+  features of a formula input.
 """
 import json
 import math
@@ -173,6 +174,8 @@ def pth_cases(out_dir, size=40, width=0.1):
          "tf-efficientnet-b0", "nested"),
         ("deepfakebench_w010", lambda: lukemelas("efficientnet-b0", size, width_coefficient=width, num_classes=2)[0],
          "tf-efficientnet-b0", "deepfakebench"),
+        ("lukemelas_w010_legacy", lambda: lukemelas("efficientnet-b0", size, width_coefficient=width, num_classes=2)[0],
+         "tf-efficientnet-b0", "legacy"),
     ]:
         net = build()
         randomise_bn(net, gen)
@@ -190,7 +193,8 @@ def pth_cases(out_dir, size=40, width=0.1):
             obj["head.weight"] = torch.zeros(2, 128)
         else:
             obj = sd
-        torch.save(obj, os.path.join(out_dir, "pth", f"{case}.pth"))
+        # "legacy": the pre-1.6 stream that 2017-2019 checkpoints (Cadene, efficientnet_pytorch) use.
+        torch.save(obj, os.path.join(out_dir, "pth", f"{case}.pth"), _use_new_zipfile_serialization=save != "legacy")
         doc = {"case": case, "backbone": backbone, "width": width, "size": size, "input_shape": list(x.shape),
                "features": feats, "feature_shape": [x.shape[0], len(feats) // x.shape[0]]}
         with open(os.path.join(out_dir, "pth", f"{case}.json"), "w") as f:

@@ -1,5 +1,6 @@
 //! Loading pretrained weights from safetensors files and PyTorch checkpoints (`.pth`, `.pt`,
-//! `.bin`: `torch.save`'s zip format), and saving a run's weights to safetensors.
+//! `.bin`: `torch.save`'s zip format and its legacy pre-1.6 stream), and saving a run's weights
+//! to safetensors.
 //!
 //! [`read_tensors`] reads either format (a checkpoint's `state_dict`, `model` or `net` entry when
 //! the tensors are nested one level). With [`LoadOptions::family`] set, a `module.` prefix
@@ -96,6 +97,8 @@ pub enum Format {
     Safetensors,
     /// `torch.save`'s zip format (PyTorch >= 1.6).
     PyTorchZip,
+    /// `torch.save`'s legacy stream (PyTorch < 1.6, or `_use_new_zipfile_serialization=False`).
+    PyTorchLegacy,
 }
 
 pub fn detect_format(path: &Path) -> Result<Format> {
@@ -110,12 +113,8 @@ pub fn detect_format(path: &Path) -> Result<Format> {
     if n == 9 && head[8] == b'{' {
         return Ok(Format::Safetensors);
     }
-    if n >= 1 && head[0] == 0x80 {
-        return Err(err(
-            "a PyTorch checkpoint in the legacy (pre-1.6) format, which is not read; re-save it once \
-             with `torch.save(torch.load(f, map_location='cpu'), f)` in any PyTorch >= 1.6"
-                .into(),
-        ));
+    if n >= 2 && head[..2] == [0x80, 0x02] {
+        return Ok(Format::PyTorchLegacy);
     }
     Err(err("neither a safetensors file nor a PyTorch checkpoint (.pth/.pt/.bin zip)".into()))
 }
@@ -126,13 +125,18 @@ pub fn detect_format(path: &Path) -> Result<Format> {
 pub fn read_tensors(path: impl AsRef<Path>) -> Result<Vec<(String, Tensor)>> {
     let path = path.as_ref();
     let err = |m: String| candle_core::Error::Msg(format!("{}: {m}", path.display()));
-    let mut tensors: Vec<(String, Tensor)> = match detect_format(path)? {
+    let format = detect_format(path)?;
+    let mut tensors: Vec<(String, Tensor)> = match format {
         Format::Safetensors => candle_core::safetensors::load(path, &Device::Cpu)
             .map_err(|e| err(format!("cannot read safetensors file: {e}")))?
             .into_iter()
             .collect(),
-        Format::PyTorchZip => {
-            let (found, _) = crate::pth::read(path, NESTING_KEYS)?;
+        Format::PyTorchZip | Format::PyTorchLegacy => {
+            let (found, _) = if matches!(format, Format::PyTorchZip) {
+                crate::pth::read(path, NESTING_KEYS)?
+            } else {
+                crate::pth::read_legacy(path, NESTING_KEYS)?
+            };
             if found.is_empty() {
                 return Err(err(format!(
                     "no tensors found at the top level or under {}",

@@ -203,3 +203,29 @@ fn tf_padding_changes_the_features() -> Result<()> {
     assert!(d > 1e-3 * scale, "TF padding changed the features by only {d} (max |feature| {scale})");
     Ok(())
 }
+
+/// The pre-1.6 `torch.save` stream of the 2017-2019 checkpoints (Cadene, efficientnet_pytorch).
+#[test]
+fn pth_legacy_format() -> Result<()> {
+    check_pth_case("lukemelas_w010_legacy").map(drop)
+}
+
+/// Truncated or foreign files are errors naming the file, never panics.
+#[test]
+fn damaged_checkpoints_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixtures().join("pth");
+    for case in ["lukemelas_w010_legacy", "timm_tf_efficientnet_w010"] {
+        let bytes = std::fs::read(src.join(format!("{case}.pth"))).unwrap();
+        for cut in [20, bytes.len() / 2, bytes.len() - 100] {
+            let p = dir.path().join(format!("{case}-{cut}.pth"));
+            std::fs::write(&p, &bytes[..cut]).unwrap();
+            let e = detectors::weights::read_tensors(&p).unwrap_err().to_string();
+            assert!(e.contains(&p.display().to_string()), "{e}");
+        }
+    }
+    let p = dir.path().join("text.pth");
+    std::fs::write(&p, "not a checkpoint").unwrap();
+    let e = detectors::weights::read_tensors(&p).unwrap_err().to_string();
+    assert!(e.contains("neither a safetensors file nor a PyTorch checkpoint"), "{e}");
+}
