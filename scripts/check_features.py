@@ -59,6 +59,7 @@ CASES = [
     ("efficientnet_b4", "efficientnet-b4", 96, lambda: (m := timm_model("efficientnet_b4"), m), None),
     ("tf_efficientnet_b4", "tf-efficientnet-b4", 96, lambda: (m := timm_model("tf_efficientnet_b4"), m), None),
     ("lukemelas_efficientnet_b4", "tf-efficientnet-b4", 96, lambda: lukemelas("efficientnet-b4", 96), None),
+    ("efficientnet_pytorch_b4", "efficientnet-pytorch-b4", 96, lambda: lukemelas("efficientnet-b4", None), None),
     ("xception_timm_legacy", "xception", 96, legacy_xception_pooled, None),
     ("xception_cadene", "xception", 96, legacy_xception_pooled, cadene_names),
     ("vit_b16", "vit-b16", 64, lambda: (m := timm_model("vit_base_patch16_224", img_size=64), m), None),

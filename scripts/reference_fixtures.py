@@ -100,9 +100,12 @@ class Pooled(torch.nn.Module):
 
 
 def lukemelas(name, size, **kw):
+    """size: the image size efficientnet_pytorch fixes its static "SAME" padding for; None keeps
+    the model's nominal size (224 for B0, 380 for B4), as `from_pretrained` does."""
     from efficientnet_pytorch import EfficientNet
-    # image_size fixes efficientnet_pytorch's static "SAME" padding: the size it is run at.
-    net = EfficientNet.from_name(name, image_size=size, **kw)
+    if size is not None:
+        kw["image_size"] = size
+    net = EfficientNet.from_name(name, **kw)
     return net, Pooled(net, lambda n, x: n._avg_pooling(n.extract_features(x)).flatten(1))
 
 
@@ -176,6 +179,9 @@ def pth_cases(out_dir, size=40, width=0.1):
          "tf-efficientnet-b0", "deepfakebench"),
         ("lukemelas_w010_legacy", lambda: lukemelas("efficientnet-b0", size, width_coefficient=width, num_classes=2)[0],
          "tf-efficientnet-b0", "legacy"),
+        # Padding fixed for the nominal 224 px, as `from_pretrained` builds it, run at 40 px.
+        ("lukemelas_w010_static224", lambda: lukemelas("efficientnet-b0", None, width_coefficient=width, num_classes=2)[0],
+         "efficientnet-pytorch-b0", "plain"),
     ]:
         net = build()
         randomise_bn(net, gen)
@@ -196,6 +202,7 @@ def pth_cases(out_dir, size=40, width=0.1):
         # "legacy": the pre-1.6 stream that 2017-2019 checkpoints (Cadene, efficientnet_pytorch) use.
         torch.save(obj, os.path.join(out_dir, "pth", f"{case}.pth"), _use_new_zipfile_serialization=save != "legacy")
         doc = {"case": case, "backbone": backbone, "width": width, "size": size, "input_shape": list(x.shape),
+               "nominal_size": 224 if "static" in case else None,
                "features": feats, "feature_shape": [x.shape[0], len(feats) // x.shape[0]]}
         with open(os.path.join(out_dir, "pth", f"{case}.json"), "w") as f:
             json.dump(doc, f, separators=(",", ":"))
@@ -217,6 +224,7 @@ def main():
         ("tf_efficientnet_b0_timm", "tf-efficientnet-b0", 72, lambda: (m := timm_model("tf_efficientnet_b0"), m), None),
         ("tf_efficientnet_b4_timm", "tf-efficientnet-b4", 72, lambda: (m := timm_model("tf_efficientnet_b4"), m), None),
         ("tf_efficientnet_b4_lukemelas", "tf-efficientnet-b4", 72, lambda: lukemelas("efficientnet-b4", 72), None),
+        ("efficientnet_pytorch_b4_nominal380", "efficientnet-pytorch-b4", 64, lambda: lukemelas("efficientnet-b4", None), None),
         ("xception_timm_legacy", "xception", 64, lambda: (m := timm_model("legacy_xception"), m), None),
         ("xception_cadene", "xception", 64, lambda: (m := timm_model("legacy_xception", num_classes=1000), Pooled(m, lambda n, x: n.forward_head(n.forward_features(x), pre_logits=True))), cadene_names),
         ("vit_b16_timm", "vit-b16", 64, lambda: (m := timm_model("vit_base_patch16_224", img_size=64), m), None),

@@ -88,7 +88,11 @@ fn check_pth_case(case: &str) -> Result<LoadReport> {
     let width = doc["width"].as_f64().expect("width");
     let size = doc["size"].as_u64().expect("size") as usize;
     let batch = doc["input_shape"][0].as_u64().expect("batch") as usize;
-    let variant = if backbone.starts_with("tf-") { Variant::Tf } else { Variant::Timm };
+    let variant = match (doc["nominal_size"].as_u64(), backbone.starts_with("tf-")) {
+        (Some(n), _) => Variant::TfStatic(n as usize),
+        (None, true) => Variant::Tf,
+        (None, false) => Variant::Timm,
+    };
     let pb = ParamStore::new(&Device::Cpu).builder(7);
     let net = EfficientNet::new(&pb, width, 1.0, variant)?;
     let report = load_weights(&pb.store(), dir.join(format!("{case}.pth")), &pretrained_options(backbone))?;
@@ -149,6 +153,15 @@ fn tf_efficientnet_b4_efficientnet_pytorch_names() -> Result<()> {
     check_formula_case("tf_efficientnet_b4_lukemelas")
 }
 
+/// efficientnet_pytorch as `from_pretrained` builds it (padding fixed for 380 px) run at 64 px.
+#[test]
+fn efficientnet_pytorch_b4_static_padding() -> Result<()> {
+    // Deep in a formula-filled network the activations are nearly constant across space, so
+    // this case checks names and eps; `pth_efficientnet_pytorch_static_padding` checks padding.
+    check_formula_case("efficientnet_pytorch_b4_nominal380")?;
+    Ok(())
+}
+
 #[test]
 fn xception_timm_legacy_names() -> Result<()> {
     check_formula_case("xception_timm_legacy")
@@ -201,6 +214,21 @@ fn tf_padding_changes_the_features() -> Result<()> {
     let scale = fa.abs()?.max_all()?.to_scalar::<f32>()?;
     let d = (fa - fb)?.abs()?.max_all()?.to_scalar::<f32>()?;
     assert!(d > 1e-3 * scale, "TF padding changed the features by only {d} (max |feature| {scale})");
+    Ok(())
+}
+
+/// efficientnet_pytorch's padding fixed for 224 px, at 40 px (where per-input "SAME" differs:
+/// the fourth stride-2 layer sees 5 px, odd, where the nominal size gives 28, even).
+#[test]
+fn pth_efficientnet_pytorch_static_padding() -> Result<()> {
+    check_pth_case("lukemelas_w010_static224")?;
+    let doc = read_json(&fixtures().join("pth/lukemelas_w010_static224.json"));
+    let pb = ParamStore::new(&Device::Cpu).builder(7);
+    let net = EfficientNet::new(&pb, 0.1, 1.0, Variant::Tf)?;
+    let path = fixtures().join("pth/lukemelas_w010_static224.pth");
+    load_weights(&pb.store(), path, &pretrained_options("tf-efficientnet-b0"))?;
+    let err = relative_error(&net.forward_features(&formula_input(40, 2)?, Mode::Eval)?, &features_of(&doc))?;
+    assert!(err > 1e-3, "per-input padding agreed with the static one ({err:e})");
     Ok(())
 }
 

@@ -111,15 +111,20 @@ fn inspect(args: InspectArgs, verbosity: Verbosity) -> anyhow::Result<ExitCode> 
                     fits.push(f);
                 }
             }
-            // efficientnet_pytorch's names only ever hold the TF-trained weights, so the TF variant
-            // comes first for them (timm's two variants share names and are not told apart).
+            // efficientnet_pytorch's names hold TF-trained weights that its own code runs with
+            // padding fixed for the nominal size: that variant first, then timm's TF port (timm's
+            // two variants share names and are not told apart).
             let lukemelas = tensors.iter().any(|(n, _)| n.contains("_conv_stem.") || n.contains("_blocks."));
-            let tf_first = |f: &Fit| lukemelas && f.backbone.starts_with("tf-");
+            let rank = |f: &Fit| match (lukemelas, f.backbone.as_str()) {
+                (true, b) if b.starts_with("efficientnet-pytorch-") => 2,
+                (true, b) if b.starts_with("tf-") => 1,
+                _ => 0,
+            };
             fits.sort_by(|a, b| {
                 b.is_exact()
                     .cmp(&a.is_exact())
                     .then(b.score().total_cmp(&a.score()))
-                    .then(tf_first(b).cmp(&tf_first(a)))
+                    .then(rank(b).cmp(&rank(a)))
             });
             let exact: Vec<&Fit> = fits.iter().filter(|f| f.is_exact()).collect();
             if exact.is_empty() {
@@ -139,12 +144,14 @@ fn inspect(args: InspectArgs, verbosity: Verbosity) -> anyhow::Result<ExitCode> 
                 );
             }
             if lukemelas {
-                println!("efficientnet_pytorch names: TF-trained weights, use the tf-efficientnet-* backbone");
+                println!(
+                    "efficientnet_pytorch names: efficientnet-pytorch-* computes what efficientnet_pytorch does \
+                     (padding fixed for 224/380 px); tf-efficientnet-* pads for each input's size, as timm"
+                );
             } else if exact.iter().any(|f| f.backbone.contains("efficientnet")) {
                 println!(
-                    "note: efficientnet-b* (timm efficientnet_b*) and tf-efficientnet-b* (timm tf_efficientnet_b*, \
-                     efficientnet_pytorch, DeepfakeBench, SBI) share names but not padding; use the one the \
-                     weights were trained with"
+                    "note: efficientnet-b* (timm efficientnet_b*) and tf-efficientnet-b* (timm tf_efficientnet_b*) \
+                     share names but not padding; use the one the weights were trained with"
                 );
             }
             Ok(ExitCode::SUCCESS)

@@ -133,7 +133,7 @@ fn inspect_best(case: &str) -> (String, Output, PathBuf, tempfile::TempDir) {
 fn inspect_names_the_backbone_of_reference_files() {
     let (best, o, _, _d) = inspect_best("tf_efficientnet_b4_lukemelas");
     assert!(o.status.success(), "{}", out_text(&o));
-    assert_eq!(best, "tf-efficientnet-b4", "{}", out_text(&o));
+    assert_eq!(best, "efficientnet-pytorch-b4", "{}", out_text(&o));
     let (best, o, w, _d) = inspect_best("xception_cadene");
     assert!(o.status.success(), "{}", out_text(&o));
     assert_eq!(best, "xception", "{}", out_text(&o));

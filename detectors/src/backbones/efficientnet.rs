@@ -11,15 +11,18 @@
 //!   (`tf_efficientnet_b*`) and by efficientnet_pytorch (`efficientnet-b*`, the weights
 //!   DeepfakeBench, SBI and CS-DFD start from): TF "SAME" padding computed from each input's size
 //!   (on stride-2 layers of even-sized inputs the extra row/column goes bottom/right), eps 1e-3.
-//!   efficientnet_pytorch fixes its padding for the model's nominal image size (380 px for B4);
-//!   it equals this one for inputs of that size or of any size whose stride-2 layers see the
-//!   same parity (e.g. 256 px), which covers the usual face crops.
+//! - [`Variant::TfStatic`] (`efficientnet-pytorch-b0/b4`): efficientnet_pytorch as
+//!   `EfficientNet.from_pretrained` builds it, which DeepfakeBench, SBI and CS-DFD use: TF "SAME"
+//!   padding fixed when the model is built, for its nominal image size (224 px for B0, 380 px for
+//!   B4), and applied to inputs of any size. It equals `Tf` when every stride-2 layer sees an input
+//!   of the same parity as at the nominal size (B4: sizes 28 mod 32, e.g. 380, 316, 412), and
+//!   differs otherwise (e.g. DeepfakeBench's 256 px).
 //! - BatchNorm momentum 0.1 as everywhere in this crate (training only).
+//! - Drop-connect (stochastic depth) is omitted: timm's model default `drop_path_rate` is 0.
+//! - Initialisation as timm (`_init_weight_goog`): convs N(0, 2 / fan_out), BN 1 / 0.
 //!
 //! efficientnet_pytorch's names (`_conv_stem`, `_bn0`, `_blocks.N._expand_conv`, ...) are
 //! mapped onto these by [`reference_name`], the one place that knows them.
-//! - Drop-connect (stochastic depth) is omitted: timm's model default `drop_path_rate` is 0.
-//! - Initialisation as timm (`_init_weight_goog`): convs N(0, 2 / fan_out), BN 1 / 0.
 use candle_core::{Result, Tensor};
 
 use crate::layers::{Activation, BatchNorm2d, Conv2d, ConvCfg, ConvInit, SqueezeExcite, global_avg_pool};
@@ -36,15 +39,17 @@ pub const EFFICIENTNET_B4_PARAMS: usize = 17_548_616;
 pub enum Variant {
     /// timm `efficientnet_b*`: symmetric padding, eps 1e-5.
     Timm,
-    /// timm `tf_efficientnet_b*` / efficientnet_pytorch: TF "SAME" padding, eps 1e-3.
+    /// timm `tf_efficientnet_b*`: TF "SAME" padding for each input's size, eps 1e-3.
     Tf,
+    /// efficientnet_pytorch: TF "SAME" padding for this nominal input size, eps 1e-3.
+    TfStatic(usize),
 }
 
 impl Variant {
     pub fn bn_eps(self) -> f64 {
         match self {
             Variant::Timm => 1e-5,
-            Variant::Tf => 1e-3,
+            Variant::Tf | Variant::TfStatic(_) => 1e-3,
         }
     }
 }
@@ -82,6 +87,8 @@ struct PaddedConv {
     conv: Conv2d,
     kernel: usize,
     variant: Variant,
+    /// `TfStatic`: the size this layer's input has at the nominal image size.
+    nominal_input: usize,
 }
 
 impl PaddedConv {
@@ -90,13 +97,13 @@ impl PaddedConv {
         cin: usize,
         cout: usize,
         k: usize,
-        stride: usize,
-        groups: usize,
+        (stride, groups): (usize, usize),
         variant: Variant,
+        nominal_input: usize,
     ) -> Result<Self> {
         let cfg = ConvCfg::default().stride(stride).padding(k / 2).groups(groups);
         let conv = Conv2d::new(pb, cin, cout, k, cfg, ConvInit::KaimingFanOut)?;
-        Ok(Self { conv, kernel: k, variant })
+        Ok(Self { conv, kernel: k, variant, nominal_input })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -109,7 +116,11 @@ impl PaddedConv {
         // Padding symmetrically by the smaller half and adding the remainder at the end equals it.
         let (_, _, h, w) = x.dims4()?;
         let total = |n: usize| ((n.div_ceil(c.stride) - 1) * c.stride + self.kernel).saturating_sub(n);
-        let (th, tw) = (total(h), total(w));
+        let (th, tw) = match self.variant {
+            // efficientnet_pytorch's `Conv2dStaticSamePadding`: computed once, for the nominal size.
+            Variant::TfStatic(_) => (total(self.nominal_input), total(self.nominal_input)),
+            _ => (total(h), total(w)),
+        };
         let (ph, pw) = (th / 2, tw / 2);
         let w = &self.conv.weight;
         if ph != pw {
@@ -159,6 +170,7 @@ impl Block {
         stride: usize,
         exp: usize,
         v: Variant,
+        nominal_input: usize,
     ) -> Result<Self> {
         let init = ConvInit::KaimingFanOut;
         let skip = stride == 1 && cin == cout;
@@ -168,7 +180,7 @@ impl Block {
         let pw = |name: &str, a: usize, b: usize| Conv2d::new(&pb.pp(name), a, b, 1, ConvCfg::default(), init);
         if exp == 1 {
             Ok(Block::DepthwiseSeparable {
-                conv_dw: PaddedConv::new(&pb.pp("conv_dw"), cin, cin, k, stride, cin, v)?,
+                conv_dw: PaddedConv::new(&pb.pp("conv_dw"), cin, cin, k, (stride, cin), v, nominal_input)?,
                 bn1: bn(pb, "bn1", cin, v)?,
                 se: SqueezeExcite::new(&pb.pp("se"), cin, rd, ACT, init)?,
                 conv_pw: pw("conv_pw", cin, cout)?,
@@ -180,7 +192,7 @@ impl Block {
             Ok(Block::InvertedResidual {
                 conv_pw: pw("conv_pw", cin, mid)?,
                 bn1: bn(pb, "bn1", mid, v)?,
-                conv_dw: PaddedConv::new(&pb.pp("conv_dw"), mid, mid, k, stride, mid, v)?,
+                conv_dw: PaddedConv::new(&pb.pp("conv_dw"), mid, mid, k, (stride, mid), v, nominal_input)?,
                 bn2: bn(pb, "bn2", mid, v)?,
                 se: SqueezeExcite::new(&pb.pp("se"), mid, rd, ACT, init)?,
                 conv_pwl: pw("conv_pwl", mid, cout)?,
@@ -224,7 +236,13 @@ impl EfficientNet {
         let init = ConvInit::KaimingFanOut;
         let ch = |c: usize| round_channels(c as f64 * width);
         let stem = ch(32);
-        let conv_stem = PaddedConv::new(&pb.pp("conv_stem"), 3, stem, 3, 2, 1, variant)?;
+        // efficientnet_pytorch's static padding follows the nominal size through the strides.
+        let mut nominal = match variant {
+            Variant::TfStatic(size) => size,
+            _ => 0,
+        };
+        let conv_stem = PaddedConv::new(&pb.pp("conv_stem"), 3, stem, 3, (2, 1), variant, nominal)?;
+        nominal = nominal.div_ceil(2);
         let bn1 = bn(pb, "bn1", stem, variant)?;
         let mut blocks = Vec::new();
         let mut cin = stem;
@@ -235,7 +253,8 @@ impl EfficientNet {
             let sp = pb.pp("blocks").pp(si.to_string());
             for bi in 0..n {
                 let s = if bi == 0 { stride } else { 1 };
-                blocks.push(Block::new(&sp.pp(bi.to_string()), (cin, cout), k, s, exp, variant)?);
+                blocks.push(Block::new(&sp.pp(bi.to_string()), (cin, cout), k, s, exp, variant, nominal)?);
+                nominal = nominal.div_ceil(s);
                 cin = cout;
             }
         }

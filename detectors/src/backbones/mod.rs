@@ -29,11 +29,19 @@ static REGISTRY: &[BackboneInfo] = &[
     BackboneInfo { name: "efficientnet-b4", description: "EfficientNet-B4, timm's efficientnet_b4" },
     BackboneInfo {
         name: "tf-efficientnet-b0",
-        description: "EfficientNet-B0 with TF padding, timm's tf_efficientnet_b0 / efficientnet_pytorch",
+        description: "EfficientNet-B0 with TF padding, timm's tf_efficientnet_b0",
     },
     BackboneInfo {
         name: "tf-efficientnet-b4",
-        description: "EfficientNet-B4 with TF padding, timm's tf_efficientnet_b4 / efficientnet_pytorch (DeepfakeBench, SBI)",
+        description: "EfficientNet-B4 with TF padding, timm's tf_efficientnet_b4",
+    },
+    BackboneInfo {
+        name: "efficientnet-pytorch-b0",
+        description: "EfficientNet-B0 as efficientnet_pytorch builds it (TF padding fixed for 224 px)",
+    },
+    BackboneInfo {
+        name: "efficientnet-pytorch-b4",
+        description: "EfficientNet-B4 as efficientnet_pytorch builds it (TF padding fixed for 380 px; DeepfakeBench, SBI, CS-DFD)",
     },
     BackboneInfo { name: "xception", description: "Xception (Chollet 2017), DeepfakeBench's default" },
     BackboneInfo { name: "vit-b16", description: "ViT-B/16 (timm naming)" },
@@ -69,7 +77,8 @@ pub fn build(name: &str, pb: &ParamBuilder, image_size: usize) -> Result<Box<dyn
         "meso4-inception" => Box::new(meso::MesoInception4::new(pb, image_size)?),
         "resnet18" => Box::new(resnet::ResNet::new(pb, [2, 2, 2, 2])?),
         "resnet34" => Box::new(resnet::ResNet::new(pb, [3, 4, 6, 3])?),
-        "efficientnet-b0" | "efficientnet-b4" | "tf-efficientnet-b0" | "tf-efficientnet-b4" => {
+        "efficientnet-b0" | "efficientnet-b4" | "tf-efficientnet-b0" | "tf-efficientnet-b4"
+        | "efficientnet-pytorch-b0" | "efficientnet-pytorch-b4" => {
             let (width, depth, variant) = efficientnet_config(name).ok_or_else(|| unknown(name))?;
             Box::new(efficientnet::EfficientNet::new(pb, width, depth, variant)?)
         }
@@ -82,12 +91,15 @@ pub fn build(name: &str, pb: &ParamBuilder, image_size: usize) -> Result<Box<dyn
 
 /// (width, depth, variant) of a registered EfficientNet.
 fn efficientnet_config(name: &str) -> Option<(f64, f64, efficientnet::Variant)> {
-    use efficientnet::Variant::{Tf, Timm};
+    use efficientnet::Variant::{Tf, TfStatic, Timm};
     Some(match name {
         "efficientnet-b0" => (1.0, 1.0, Timm),
         "efficientnet-b4" => (1.4, 1.8, Timm),
         "tf-efficientnet-b0" => (1.0, 1.0, Tf),
         "tf-efficientnet-b4" => (1.4, 1.8, Tf),
+        // efficientnet_pytorch's nominal sizes (`efficientnet_params`).
+        "efficientnet-pytorch-b0" => (1.0, 1.0, TfStatic(224)),
+        "efficientnet-pytorch-b4" => (1.4, 1.8, TfStatic(380)),
         _ => return None,
     })
 }
@@ -124,6 +136,7 @@ pub fn min_image_size(name: &str) -> Option<usize> {
         "meso4" | "meso4-inception" => 32,
         "resnet18" | "resnet34" => 32,
         "efficientnet-b0" | "efficientnet-b4" | "tf-efficientnet-b0" | "tf-efficientnet-b4" => 32,
+        "efficientnet-pytorch-b0" | "efficientnet-pytorch-b4" => 32,
         "xception" => 32,
         "vit-b16" | "vit-tiny" => 16,
         _ => return None,
@@ -139,8 +152,8 @@ pub fn num_params(name: &str, image_size: usize) -> Option<usize> {
         "meso4-inception" => meso::MESO_INCEPTION4_PARAMS,
         "resnet18" => resnet::RESNET18_PARAMS,
         "resnet34" => resnet::RESNET34_PARAMS,
-        "efficientnet-b0" | "tf-efficientnet-b0" => efficientnet::EFFICIENTNET_B0_PARAMS,
-        "efficientnet-b4" | "tf-efficientnet-b4" => efficientnet::EFFICIENTNET_B4_PARAMS,
+        "efficientnet-b0" | "tf-efficientnet-b0" | "efficientnet-pytorch-b0" => efficientnet::EFFICIENTNET_B0_PARAMS,
+        "efficientnet-b4" | "tf-efficientnet-b4" | "efficientnet-pytorch-b4" => efficientnet::EFFICIENTNET_B4_PARAMS,
         "xception" => xception::XCEPTION_PARAMS,
         "vit-b16" => vit::VIT_B16.num_params(image_size).ok()?,
         "vit-tiny" => vit::VIT_TINY.num_params(image_size).ok()?,
