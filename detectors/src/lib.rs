@@ -8,6 +8,8 @@ pub mod device;
 pub mod gradvec;
 pub mod layers;
 pub mod params;
+pub mod pth;
+pub mod reference_formula;
 pub mod losses;
 pub mod methods;
 pub mod model;

@@ -1,13 +1,21 @@
-//! Loading pretrained weights from, and saving a run's weights to, safetensors files.
+//! Loading pretrained weights from safetensors files and PyTorch checkpoints (`.pth`, `.pt`,
+//! `.bin`: `torch.save`'s zip format and its legacy pre-1.6 stream), and saving a run's weights
+//! to safetensors.
 //!
-//! Tensors are matched by name against the store's trainable parameters and buffers. The names
-//! each backbone family expects (relative to the backbone's builder prefix; export a PyTorch
-//! `state_dict()` with `safetensors.torch.save_file`):
+//! [`read_tensors`] reads either format (a checkpoint's `state_dict`, `model` or `net` entry when
+//! the tensors are nested one level). With [`LoadOptions::family`] set, a `module.` prefix
+//! (DataParallel) is dropped, a DeepfakeBench detector checkpoint is reduced to its `backbone.`
+//! tensors, and the family's other naming schemes are translated by
+//! [`crate::backbones::reference_name`]. Tensors are then matched by name against the store's
+//! trainable parameters and buffers. The names each backbone family expects (relative to the
+//! backbone's builder prefix):
 //!
 //! - `resnet18` / `resnet34` (torchvision): `conv1.weight`, `bn1.{weight,bias,running_mean,
 //!   running_var}`, `layer{1-4}.{i}.conv{1,2}.weight`, `layer{1-4}.{i}.bn{1,2}.*`,
 //!   `layer{2-4}.0.downsample.0.weight`, `layer{2-4}.0.downsample.1.*`. Ignore `fc.`.
-//! - `efficientnet-b0` / `-b4` (timm `efficientnet_b*` / `tf_efficientnet_b*`): `conv_stem.weight`,
+//! - `efficientnet-b0` / `-b4` (timm `efficientnet_b*`) and `tf-efficientnet-b0` / `-b4` (timm
+//!   `tf_efficientnet_b*`; efficientnet_pytorch's `_conv_stem`, `_bn0`, `_blocks.N.*` are mapped
+//!   by [`crate::backbones::efficientnet::reference_name`]): `conv_stem.weight`,
 //!   `bn1.*`, `blocks.{s}.{b}.conv_dw.weight`, `.bn1.*`, `.se.conv_reduce.{weight,bias}`,
 //!   `.se.conv_expand.{weight,bias}`, `.conv_pw.weight`, `.bn2.*` (stage 0) and
 //!   `.conv_pw`, `.bn1`, `.conv_dw`, `.bn2`, `.se.*`, `.conv_pwl`, `.bn3` (stages 1-6),
@@ -37,6 +45,9 @@ use crate::params::ParamStore;
 /// How file names map onto store names, and what may be left over.
 #[derive(Debug, Clone, Default)]
 pub struct LoadOptions {
+    /// The backbone whose reference naming schemes are translated (see the module docs); also
+    /// drops `module.` prefixes and keeps only the `backbone.` tensors of a detector checkpoint.
+    pub family: Option<String>,
     /// Removed from the start of a file tensor's name when present (e.g. `"module."`).
     pub strip_prefix: Option<String>,
     /// Prepended after stripping (e.g. `"backbone."` when the backbone was built under that prefix).
@@ -67,26 +78,132 @@ fn map_name(name: &str, opts: &LoadOptions) -> String {
         Some(p) => name.strip_prefix(p.as_str()).unwrap_or(name),
         None => name,
     };
-    match &opts.add_prefix {
-        Some(p) => format!("{p}{stripped}"),
+    let native = match &opts.family {
+        Some(f) => crate::backbones::reference_name(f, stripped),
         None => stripped.to_string(),
+    };
+    match &opts.add_prefix {
+        Some(p) => format!("{p}{native}"),
+        None => native,
     }
 }
 
-/// Copies every tensor of a safetensors file into the store's parameters and buffers, by name.
+/// Keys under which training scripts nest a `state_dict` in a checkpoint, tried in order.
+pub const NESTING_KEYS: &[&str] = &["state_dict", "model", "net", "model_state_dict", "module"];
+
+/// The storage format of a weights file, from its first bytes (not its extension).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Safetensors,
+    /// `torch.save`'s zip format (PyTorch >= 1.6).
+    PyTorchZip,
+    /// `torch.save`'s legacy stream (PyTorch < 1.6, or `_use_new_zipfile_serialization=False`).
+    PyTorchLegacy,
+}
+
+pub fn detect_format(path: &Path) -> Result<Format> {
+    use std::io::Read;
+    let err = |m: String| candle_core::Error::Msg(format!("{}: {m}", path.display()));
+    let mut head = [0u8; 9];
+    let mut f = std::fs::File::open(path).map_err(|e| err(format!("cannot open: {e}")))?;
+    let n = f.read(&mut head).map_err(|e| err(format!("cannot read: {e}")))?;
+    if n >= 4 && head[..4] == *b"PK\x03\x04" {
+        return Ok(Format::PyTorchZip);
+    }
+    if n == 9 && head[8] == b'{' {
+        return Ok(Format::Safetensors);
+    }
+    if n >= 2 && head[..2] == [0x80, 0x02] {
+        return Ok(Format::PyTorchLegacy);
+    }
+    Err(err("neither a safetensors file nor a PyTorch checkpoint (.pth/.pt/.bin zip)".into()))
+}
+
+/// Every tensor of a weights file (safetensors or PyTorch zip checkpoint), sorted by name, in
+/// the file's dtype on the CPU. A checkpoint whose tensors are nested under one of
+/// [`NESTING_KEYS`] is read from there.
+pub fn read_tensors(path: impl AsRef<Path>) -> Result<Vec<(String, Tensor)>> {
+    let path = path.as_ref();
+    let err = |m: String| candle_core::Error::Msg(format!("{}: {m}", path.display()));
+    let format = detect_format(path)?;
+    let mut tensors: Vec<(String, Tensor)> = match format {
+        Format::Safetensors => candle_core::safetensors::load(path, &Device::Cpu)
+            .map_err(|e| err(format!("cannot read safetensors file: {e}")))?
+            .into_iter()
+            .collect(),
+        Format::PyTorchZip | Format::PyTorchLegacy => {
+            let (found, _) = if matches!(format, Format::PyTorchZip) {
+                crate::pth::read(path, NESTING_KEYS)?
+            } else {
+                crate::pth::read_legacy(path, NESTING_KEYS)?
+            };
+            if found.is_empty() {
+                return Err(err(format!(
+                    "no tensors found at the top level or under {}",
+                    NESTING_KEYS.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+                )));
+            }
+            found
+        }
+    };
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(tensors)
+}
+
+/// Drops a `module.` prefix (DataParallel) from every name that has it and, when any name
+/// starts with `backbone.` (a DeepfakeBench detector checkpoint) or `net.` (SBI's detector), keeps
+/// only those, without the prefix. Returns the kept tensors and the names set aside.
+pub fn unwrap_checkpoint(tensors: Vec<(String, Tensor)>) -> (Vec<(String, Tensor)>, Vec<String>) {
+    let tensors: Vec<(String, Tensor)> = tensors
+        .into_iter()
+        .map(|(n, t)| match n.strip_prefix("module.") {
+            Some(rest) => (rest.to_string(), t),
+            None => (n, t),
+        })
+        .collect();
+    let Some(prefix) = ["backbone.", "net."].into_iter().find(|p| tensors.iter().any(|(n, _)| n.starts_with(p)))
+    else {
+        return (tensors, Vec::new());
+    };
+    let mut kept = Vec::new();
+    let mut aside = Vec::new();
+    for (n, t) in tensors {
+        match n.strip_prefix(prefix) {
+            Some(rest) => kept.push((rest.to_string(), t)),
+            None => aside.push(n),
+        }
+    }
+    (kept, aside)
+}
+
+/// Kept for callers that predate PyTorch checkpoints: [`load_weights`] under its old name.
+pub fn load_safetensors(store: &ParamStore, path: impl AsRef<Path>, opts: &LoadOptions) -> Result<LoadReport> {
+    load_weights(store, path, opts)
+}
+
+/// Copies every tensor of a weights file (see [`read_tensors`]) into the store's parameters and
+/// buffers, by name.
 ///
 /// All-or-nothing: names and shapes are checked first; any missing store entry (not allowed),
 /// unexpected file tensor (not ignored) or shape mismatch returns an error listing all of them,
 /// and nothing is copied. Tensors are converted to the store's dtype (f32) and device.
-pub fn load_safetensors(
+pub fn load_weights(store: &ParamStore, path: impl AsRef<Path>, opts: &LoadOptions) -> Result<LoadReport> {
+    let path = path.as_ref();
+    let tensors = read_tensors(path)?;
+    let (tensors, aside) = if opts.family.is_some() { unwrap_checkpoint(tensors) } else { (tensors, Vec::new()) };
+    let mut report = load_tensors(store, tensors, path, opts)?;
+    report.ignored.extend(aside);
+    Ok(report)
+}
+
+/// [`load_weights`] for tensors already read; `source` names them in errors.
+pub fn load_tensors(
     store: &ParamStore,
-    path: impl AsRef<Path>,
+    file: Vec<(String, Tensor)>,
+    source: &Path,
     opts: &LoadOptions,
 ) -> Result<LoadReport> {
-    let path = path.as_ref();
-    let file = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| {
-        candle_core::Error::Msg(format!("{}: cannot read safetensors file: {e}", path.display()))
-    })?;
+    let path = source;
 
     let mut targets: BTreeMap<&str, &candle_core::Var> = BTreeMap::new();
     for (n, v) in store.trainable().chain(store.buffers()) {
@@ -98,10 +215,7 @@ pub fn load_safetensors(
     let mut mismatched = Vec::new();
     let mut mismatched_names = std::collections::BTreeSet::new();
     let mut plan: Vec<(String, Tensor)> = Vec::new();
-    let mut file_names: Vec<&String> = file.keys().collect();
-    file_names.sort();
-    for fname in file_names {
-        let tensor = &file[fname];
+    for (fname, tensor) in &file {
         let name = map_name(fname, opts);
         if name.ends_with("num_batches_tracked")
             || opts.ignore_prefixes.iter().any(|p| name.starts_with(p.as_str()))
@@ -235,4 +349,77 @@ pub fn resize_pos_embed(pos: &Tensor, want: &[usize]) -> Result<Tensor> {
         }
     }
     Tensor::from_vec(out, (1, want[1], d), pos.device())
+}
+
+/// How well a file's tensors fit a backbone (`bench weights inspect`).
+#[derive(Debug, Clone, Default)]
+pub struct Fit {
+    pub backbone: String,
+    /// Store names that a file tensor fills.
+    pub matched: Vec<String>,
+    /// Store names no file tensor fills.
+    pub missing: Vec<String>,
+    /// File names (as in the file) that are no store name.
+    pub unexpected: Vec<String>,
+    /// `name: file [..], model [..]`.
+    pub mismatched: Vec<String>,
+    /// File names skipped: classifiers, `num_batches_tracked`, a detector's non-backbone parts.
+    pub ignored: Vec<String>,
+}
+
+impl Fit {
+    pub fn is_exact(&self) -> bool {
+        self.missing.is_empty() && self.unexpected.is_empty() && self.mismatched.is_empty() && !self.matched.is_empty()
+    }
+
+    /// Fraction of the backbone's tensors filled, less the fraction of the file left unused:
+    /// 1 for an exact fit.
+    pub fn score(&self) -> f64 {
+        let store = (self.matched.len() + self.missing.len() + self.mismatched.len()).max(1) as f64;
+        let file = (self.matched.len() + self.unexpected.len() + self.mismatched.len()).max(1) as f64;
+        self.matched.len() as f64 / store - self.unexpected.len() as f64 / file
+    }
+}
+
+/// Matches a file's tensors against `backbone` built for `image_size` pixels, with the loader's
+/// own name mapping (`module.`/`backbone.` unwrapping, the family's naming schemes, classifier
+/// tensors ignored) and shape rules (Cadene's `[out, in]` pointwise weights; a `pos_embed` of
+/// another grid, which loading resizes).
+pub fn fit(tensors: &[(String, Tensor)], backbone: &str, image_size: usize) -> Result<Fit> {
+    let pb = ParamStore::new(&Device::Cpu).builder(0);
+    crate::backbones::build(backbone, &pb, image_size)?;
+    let store = pb.store();
+    let targets: BTreeMap<&str, Vec<usize>> =
+        store.trainable().chain(store.buffers()).map(|(n, v)| (n.as_str(), v.dims().to_vec())).collect();
+    let opts = LoadOptions {
+        family: Some(backbone.to_string()),
+        ignore_prefixes: crate::backbones::CLASSIFIER_PREFIXES.iter().map(|p| p.to_string()).collect(),
+        ..Default::default()
+    };
+    let (kept, aside) =
+        unwrap_checkpoint(tensors.iter().map(|(n, t)| (n.clone(), t.clone())).collect());
+    let mut fit = Fit { backbone: backbone.to_string(), ignored: aside, ..Default::default() };
+    let mut seen = std::collections::BTreeSet::new();
+    for (fname, t) in &kept {
+        let name = map_name(fname, &opts);
+        if name.ends_with("num_batches_tracked") || opts.ignore_prefixes.iter().any(|p| name.starts_with(p.as_str())) {
+            fit.ignored.push(fname.clone());
+            continue;
+        }
+        let Some(want) = targets.get(name.as_str()) else {
+            fit.unexpected.push(fname.clone());
+            continue;
+        };
+        seen.insert(name.clone());
+        let got = t.dims();
+        let pointwise = got.len() == 2 && want.len() == 4 && want[2..] == [1, 1] && got == &want[..2];
+        let pos_embed = name.ends_with("pos_embed") && got.len() == 3 && want.len() == 3 && got[2] == want[2];
+        if got == want.as_slice() || pointwise || pos_embed {
+            fit.matched.push(name);
+        } else {
+            fit.mismatched.push(format!("{name}: file {got:?}, model {want:?}"));
+        }
+    }
+    fit.missing = targets.keys().filter(|n| !seen.contains(**n)).map(|n| n.to_string()).collect();
+    Ok(fit)
 }

@@ -87,7 +87,11 @@ fn resnet_shapes_and_counts() -> Result<()> {
 #[test]
 fn efficientnet_shapes_and_counts() -> Result<()> {
     check("efficientnet-b0", 64, 1280)?;
-    check("efficientnet-b4", 32, 1792)
+    check("efficientnet-b4", 32, 1792)?;
+    check("tf-efficientnet-b0", 64, 1280)?;
+    check("tf-efficientnet-b4", 32, 1792)?;
+    check("efficientnet-pytorch-b0", 64, 1280)?;
+    check("efficientnet-pytorch-b4", 32, 1792)
 }
 
 #[test]

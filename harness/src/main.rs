@@ -43,6 +43,12 @@ enum Command {
     /// List complete, failed, interrupted and missing runs of a results directory (per shard).
     #[command(after_help = "Examples:\n  bench status results/runs\n  bench status results/runs --protocol protocols/cross_dataset.toml --shards 8\nExit status: 0 all complete, 1 some failed or missing, 2 bad usage.")]
     Status(harness::status::StatusArgs),
+    /// Inspect a weights file (safetensors or PyTorch checkpoint) and find the backbone it fits.
+    #[command(after_help = "Example:\n  bench weights inspect efficientnet-b4-6ed6700e.pth")]
+    Weights(harness::weights_cmd::WeightsArgs),
+    /// Write the pooled backbone features of images or of a tensor file.
+    #[command(after_help = "Examples:\n  bench features --backbone tf-efficientnet-b4 --weights efficientnet-b4-6ed6700e.pth --size 256 faces/ --out feats.npy\n  bench features --backbone resnet18 --weights resnet18.safetensors --size 64 x.safetensors --out y.safetensors\n  bench features --run RUN_DIR data/synth/dataset_json/UADFV.json --out uadfv.csv")]
+    Features(harness::features::FeaturesArgs),
     /// List the known methods, backbones, datasets and shipped protocols.
     #[command(after_help = "Example:\n  bench list")]
     List(harness::list::ListArgs),
@@ -74,6 +80,8 @@ fn main() -> ExitCode {
         Command::Validate(a) => harness::plan::cmd_validate(a, verbosity),
         Command::Slurm(a) => harness::slurm::cmd_slurm(a, verbosity),
         Command::Status(a) => harness::status::cmd_status(a, verbosity),
+        Command::Weights(a) => harness::weights_cmd::cmd_weights(a, verbosity),
+        Command::Features(a) => harness::features::cmd_features(a, verbosity),
         Command::List(a) => harness::list::cmd_list(a, verbosity),
     };
     match result {

@@ -25,8 +25,24 @@ static REGISTRY: &[BackboneInfo] = &[
     BackboneInfo { name: "meso4-inception", description: "MesoInception-4 (Afchar et al. 2018)" },
     BackboneInfo { name: "resnet18", description: "ResNet-18 (torchvision naming)" },
     BackboneInfo { name: "resnet34", description: "ResNet-34 (torchvision naming)" },
-    BackboneInfo { name: "efficientnet-b0", description: "EfficientNet-B0 (timm naming)" },
-    BackboneInfo { name: "efficientnet-b4", description: "EfficientNet-B4 (timm naming)" },
+    BackboneInfo { name: "efficientnet-b0", description: "EfficientNet-B0, timm's efficientnet_b0" },
+    BackboneInfo { name: "efficientnet-b4", description: "EfficientNet-B4, timm's efficientnet_b4" },
+    BackboneInfo {
+        name: "tf-efficientnet-b0",
+        description: "EfficientNet-B0 with TF padding, timm's tf_efficientnet_b0",
+    },
+    BackboneInfo {
+        name: "tf-efficientnet-b4",
+        description: "EfficientNet-B4 with TF padding, timm's tf_efficientnet_b4",
+    },
+    BackboneInfo {
+        name: "efficientnet-pytorch-b0",
+        description: "EfficientNet-B0 as efficientnet_pytorch builds it (TF padding fixed for 224 px)",
+    },
+    BackboneInfo {
+        name: "efficientnet-pytorch-b4",
+        description: "EfficientNet-B4 as efficientnet_pytorch builds it (TF padding fixed for 380 px; DeepfakeBench, SBI, CS-DFD)",
+    },
     BackboneInfo { name: "xception", description: "Xception (Chollet 2017), DeepfakeBench's default" },
     BackboneInfo { name: "vit-b16", description: "ViT-B/16 (timm naming)" },
     BackboneInfo { name: "vit-tiny", description: "a tiny ViT for CPU tests (patch 16, width 64, depth 2)" },
@@ -61,14 +77,49 @@ pub fn build(name: &str, pb: &ParamBuilder, image_size: usize) -> Result<Box<dyn
         "meso4-inception" => Box::new(meso::MesoInception4::new(pb, image_size)?),
         "resnet18" => Box::new(resnet::ResNet::new(pb, [2, 2, 2, 2])?),
         "resnet34" => Box::new(resnet::ResNet::new(pb, [3, 4, 6, 3])?),
-        "efficientnet-b0" => Box::new(efficientnet::EfficientNet::new(pb, 1.0, 1.0)?),
-        "efficientnet-b4" => Box::new(efficientnet::EfficientNet::new(pb, 1.4, 1.8)?),
+        "efficientnet-b0" | "efficientnet-b4" | "tf-efficientnet-b0" | "tf-efficientnet-b4"
+        | "efficientnet-pytorch-b0" | "efficientnet-pytorch-b4" => {
+            let (width, depth, variant) = efficientnet_config(name).ok_or_else(|| unknown(name))?;
+            Box::new(efficientnet::EfficientNet::new(pb, width, depth, variant)?)
+        }
         "xception" => Box::new(xception::Xception::new(pb)?),
         "vit-b16" => Box::new(vit::Vit::new(pb, vit::VIT_B16, image_size)?),
         "vit-tiny" => Box::new(vit::Vit::new(pb, vit::VIT_TINY, image_size)?),
         _ => return Err(unknown(name)),
     })
 }
+
+/// (width, depth, variant) of a registered EfficientNet.
+fn efficientnet_config(name: &str) -> Option<(f64, f64, efficientnet::Variant)> {
+    use efficientnet::Variant::{Tf, TfStatic, Timm};
+    Some(match name {
+        "efficientnet-b0" => (1.0, 1.0, Timm),
+        "efficientnet-b4" => (1.4, 1.8, Timm),
+        "tf-efficientnet-b0" => (1.0, 1.0, Tf),
+        "tf-efficientnet-b4" => (1.4, 1.8, Tf),
+        // efficientnet_pytorch's nominal sizes (`efficientnet_params`).
+        "efficientnet-pytorch-b0" => (1.0, 1.0, TfStatic(224)),
+        "efficientnet-pytorch-b4" => (1.4, 1.8, TfStatic(380)),
+        _ => return None,
+    })
+}
+
+/// Translates a tensor name of a reference checkpoint into this backbone's own name: the one
+/// place per family that knows the other naming schemes (torchvision, timm, Cadene and
+/// DeepfakeBench use ours already; efficientnet_pytorch is mapped by
+/// [`efficientnet::reference_name`]). Names it does not know pass through unchanged.
+pub fn reference_name(backbone: &str, name: &str) -> String {
+    match efficientnet_config(backbone) {
+        Some((_, depth, _)) => efficientnet::reference_name(name, depth),
+        None => name.to_string(),
+    }
+}
+
+/// The reference's classifier (and other non-backbone) tensors, by our name: dropped when
+/// pretrained weights are loaded.
+/// (`last_layer.`, `adjust_channel.`: DeepfakeBench's backbone heads.)
+pub const CLASSIFIER_PREFIXES: &[&str] =
+    &["fc.", "head.", "classifier.", "last_linear.", "last_layer.", "adjust_channel."];
 
 /// Refuses anything but an RGB batch `[B, 3, H, W]` with a clear message.
 pub(crate) fn check_images(x: &Tensor, backbone: &str) -> Result<()> {
@@ -83,7 +134,9 @@ pub(crate) fn check_images(x: &Tensor, backbone: &str) -> Result<()> {
 pub fn min_image_size(name: &str) -> Option<usize> {
     Some(match name {
         "meso4" | "meso4-inception" => 32,
-        "resnet18" | "resnet34" | "efficientnet-b0" | "efficientnet-b4" => 32,
+        "resnet18" | "resnet34" => 32,
+        "efficientnet-b0" | "efficientnet-b4" | "tf-efficientnet-b0" | "tf-efficientnet-b4" => 32,
+        "efficientnet-pytorch-b0" | "efficientnet-pytorch-b4" => 32,
         "xception" => 32,
         "vit-b16" | "vit-tiny" => 16,
         _ => return None,
@@ -99,8 +152,8 @@ pub fn feature_dim(name: &str, image_size: usize) -> Option<usize> {
     Some(match name {
         "meso4" | "meso4-inception" => 16 * meso::meso_out_side(image_size).ok()?.pow(2),
         "resnet18" | "resnet34" => 512,
-        "efficientnet-b0" => 1280,
-        "efficientnet-b4" => 1792,
+        "efficientnet-b0" | "tf-efficientnet-b0" | "efficientnet-pytorch-b0" => 1280,
+        "efficientnet-b4" | "tf-efficientnet-b4" | "efficientnet-pytorch-b4" => 1792,
         "xception" => 2048,
         "vit-b16" => 768,
         "vit-tiny" => 64,
@@ -117,8 +170,8 @@ pub fn num_params(name: &str, image_size: usize) -> Option<usize> {
         "meso4-inception" => meso::MESO_INCEPTION4_PARAMS,
         "resnet18" => resnet::RESNET18_PARAMS,
         "resnet34" => resnet::RESNET34_PARAMS,
-        "efficientnet-b0" => efficientnet::EFFICIENTNET_B0_PARAMS,
-        "efficientnet-b4" => efficientnet::EFFICIENTNET_B4_PARAMS,
+        "efficientnet-b0" | "tf-efficientnet-b0" | "efficientnet-pytorch-b0" => efficientnet::EFFICIENTNET_B0_PARAMS,
+        "efficientnet-b4" | "tf-efficientnet-b4" | "efficientnet-pytorch-b4" => efficientnet::EFFICIENTNET_B4_PARAMS,
         "xception" => xception::XCEPTION_PARAMS,
         "vit-b16" => vit::VIT_B16.num_params(image_size).ok()?,
         "vit-tiny" => vit::VIT_TINY.num_params(image_size).ok()?,

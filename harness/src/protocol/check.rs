@@ -1461,7 +1461,12 @@ fn per_split<T: Copy>(
     }
 }
 
+/// A preset name (`"imagenet"`, `"deepfakebench"`) or a `{ mean, std }` table.
 fn normalisation(cx: &mut Ctx<'_>, v: &Val<'_>) -> Option<Normalisation> {
+    if matches!(v.get_ref(), DeValue::String(_)) {
+        let name = cx.choice("data.normalisation", v, "normalisation preset", super::NORMALISATION_PRESETS)?;
+        return Normalisation::preset(&name);
+    }
     let t = cx.table("data.normalisation", v)?;
     cx.check_keys(&t, &["mean", "std"]);
     let mut triple = |key: &str, positive: bool| -> Option<[f64; 3]> {

@@ -153,6 +153,22 @@ pub struct Normalisation {
     pub std: [f64; 3],
 }
 
+/// `data.normalisation = "NAME"`: the statistics a pretrained backbone was trained with.
+pub const NORMALISATION_PRESETS: &[&str] = &["imagenet", "deepfakebench"];
+
+impl Normalisation {
+    /// `imagenet`: torchvision/timm ImageNet statistics (timm's `tf_efficientnet_b*`,
+    /// efficientnet_pytorch, torchvision ResNet); `deepfakebench`: 0.5 / 0.5 (DeepfakeBench's
+    /// configs, Cadene Xception, timm's ViT and `legacy_xception`).
+    pub fn preset(name: &str) -> Option<Normalisation> {
+        match name {
+            "imagenet" => Some(Normalisation { mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] }),
+            "deepfakebench" => Some(Normalisation { mean: [0.5; 3], std: [0.5; 3] }),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Augmentation {
     /// Probability of a horizontal flip of a training image.

@@ -218,19 +218,21 @@ fn train(run: &Run, p: &Prepared, progress: &mut Progress) -> Result<Trained, Fa
     })
     .map_err(|e| setup(e.into()))?;
     if let Some(weights) = &c.model.weights {
-        // Backbone-only files in torchvision/timm naming: their classifier tensors are dropped and
-        // our projection head and classifier keep their seeded initialisation.
+        // Backbone files (safetensors or PyTorch checkpoints) in any naming scheme the family
+        // knows: their classifier tensors are dropped and our projection head and classifier
+        // keep their seeded initialisation.
         let opts = detectors::weights::LoadOptions {
+            family: Some(backbone.clone()),
             strip_prefix: None,
             add_prefix: Some("backbone.".into()),
-            ignore_prefixes: ["fc.", "head.", "classifier.", "last_linear."]
+            ignore_prefixes: detectors::backbones::CLASSIFIER_PREFIXES
                 .iter()
                 .map(|p| format!("backbone.{p}"))
                 .collect(),
             allow_missing_prefixes: vec!["head.".into(), "classifier.".into()],
             resize_pos_embed: true,
         };
-        detectors::weights::load_safetensors(det.store(), weights, &opts)
+        detectors::weights::load_weights(det.store(), weights, &opts)
             .with_context(|| format!("loading pretrained weights {}", weights.display()))
             .map_err(setup)?;
     }
