@@ -210,6 +210,7 @@ fn cross_fixture(root: &Path) -> PathBuf {
         baseline: Some("erm".into()),
         tables: vec!["csdfd-table1".into(), "csdfd-table3".into()],
         plots: vec!["loss-conflict".into(), "cosine".into(), "roc".into(), "auc-bar".into()],
+        noise_floor: Vec::new(),
     };
     for (method, display) in METHODS {
         for seed in [0, 1] {
@@ -257,6 +258,7 @@ fn args(dir: &Path, out: Option<PathBuf>, boot: usize) -> ReportArgs {
         allow_damaged: false,
         protocol: None,
         only: Vec::new(),
+        noise_floor: Vec::new(),
     }
 }
 
@@ -475,6 +477,7 @@ fn folds_sweeps_and_the_remaining_tables() {
             .map(String::from)
             .to_vec(),
         plots: vec!["sensitivity".into()],
+        noise_floor: Vec::new(),
     };
     for fold in ["DF", "FS"] {
         let sets = [("ffpp", Role::InDomain), (fold, Role::Unseen)];
