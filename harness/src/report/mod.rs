@@ -11,6 +11,10 @@
 //! - `summary.csv`: every aggregate (mean, std, seeds) plus 95% bootstrap CIs of the AUC;
 //! - `tables/ci.{md,csv,tex}`: AUC with its bootstrap CI per row and test set;
 //! - `plots/<id>[-<test set>].{png,svg}` for each id in `report.plots`.
+//! - statistics over training runs (`seeds`; a last README section): `tables/seed-diff.{md,csv,tex}`
+//!   (paired per-seed differences against the baseline, t intervals, verdicts),
+//!   `tables/noise-floor.{md,csv,tex}` (with a twin pair: `report.noise_floor`/`--noise-floor`),
+//!   `tables/seed-ci.{md,csv,tex}` (hierarchical bootstrap: seeds, then videos).
 //!
 //! Reported metric values come from each run's `metrics.parquet` (computed by `crate::metrics`);
 //! the private AUC in `crate::stats` is used only for DeLong and the bootstrap.
