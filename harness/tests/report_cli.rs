@@ -447,6 +447,12 @@ fn report_tables_plots_and_byte_identical_regeneration() {
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
     }
     assert!(fs::read_to_string(out.join("plots/auc-bar.svg")).unwrap().contains("CS-DFD"));
+    // Trace plots show every seed (mean and band), not the lowest seed alone, on integer step ticks.
+    for name in ["loss-conflict", "cosine"] {
+        let svg = fs::read_to_string(out.join(format!("plots/{name}.svg"))).unwrap();
+        assert!(svg.contains("mean of 2 seeds") || svg.contains("mean of 2 seed(s)"), "{name}");
+        assert!(!svg.contains("lowest seed") && !svg.contains(">2.5<") && !svg.contains(">7.5<"), "{name}");
+    }
 
     // Regeneration is byte-identical, in place and into a fresh directory.
     let first = all_files(&out);
