@@ -104,6 +104,10 @@ pub struct ReportSpec {
     /// Plot ids: loss-conflict, cosine, roc, sensitivity, auc-bar.
     #[serde(default)]
     pub plots: Vec<String>,
+    /// `report.noise_floor`: two methods whose runs differ only at rounding level. Omitted from
+    /// the JSON when empty, so manifests without it are byte-identical to before.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub noise_floor: Vec<String>,
 }
 
 /// `manifest.json` of one run.

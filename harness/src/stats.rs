@@ -1,5 +1,6 @@
-//! Statistics over stored results: DeLong's paired AUC test, video-level bootstrap confidence
-//! intervals, ROC points and small helpers.
+//! Statistics over stored results: DeLong's paired AUC test, video-level and hierarchical
+//! (seeds, then videos) bootstrap confidence intervals, Student t intervals over seeds, ROC
+//! points and small helpers.
 //!
 //! The AUC here is a private Mann-Whitney estimate (ties count 1/2, which equals sklearn's
 //! trapezoidal ROC AUC) used *inside* DeLong and the bootstrap. The numbers reported in tables
@@ -443,6 +444,212 @@ pub fn mean_std(x: &[f64]) -> Option<(f64, Option<f64>)> {
     let m = x.iter().sum::<f64>() / n;
     let sd = (x.len() > 1).then(|| (x.iter().map(|v| (v - m) * (v - m)).sum::<f64>() / (n - 1.0)).sqrt());
     Some((m, sd))
+}
+
+/// ln Γ(x) for x > 0 (Lanczos, g = 7, 9 terms; relative error about 1e-15).
+fn ln_gamma(x: f64) -> f64 {
+    const C: [f64; 9] = [
+        0.999_999_999_999_809_9,
+        676.520_368_121_885_1,
+        -1_259.139_216_722_402_8,
+        771.323_428_777_653_1,
+        -176.615_029_162_140_6,
+        12.507_343_278_686_905,
+        -0.138_571_095_265_720_12,
+        9.984_369_578_019_572e-6,
+        1.505_632_735_149_311_6e-7,
+    ];
+    if x < 0.5 {
+        // Reflection keeps the series in its accurate range.
+        return (std::f64::consts::PI / (std::f64::consts::PI * x).sin()).ln() - ln_gamma(1.0 - x);
+    }
+    let x = x - 1.0;
+    let mut a = C[0];
+    let t = x + 7.5;
+    for (i, c) in C.iter().enumerate().skip(1) {
+        a += c / (x + i as f64);
+    }
+    0.5 * (2.0 * std::f64::consts::PI).ln() + (x + 0.5) * t.ln() - t + a.ln()
+}
+
+/// Continued fraction of the incomplete beta function (modified Lentz).
+fn beta_cf(a: f64, b: f64, x: f64) -> f64 {
+    const TINY: f64 = 1e-300;
+    let (qab, qap, qam) = (a + b, a + 1.0, a - 1.0);
+    let mut c = 1.0;
+    let mut d = 1.0 - qab * x / qap;
+    if d.abs() < TINY {
+        d = TINY;
+    }
+    d = 1.0 / d;
+    let mut h = d;
+    for m in 1..=400 {
+        let m = m as f64;
+        let m2 = 2.0 * m;
+        let aa = m * (b - m) * x / ((qam + m2) * (a + m2));
+        d = 1.0 + aa * d;
+        if d.abs() < TINY {
+            d = TINY;
+        }
+        c = 1.0 + aa / c;
+        if c.abs() < TINY {
+            c = TINY;
+        }
+        d = 1.0 / d;
+        h *= d * c;
+        let aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2));
+        d = 1.0 + aa * d;
+        if d.abs() < TINY {
+            d = TINY;
+        }
+        c = 1.0 + aa / c;
+        if c.abs() < TINY {
+            c = TINY;
+        }
+        d = 1.0 / d;
+        let del = d * c;
+        h *= del;
+        if (del - 1.0).abs() < 1e-16 {
+            break;
+        }
+    }
+    h
+}
+
+/// Regularized incomplete beta I_x(a, b).
+fn inc_beta(a: f64, b: f64, x: f64) -> f64 {
+    if x <= 0.0 {
+        return 0.0;
+    }
+    if x >= 1.0 {
+        return 1.0;
+    }
+    let ln_front = ln_gamma(a + b) - ln_gamma(a) - ln_gamma(b) + a * x.ln() + b * (1.0 - x).ln();
+    // The continued fraction converges fast for x < (a + 1) / (a + b + 2); use the symmetry otherwise.
+    if x < (a + 1.0) / (a + b + 2.0) {
+        ln_front.exp() * beta_cf(a, b, x) / a
+    } else {
+        1.0 - ln_front.exp() * beta_cf(b, a, 1.0 - x) / b
+    }
+}
+
+/// P(T <= t) for Student's t with `df` > 0 degrees of freedom.
+pub fn student_t_cdf(t: f64, df: f64) -> f64 {
+    let tail = 0.5 * inc_beta(df / 2.0, 0.5, df / (df + t * t));
+    if t >= 0.0 { 1.0 - tail } else { tail }
+}
+
+/// The `p` quantile of Student's t with `df` > 0 degrees of freedom (0 < p < 1), by bisection on
+/// the CDF to machine precision (cheap: the report needs a handful).
+pub fn student_t_quantile(p: f64, df: f64) -> f64 {
+    assert!(p > 0.0 && p < 1.0 && df > 0.0, "t quantile of p = {p}, df = {df}");
+    if p < 0.5 {
+        return -student_t_quantile(1.0 - p, df);
+    }
+    let (mut lo, mut hi) = (0.0f64, 1.0f64);
+    while student_t_cdf(hi, df) < p {
+        hi *= 2.0;
+        if hi > 1e300 {
+            return f64::INFINITY;
+        }
+    }
+    for _ in 0..200 {
+        let mid = 0.5 * (lo + hi);
+        if mid <= lo || mid >= hi {
+            break;
+        }
+        if student_t_cdf(mid, df) < p { lo = mid } else { hi = mid }
+    }
+    0.5 * (lo + hi)
+}
+
+/// Mean of paired differences over seeds with its Student t interval.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TInterval {
+    pub n: usize,
+    pub mean: f64,
+    /// Sample standard deviation (ddof 1).
+    pub sd: f64,
+    pub lo: f64,
+    pub hi: f64,
+}
+
+/// `level` (e.g. 0.95) two-sided Student t interval of the mean of `x`: mean ± t_{n-1} sd / √n.
+/// None with fewer than two values (no spread to measure).
+pub fn t_interval(x: &[f64], level: f64) -> Option<TInterval> {
+    let (mean, sd) = mean_std(x)?;
+    let sd = sd?;
+    let n = x.len();
+    let half = student_t_quantile(0.5 + level / 2.0, (n - 1) as f64) * sd / (n as f64).sqrt();
+    Some(TInterval { n, mean, sd, lo: mean - half, hi: mean + half })
+}
+
+/// Percentile CI of the mean over seeds of the AUC by a two-level (hierarchical) bootstrap: each
+/// replicate draws the runs (seeds) with replacement, then the videos within each class with
+/// replacement (the same video draw for every drawn run, since all runs score the same test set),
+/// and averages the drawn runs' AUCs. Unlike [`bootstrap_auc_ci`], which holds the trained models
+/// fixed, the interval also covers the variation between training runs. `video_level` as there.
+/// None when a class is missing, there are fewer than two runs, or `n_boot` is 0.
+pub fn hierarchical_bootstrap_auc_ci(
+    videos: &[BootVideo],
+    video_level: bool,
+    n_boot: usize,
+    level: f64,
+    seed: u64,
+) -> Option<Ci> {
+    let pos: Vec<usize> = (0..videos.len()).filter(|&i| videos[i].label == 1).collect();
+    let neg: Vec<usize> = (0..videos.len()).filter(|&i| videos[i].label != 1).collect();
+    let n_runs = videos.first().map_or(0, |v| v.per_run.len());
+    if pos.is_empty() || neg.is_empty() || n_boot == 0 || n_runs < 2 {
+        return None;
+    }
+    let sorted: Vec<SortedSamples> = (0..n_runs)
+        .map(|r| {
+            let mut items = Vec::new();
+            for (v, video) in videos.iter().enumerate() {
+                let frames = &video.per_run[r];
+                if frames.is_empty() {
+                    continue;
+                }
+                if video_level {
+                    items.push((frames.iter().sum::<f64>() / frames.len() as f64, v));
+                } else {
+                    items.extend(frames.iter().map(|&x| (x, v)));
+                }
+            }
+            SortedSamples::new(items)
+        })
+        .collect();
+    let is_pos: Vec<bool> = videos.iter().map(|v| v.label == 1).collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut weights = vec![0u32; videos.len()];
+    let mut reps = Vec::with_capacity(n_boot);
+    for _ in 0..n_boot {
+        let drawn: Vec<usize> = (0..n_runs).map(|_| rng.random_range(0..n_runs)).collect();
+        weights.fill(0);
+        for class in [&pos, &neg] {
+            for _ in 0..class.len() {
+                weights[class[rng.random_range(0..class.len())]] += 1;
+            }
+        }
+        let mut sum = 0.0;
+        let mut k = 0usize;
+        for &r in &drawn {
+            if let Some(a) = sorted[r].weighted_auc(&weights, &is_pos) {
+                sum += a;
+                k += 1;
+            }
+        }
+        if k > 0 {
+            reps.push(sum / k as f64);
+        }
+    }
+    if reps.is_empty() {
+        return None;
+    }
+    reps.sort_unstable_by(f64::total_cmp);
+    let alpha = (1.0 - level) / 2.0;
+    Some(Ci { lo: quantile_sorted(&reps, alpha), hi: quantile_sorted(&reps, 1.0 - alpha) })
 }
 
 #[cfg(test)]

@@ -329,6 +329,22 @@ fn cases() -> Vec<Case> {
             message: &["no method named `OS`"],
         },
         Case {
+            what: "noise floor twin that is not a method",
+            text: replace("baseline = \"O+S\"", "baseline = \"O+S\"\nnoise_floor = [\"O+S\", \"CS-DFDX\"]"),
+            needle: "\"CS-DFDX\"",
+            skip: 0,
+            key: "report.noise_floor[1]",
+            message: &["no method named `CS-DFDX`", "did you mean `CS-DFD`?"],
+        },
+        Case {
+            what: "noise floor with one method",
+            text: replace("baseline = \"O+S\"", "baseline = \"O+S\"\nnoise_floor = [\"O+S\"]"),
+            needle: "[\"O+S\"]",
+            skip: 0,
+            key: "report.noise_floor",
+            message: &["expected two different method names", "got 1 name(s)"],
+        },
+        Case {
             what: "no test set",
             text: BASE
                 .replace("[[test]]\nname = \"FF++\"\ndataset = \"FaceForensics++\"\n", "")

@@ -210,6 +210,7 @@ fn cross_fixture(root: &Path) -> PathBuf {
         baseline: Some("erm".into()),
         tables: vec!["csdfd-table1".into(), "csdfd-table3".into()],
         plots: vec!["loss-conflict".into(), "cosine".into(), "roc".into(), "auc-bar".into()],
+        noise_floor: Vec::new(),
     };
     for (method, display) in METHODS {
         for seed in [0, 1] {
@@ -257,6 +258,7 @@ fn args(dir: &Path, out: Option<PathBuf>, boot: usize) -> ReportArgs {
         allow_damaged: false,
         protocol: None,
         only: Vec::new(),
+        noise_floor: Vec::new(),
     }
 }
 
@@ -445,6 +447,12 @@ fn report_tables_plots_and_byte_identical_regeneration() {
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
     }
     assert!(fs::read_to_string(out.join("plots/auc-bar.svg")).unwrap().contains("CS-DFD"));
+    // Trace plots show every seed (mean and band), not the lowest seed alone, on integer step ticks.
+    for name in ["loss-conflict", "cosine"] {
+        let svg = fs::read_to_string(out.join(format!("plots/{name}.svg"))).unwrap();
+        assert!(svg.contains("mean of 2 seeds") || svg.contains("mean of 2 seed(s)"), "{name}");
+        assert!(!svg.contains("lowest seed") && !svg.contains(">2.5<") && !svg.contains(">7.5<"), "{name}");
+    }
 
     // Regeneration is byte-identical, in place and into a fresh directory.
     let first = all_files(&out);
@@ -475,6 +483,7 @@ fn folds_sweeps_and_the_remaining_tables() {
             .map(String::from)
             .to_vec(),
         plots: vec!["sensitivity".into()],
+        noise_floor: Vec::new(),
     };
     for fold in ["DF", "FS"] {
         let sets = [("ffpp", Role::InDomain), (fold, Role::Unseen)];

@@ -157,3 +157,64 @@ fn quantile_and_helpers() {
     assert_eq!(stats::mean_std(&[2.0]).unwrap(), (2.0, None));
     assert_ne!(stats::derive_seed(0, "a"), stats::derive_seed(0, "b"));
 }
+
+#[test]
+fn student_t_quantiles_match_scipy() {
+    // scipy.stats.t.ppf(q, df), as scipy prints them.
+    let cases = [
+        (0.975, 1.0, 12.706_204_736_174_707),
+        (0.975, 2.0, 4.302_652_729_749_464),
+        (0.975, 3.0, 3.182_446_305_284_263),
+        (0.975, 4.0, 2.776_445_105_197_798_7),
+        (0.975, 5.0, 2.570_581_835_636_314_6),
+        (0.975, 9.0, 2.262_157_162_854_099_3),
+        (0.975, 29.0, 2.045_229_642_132_703),
+        (0.95, 10.0, 1.812_461_122_810_733_5),
+        (0.995, 4.0, 4.604_094_871_415_897),
+    ];
+    for (q, df, want) in cases {
+        let got = stats::student_t_quantile(q, df);
+        assert!((got - want).abs() < 1e-9 * want, "t.ppf({q}, {df}) = {got}, scipy {want}");
+        assert!((stats::student_t_quantile(1.0 - q, df) + want).abs() < 1e-9 * want);
+    }
+    // Closed forms: df = 1 is the Cauchy distribution, df = 2 has F(t) = 1/2 + t / (2 sqrt(2 + t^2)).
+    assert!((stats::student_t_cdf(1.0, 1.0) - 0.75).abs() < 1e-14);
+    for t in [-3.0, -0.5, 0.0, 0.7, 5.0] {
+        let want = 0.5 + t / (2.0 * (2.0f64 + t * t).sqrt());
+        assert!((stats::student_t_cdf(t, 2.0) - want).abs() < 1e-14, "t = {t}");
+    }
+}
+
+#[test]
+fn t_interval_hand_computed() {
+    // Differences 1, 2, 3, 4: mean 2.5, sd sqrt(5/3), half width t_{0.975, 3} sd / 2.
+    let ti = stats::t_interval(&[1.0, 2.0, 3.0, 4.0], 0.95).unwrap();
+    let half = 3.182_446_305_284_263 * (5.0f64 / 3.0).sqrt() / 2.0;
+    assert_eq!((ti.n, ti.mean), (4, 2.5));
+    assert!((ti.lo - (2.5 - half)).abs() < 1e-9 && (ti.hi - (2.5 + half)).abs() < 1e-9, "{ti:?}");
+    assert!((ti.lo - 0.445_739_7).abs() < 1e-6, "{ti:?}");
+    // One seed: no interval. Equal differences: a zero-width interval at the mean.
+    assert!(stats::t_interval(&[1.0], 0.95).is_none());
+    let z = stats::t_interval(&[0.5, 0.5, 0.5], 0.95).unwrap();
+    assert_eq!((z.lo, z.hi), (0.5, 0.5));
+}
+
+#[test]
+fn hierarchical_bootstrap_covers_seed_spread() {
+    // Two runs of one model class whose scores are shifted: run 1 separates the classes much better.
+    let mut vids = videos(4, 30, 30, 2);
+    for v in &mut vids {
+        if v.label == 1 {
+            for x in &mut v.per_run[1] {
+                *x += 0.8;
+            }
+        }
+    }
+    let fixed = stats::bootstrap_auc_ci(&vids, false, 600, 0.95, 3).unwrap();
+    let hier = stats::hierarchical_bootstrap_auc_ci(&vids, false, 600, 0.95, 3).unwrap();
+    // Resampling the seeds too must widen the interval when the seeds disagree.
+    assert!(hier.hi - hier.lo > 1.5 * (fixed.hi - fixed.lo), "{hier:?} vs {fixed:?}");
+    assert_eq!(hier, stats::hierarchical_bootstrap_auc_ci(&vids, false, 600, 0.95, 3).unwrap());
+    let one_run = videos(4, 30, 30, 1);
+    assert!(stats::hierarchical_bootstrap_auc_ci(&one_run, false, 100, 0.95, 0).is_none());
+}

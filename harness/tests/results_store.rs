@@ -41,6 +41,7 @@ fn manifest(id: &str, status: RunStatus) -> Manifest {
             baseline: Some("o".into()),
             tables: vec!["csdfd-table1".into()],
             plots: vec!["roc".into()],
+            noise_floor: Vec::new(),
         },
         files: Default::default(),
         data: Default::default(),

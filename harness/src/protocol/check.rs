@@ -1294,7 +1294,7 @@ impl Checker<'_> {
     }
 
     fn report(&mut self, t: &Tbl<'_, '_>, methods: Option<&MethodsRead>) -> Option<ReportConfig> {
-        self.cx.check_keys(t, &["baseline", "tables", "plots"]);
+        self.cx.check_keys(t, &["baseline", "tables", "plots", "noise_floor"]);
         let mut ok = true;
         let baseline = match t.get("baseline") {
             None => None,
@@ -1335,7 +1335,42 @@ impl Checker<'_> {
         };
         let tables = ids(&mut self.cx, "tables", TABLE_IDS, "table id");
         let plots = ids(&mut self.cx, "plots", PLOT_IDS, "plot id");
-        ok.then_some(ReportConfig { baseline, tables, plots })
+        let noise_floor = self.noise_floor(t, methods, &mut ok);
+        ok.then_some(ReportConfig { baseline, tables, plots, noise_floor })
+    }
+
+    /// `report.noise_floor = ["A", "B"]`: two methods whose runs differ only at rounding level
+    /// (e.g. O+S and CS-DFD with uvs = false, cgr = false); the report measures their spread.
+    fn noise_floor(&mut self, t: &Tbl<'_, '_>, methods: Option<&MethodsRead>, ok: &mut bool) -> Vec<String> {
+        let Some(v) = t.get("noise_floor") else { return Vec::new() };
+        let path = t.child("noise_floor");
+        let Some(list) = self.cx.string_list(&path, v) else {
+            *ok = false;
+            return Vec::new();
+        };
+        if list.len() != 2 || list[0].0 == list[1].0 {
+            self.cx.err(
+                v.span(),
+                &path,
+                format!(
+                    "expected two different method names, e.g. noise_floor = [\"O+S\", \"O+S twin\"]; got {} name(s){}",
+                    list.len(),
+                    if list.len() == 2 { ", both the same" } else { "" }
+                ),
+            );
+            *ok = false;
+            return Vec::new();
+        }
+        if let Some(r) = methods {
+            for (i, (name, span)) in list.iter().enumerate() {
+                if !r.methods.iter().any(|m| m.method.name == *name) && !r.failed.contains(name) {
+                    let h = hint(name, r.methods.iter().map(|m| m.method.name.as_str()));
+                    self.cx.err(span.clone(), &format!("{path}[{i}]"), format!("no method named `{name}`{h}"));
+                    *ok = false;
+                }
+            }
+        }
+        list.into_iter().map(|(s, _)| s).collect()
     }
 }
 

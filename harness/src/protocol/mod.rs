@@ -356,6 +356,10 @@ pub struct ReportConfig {
     pub baseline: Option<String>,
     pub tables: Vec<String>,
     pub plots: Vec<String>,
+    /// Two methods that differ only at rounding level: their spread is the report's noise floor.
+    /// Not part of any run id (nothing under `[report]` is).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub noise_floor: Vec<String>,
 }
 
 /// One problem in a protocol file.

@@ -62,7 +62,7 @@ impl Aggregates {
 /// The per-run value of AVG for one level and metric: the mean over the run's unseen test sets
 /// (all its test sets when it has no unseen one; leave-one-out folds each have their own).
 /// None when any of them is undefined: an average over fewer sets would not be comparable.
-fn run_avg(run: &Run, level: Level, metric: &str) -> Option<f64> {
+pub(super) fn run_avg(run: &Run, level: Level, metric: &str) -> Option<f64> {
     let rows: Vec<&MetricRow> = run.metrics.iter().filter(|r| r.level == level).collect();
     let unseen: Vec<&MetricRow> = rows.iter().copied().filter(|r| r.role == Role::Unseen).collect();
     let sets = if unseen.is_empty() { rows } else { unseen };

@@ -11,6 +11,10 @@
 //! - `summary.csv`: every aggregate (mean, std, seeds) plus 95% bootstrap CIs of the AUC;
 //! - `tables/ci.{md,csv,tex}`: AUC with its bootstrap CI per row and test set;
 //! - `plots/<id>[-<test set>].{png,svg}` for each id in `report.plots`.
+//! - statistics over training runs (`seeds`; a last README section): `tables/seed-diff.{md,csv,tex}`
+//!   (paired per-seed differences against the baseline, t intervals, verdicts),
+//!   `tables/noise-floor.{md,csv,tex}` (with a twin pair: `report.noise_floor`/`--noise-floor`),
+//!   `tables/seed-ci.{md,csv,tex}` (hierarchical bootstrap: seeds, then videos).
 //!
 //! Reported metric values come from each run's `metrics.parquet` (computed by `crate::metrics`);
 //! the private AUC in `crate::stats` is used only for DeLong and the bootstrap.
@@ -19,6 +23,7 @@
 mod aggregate;
 mod load;
 mod plots;
+mod seeds;
 mod tables;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -70,6 +75,11 @@ pub struct ReportArgs {
     /// `--only training.length.steps=240`; repeatable.
     #[arg(long = "only", value_name = "PATH=VALUE")]
     pub only: Vec<String>,
+    /// Two methods whose runs differ only at rounding level (e.g. O+S and CS-DFD with
+    /// uvs = false, cgr = false): their spread is the noise floor [default: the manifests'
+    /// report.noise_floor].
+    #[arg(long, num_args = 2, value_names = ["A", "B"])]
+    pub noise_floor: Vec<String>,
 }
 
 /// What one report generation produced.
@@ -258,6 +268,31 @@ pub fn generate(args: &ReportArgs) -> Result<ReportSummary> {
         outputs.add(format!("tables/{}.csv", t.id), delong_csv(&ctx, b_or(&baseline)));
     }
     let n_boot = args.bootstrap as usize;
+
+    // Statistics over training runs (new files; the section at the end of README.md).
+    let twin = noise_floor_pair(args, &loaded, &methods, &mut warnings)?;
+    let floor = twin.as_ref().map(|(a, b)| seeds::noise_floor(&ctx, a, b));
+    let floor_table = floor.as_ref().map(|f| seeds::floor_table(&ctx, f));
+    if let Some(t) = &floor_table {
+        outputs.add_table(t, true);
+    }
+    let seed_diff = baseline.as_ref().map(|b| {
+        let rows = seeds::diff_rows(&ctx, b, floor.as_ref());
+        outputs.add("tables/seed-diff.csv", seeds::diff_csv(&ctx, b, &rows));
+        seeds::diff_table(&ctx, b, &rows, floor.as_ref())
+    });
+    if let Some(t) = &seed_diff {
+        outputs.add("tables/seed-diff.md", tables::to_markdown(t));
+        outputs.add("tables/seed-diff.tex", tables::to_latex(t));
+    }
+    let seed_ci = (n_boot > 0).then(|| {
+        let cis = seeds::hierarchical_cis(&ctx, n_boot, args.seed);
+        seeds::hierarchical_table(&ctx, &cis, n_boot)
+    });
+    if let Some(t) = &seed_ci {
+        outputs.add_table(t, true);
+    }
+
     let cis = bootstrap_cis(&ctx, n_boot, args.seed);
     let ci = (n_boot > 0).then(|| ci_table(&ctx, &cis, n_boot));
     if let Some(t) = &ci {
@@ -330,6 +365,30 @@ pub fn generate(args: &ReportArgs) -> Result<ReportSummary> {
         readme.push_str(&plot_lines.join("\n\n"));
         readme.push('\n');
     }
+    let stats_tables: Vec<&Table> = seed_diff.iter().chain(floor_table.iter()).chain(seed_ci.iter()).collect();
+    if !stats_tables.is_empty() {
+        let _ = writeln!(readme, "\n## Statistics over training runs\n");
+        let _ = writeln!(
+            readme,
+            "Whether a method differs from the baseline is a question about training runs: the paired seed-level \
+             intervals below answer it. The DeLong tests above hold each trained model fixed and measure only the \
+             sampling of the test set, so they cannot tell a method from seed (or rounding) noise. {}\n",
+            match &twin {
+                Some((a, b)) => format!(
+                    "Noise floor: {} against {}, runs that differ only at rounding level.",
+                    ctx.display(b),
+                    ctx.display(a)
+                ),
+                None => "No noise floor is measured here (report.noise_floor or --noise-floor names a twin pair; \
+                         see docs/statistics.md)."
+                    .into(),
+            }
+        );
+        for t in stats_tables {
+            readme.push_str(&tables::to_markdown(t));
+            readme.push('\n');
+        }
+    }
     outputs.add("README.md", readme);
 
     for (rel, bytes) in &outputs.files {
@@ -348,6 +407,40 @@ pub fn generate(args: &ReportArgs) -> Result<ReportSummary> {
         warnings,
         damaged: loaded.damaged.clone(),
     })
+}
+
+/// The twin pair of the noise floor: `--noise-floor A B`, else the manifests' report.noise_floor.
+/// A pair named on the command line must have runs; one from the manifests without runs is a warning.
+fn noise_floor_pair(
+    args: &ReportArgs,
+    loaded: &Loaded,
+    methods: &BTreeSet<&str>,
+    warnings: &mut Vec<String>,
+) -> Result<Option<(String, String)>> {
+    let missing =
+        |pair: &[String]| -> Vec<String> { pair.iter().filter(|m| !methods.contains(m.as_str())).cloned().collect() };
+    if !args.noise_floor.is_empty() {
+        let m = missing(&args.noise_floor);
+        if args.noise_floor.len() != 2 || args.noise_floor[0] == args.noise_floor[1] || !m.is_empty() {
+            return Err(CliError::config(format!(
+                "--noise-floor {}: expected two different methods with complete runs{}; methods: {}",
+                args.noise_floor.join(" "),
+                if m.is_empty() { String::new() } else { format!(" (no complete run of {})", m.join(", ")) },
+                methods.iter().copied().collect::<Vec<_>>().join(", ")
+            ))
+            .into());
+        }
+        return Ok(Some((args.noise_floor[0].clone(), args.noise_floor[1].clone())));
+    }
+    let Some(pair) = loaded.runs.iter().map(|r| &r.manifest.report.noise_floor).find(|p| p.len() == 2) else {
+        return Ok(None);
+    };
+    let m = missing(pair);
+    if !m.is_empty() {
+        warnings.push(format!("report.noise_floor names {} without complete runs; no noise floor measured", m.join(", ")));
+        return Ok(None);
+    }
+    Ok(Some((pair[0].clone(), pair[1].clone())))
 }
 
 fn b_or(b: &Option<String>) -> &str {
@@ -596,7 +689,10 @@ fn delong_table(ctx: &Ctx, baseline: &str) -> Table {
         .collect();
     Table {
         id: "delong".into(),
-        title: format!("Paired DeLong tests against {}", ctx.display(baseline)),
+        title: format!(
+            "Paired DeLong tests against {}: test-set sampling for one fixed model per seed",
+            ctx.display(baseline)
+        ),
         label_header: vec!["Method".into(), "Backbone / setting".into(), "Seed".into(), "Test set".into()],
         columns: vec!["n paired".into(), "AUC (%)".into(), "baseline AUC (%)".into(), "z".into(), "p".into()],
         rows,
@@ -610,6 +706,10 @@ fn delong_table(ctx: &Ctx, baseline: &str) -> Table {
             ),
             "AUCs here are recomputed from scores.parquet (Mann-Whitney, ties 1/2) and equal the runs' reported AUC \
              when both runs scored the same samples."
+                .into(),
+            "DeLong holds both trained models fixed: a small p says the two models rank this test set differently, \
+             not that the methods differ; runs that differ only by rounding get small p too. For methods, see \
+             tables/seed-diff (intervals over seeds)."
                 .into(),
         ],
     }

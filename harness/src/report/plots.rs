@@ -114,18 +114,115 @@ struct LinePanel {
     diagonal: bool,
     markers: bool,
     legend: SeriesLabelPosition,
+    /// Per-step quantities over seeds, drawn under `series`.
+    traces: Vec<TraceSeries>,
+    /// The x axis counts steps: ticks at whole numbers only.
+    integer_x: bool,
+}
+
+/// A per-step quantity over the seeds of one group: the per-step mean (drawn faint), its moving
+/// average (drawn solid), and a band of ± one standard deviation over the seeds' smoothed curves.
+struct TraceSeries {
+    name: String,
+    raw: Vec<(f64, f64)>,
+    smooth: Vec<(f64, f64)>,
+    /// (step, lo, hi); empty with a single seed.
+    band: Vec<(f64, f64, f64)>,
+}
+
+/// Centred moving average over `2k + 1` points (fewer at the ends), k about 1/40 of the length:
+/// enough to show the trend of a noisy per-step curve without hiding its turns.
+fn smooth(values: &[f64]) -> Vec<f64> {
+    let n = values.len();
+    let k = (n / 40).max(1);
+    (0..n)
+        .map(|i| {
+            let (a, b) = (i.saturating_sub(k), (i + k + 1).min(n));
+            values[a..b].iter().sum::<f64>() / (b - a) as f64
+        })
+        .collect()
+}
+
+impl TraceSeries {
+    /// From each seed's `(step, value)` points (any order, steps may differ between seeds).
+    fn over_seeds(name: String, per_seed: &[Vec<(u32, f64)>]) -> Option<Self> {
+        use std::collections::BTreeMap;
+        let per_seed: Vec<&Vec<(u32, f64)>> = per_seed.iter().filter(|p| !p.is_empty()).collect();
+        if per_seed.is_empty() {
+            return None;
+        }
+        // Each seed's curve smoothed on its own steps, then the seeds pooled per step.
+        let mut raw: BTreeMap<u32, Vec<f64>> = BTreeMap::new();
+        let mut smoothed: BTreeMap<u32, Vec<f64>> = BTreeMap::new();
+        for pts in &per_seed {
+            let mut pts: Vec<(u32, f64)> = pts.iter().copied().filter(|p| p.1.is_finite()).collect();
+            pts.sort_by_key(|p| p.0);
+            let sm = smooth(&pts.iter().map(|p| p.1).collect::<Vec<_>>());
+            for ((step, v), s) in pts.iter().zip(sm) {
+                raw.entry(*step).or_default().push(*v);
+                smoothed.entry(*step).or_default().push(s);
+            }
+        }
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+        let raw: Vec<(f64, f64)> = raw.iter().map(|(s, v)| (*s as f64, mean(v))).collect();
+        let smooth: Vec<(f64, f64)> = smoothed.iter().map(|(s, v)| (*s as f64, mean(v))).collect();
+        let band = if per_seed.len() > 1 {
+            smoothed
+                .iter()
+                .filter_map(|(s, v)| {
+                    let (m, sd) = stats::mean_std(v)?;
+                    sd.map(|sd| (*s as f64, m - sd, m + sd))
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Some(TraceSeries { name, raw, smooth, band })
+    }
+
+    fn y_values(&self) -> impl Iterator<Item = f64> + '_ {
+        self.raw.iter().map(|p| p.1).chain(self.band.iter().flat_map(|b| [b.1, b.2]))
+    }
 }
 
 impl LinePanel {
+    fn new(title: String, x_label: &str, y_label: &str) -> Self {
+        LinePanel {
+            title,
+            x_label: x_label.into(),
+            y_label: y_label.into(),
+            series: Vec::new(),
+            x_range: None,
+            y_range: None,
+            hline: None,
+            diagonal: false,
+            markers: false,
+            legend: SeriesLabelPosition::UpperRight,
+            traces: Vec::new(),
+            integer_x: false,
+        }
+    }
+
+    /// The y range the panel would choose by itself (for sharing one among panels).
+    fn natural_y(&self) -> (f64, f64) {
+        range_of(
+            self.series
+                .iter()
+                .flat_map(|s| s.points.iter().flat_map(|p| [p.1 - p.2.unwrap_or(0.0), p.1 + p.2.unwrap_or(0.0)]))
+                .chain(self.traces.iter().flat_map(|t| t.y_values())),
+        )
+    }
+
     fn draw_on<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> Result<()> {
-        let xr = self
-            .x_range
-            .unwrap_or_else(|| range_of(self.series.iter().flat_map(|s| s.points.iter().map(|p| p.0))));
-        let yr = self.y_range.unwrap_or_else(|| {
-            range_of(self.series.iter().flat_map(|s| {
-                s.points.iter().flat_map(|p| [p.1 - p.2.unwrap_or(0.0), p.1 + p.2.unwrap_or(0.0)])
-            }))
+        let xr = self.x_range.unwrap_or_else(|| {
+            range_of(
+                self.series
+                    .iter()
+                    .flat_map(|s| s.points.iter().map(|p| p.0))
+                    .chain(self.traces.iter().flat_map(|t| t.raw.iter().map(|p| p.0))),
+            )
         });
+        let yr = self.y_range.unwrap_or_else(|| self.natural_y());
         let mut chart = ChartBuilder::on(area)
             .caption(&self.title, font(18))
             .margin(10)
@@ -133,14 +230,33 @@ impl LinePanel {
             .y_label_area_size(55)
             .build_cartesian_2d(xr.0..xr.1, yr.0..yr.1)
             .map_err(pe)?;
-        chart
-            .configure_mesh()
-            .x_desc(self.x_label.as_str())
-            .y_desc(self.y_label.as_str())
-            .label_style(font(12))
-            .axis_desc_style(font(14))
-            .draw()
-            .map_err(pe)?;
+        let whole = |x: &f64| format!("{}", x.round() as i64);
+        let mut mesh = chart.configure_mesh();
+        mesh.x_desc(self.x_label.as_str()).y_desc(self.y_label.as_str()).label_style(font(12)).axis_desc_style(font(14));
+        if self.integer_x {
+            // At most one tick per step, so that no two ticks round to the same whole number.
+            let span = (xr.1 - xr.0).floor().max(1.0) as usize;
+            mesh.x_labels(span.min(10) + 1).x_label_formatter(&whole);
+        }
+        mesh.draw().map_err(pe)?;
+        for (i, t) in self.traces.iter().enumerate() {
+            let c = color(i);
+            if !t.band.is_empty() {
+                let poly: Vec<(f64, f64)> = t
+                    .band
+                    .iter()
+                    .map(|b| (b.0, b.1))
+                    .chain(t.band.iter().rev().map(|b| (b.0, b.2)))
+                    .collect();
+                chart.draw_series(std::iter::once(Polygon::new(poly, c.mix(0.15).filled()))).map_err(pe)?;
+            }
+            chart.draw_series(LineSeries::new(t.raw.iter().copied(), c.mix(0.3).stroke_width(1))).map_err(pe)?;
+            chart
+                .draw_series(LineSeries::new(t.smooth.iter().copied(), c.stroke_width(2)))
+                .map_err(pe)?
+                .label(t.name.as_str())
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], c.stroke_width(2)));
+        }
         if let Some(y) = self.hline {
             chart.draw_series(LineSeries::new([(xr.0, y), (xr.1, y)], BLACK.mix(0.4))).map_err(pe)?;
         }
@@ -303,6 +419,18 @@ fn first_runs<'a>(ctx: &Ctx<'a>) -> Vec<&'a Run> {
     out
 }
 
+/// The runs of one group, in seed order.
+fn runs_of<'a>(ctx: &Ctx<'a>, g: &Group) -> Vec<&'a Run> {
+    ctx.loaded.runs.iter().filter(|r| &r.group == g).collect()
+}
+
+fn seeds_text(runs: &[&Run]) -> String {
+    match runs {
+        [one] => format!("seed {}", one.manifest.seed),
+        _ => format!("mean of {} seeds, band ± 1 sd", runs.len()),
+    }
+}
+
 fn aggregate_trace(run: &Run) -> Vec<&crate::results::TraceRow> {
     let mut rows: Vec<_> = run.trace.iter().filter(|t| t.domain.is_none()).collect();
     rows.sort_by_key(|t| t.step);
@@ -317,59 +445,65 @@ pub fn render(ctx: &Ctx, id: &str) -> Result<Option<Vec<(String, Vec<u8>)>>> {
     let files = match id {
         "loss-conflict" => {
             let mut panels = Vec::new();
-            for r in &firsts {
-                let t = aggregate_trace(r);
-                let l1: Vec<_> = t.iter().filter_map(|x| x.l1.map(|v| (x.step as f64, v, None))).collect();
-                let l2: Vec<_> = t.iter().filter_map(|x| x.l2.map(|v| (x.step as f64, v, None))).collect();
-                if l1.is_empty() || l2.is_empty() {
-                    continue;
-                }
-                panels.push(LinePanel {
-                    title: format!("{} (seed {})", name_of(ctx, &r.group, &groups), r.manifest.seed),
-                    x_label: "step".into(),
-                    y_label: "loss".into(),
-                    series: vec![
-                        Series { name: "L1 (original fakes)".into(), points: l1 },
-                        Series { name: "L2 (synthesized fakes)".into(), points: l2 },
-                    ],
-                    x_range: None,
-                    y_range: None,
-                    hline: None,
-                    diagonal: false,
-                    markers: false,
-                    legend: SeriesLabelPosition::UpperRight,
-                });
+            for g in &groups {
+                let runs = runs_of(ctx, g);
+                let per_seed = |f: fn(&crate::results::TraceRow) -> Option<f64>| -> Vec<Vec<(u32, f64)>> {
+                    runs.iter()
+                        .map(|r| aggregate_trace(r).iter().filter_map(|x| f(x).map(|v| (x.step, v))).collect())
+                        .collect()
+                };
+                let l1 = TraceSeries::over_seeds("L1 (original fakes)".into(), &per_seed(|x| x.l1));
+                let l2 = TraceSeries::over_seeds("L2 (synthesized fakes)".into(), &per_seed(|x| x.l2));
+                let (Some(l1), Some(l2)) = (l1, l2) else { continue };
+                let mut p = LinePanel::new(
+                    format!("{} ({})", name_of(ctx, g, &groups), seeds_text(&runs)),
+                    "step",
+                    "loss",
+                );
+                p.traces = vec![l1, l2];
+                p.integer_x = true;
+                panels.push(p);
+            }
+            // Panels compare methods: one y scale for all of them.
+            let shared = panels.iter().map(|p| p.natural_y()).reduce(|a, b| (a.0.min(b.0), a.1.max(b.1)));
+            for p in &mut panels {
+                p.y_range = shared;
             }
             if panels.is_empty() { vec![] } else { render_both(&Panels(panels), "loss-conflict")? }
         }
         "cosine" => {
-            let series: Vec<Series> = firsts
+            let mut n_seeds = std::collections::BTreeSet::new();
+            let traces: Vec<TraceSeries> = groups
                 .iter()
-                .filter_map(|r| {
-                    let pts: Vec<_> = aggregate_trace(r)
+                .filter_map(|g| {
+                    let runs = runs_of(ctx, g);
+                    let per_seed: Vec<Vec<(u32, f64)>> = runs
                         .iter()
-                        .filter_map(|x| {
-                            x.cos_g1_g2.filter(|c| c.is_finite()).map(|c| (x.step as f64, c, None))
+                        .map(|r| {
+                            aggregate_trace(r)
+                                .iter()
+                                .filter_map(|x| x.cos_g1_g2.filter(|c| c.is_finite()).map(|c| (x.step, c)))
+                                .collect()
                         })
                         .collect();
-                    (!pts.is_empty()).then(|| Series { name: name_of(ctx, &r.group, &groups), points: pts })
+                    let t = TraceSeries::over_seeds(name_of(ctx, g, &groups), &per_seed)?;
+                    n_seeds.insert(per_seed.iter().filter(|p| !p.is_empty()).count());
+                    Some(t)
                 })
                 .collect();
-            if series.is_empty() {
+            if traces.is_empty() {
                 vec![]
             } else {
-                let p = LinePanel {
-                    title: "cos(g1, g2) per step (lowest seed)".into(),
-                    x_label: "step".into(),
-                    y_label: "cosine".into(),
-                    series,
-                    x_range: None,
-                    y_range: Some((-1.05, 1.05)),
-                    hline: Some(0.0),
-                    diagonal: false,
-                    markers: false,
-                    legend: SeriesLabelPosition::UpperRight,
-                };
+                let seeds = n_seeds.iter().map(|n| n.to_string()).collect::<Vec<_>>().join("/");
+                let mut p = LinePanel::new(
+                    format!("cos(g1, g2) per step (mean of {seeds} seed(s), band ± 1 sd)"),
+                    "step",
+                    "cosine",
+                );
+                p.traces = traces;
+                p.y_range = Some((-1.05, 1.05));
+                p.hline = Some(0.0);
+                p.integer_x = true;
                 render_both(&Panels(vec![p]), "cosine")?
             }
         }
@@ -421,6 +555,8 @@ pub fn render(ctx: &Ctx, id: &str) -> Result<Option<Vec<(String, Vec<u8>)>>> {
                     diagonal: true,
                     markers: false,
                     legend: SeriesLabelPosition::LowerRight,
+                    traces: Vec::new(),
+                    integer_x: false,
                 };
                 files.extend(render_both(&Panels(vec![p]), &format!("roc-{}", file_safe(ts)))?);
             }
@@ -521,6 +657,8 @@ fn sensitivity_panel(title: String, x_label: String, series: Vec<Series>) -> Lin
         diagonal: false,
         markers: true,
         legend: SeriesLabelPosition::LowerRight,
+        traces: Vec::new(),
+        integer_x: false,
     }
 }
 
@@ -592,5 +730,37 @@ mod sweep_tests {
         );
         assert_eq!(numeric_sweep("training.optimizer.name=sgd"), None);
         assert_eq!(numeric_sweep("no equals sign"), None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn moving_average_by_hand() {
+        // n = 5: k = 1, windows shrink at the ends.
+        assert_eq!(smooth(&[1.0, 2.0, 3.0, 4.0, 5.0]), vec![1.5, 2.0, 3.0, 4.0, 4.5]);
+        // n = 80: k = 2, a window of five.
+        let v: Vec<f64> = (0..80).map(|i| if i == 40 { 5.0 } else { 0.0 }).collect();
+        let s = smooth(&v);
+        assert_eq!((s[37], s[38], s[40], s[42], s[43]), (0.0, 1.0, 1.0, 1.0, 0.0));
+    }
+
+    #[test]
+    fn trace_over_seeds_mean_and_band() {
+        let a: Vec<(u32, f64)> = (0..3).map(|s| (s, 1.0)).collect();
+        let b: Vec<(u32, f64)> = vec![(2, 3.0), (0, 3.0), (1, 3.0)];
+        let t = TraceSeries::over_seeds("x".into(), &[a.clone(), b, Vec::new()]).unwrap();
+        assert_eq!(t.raw, vec![(0.0, 2.0), (1.0, 2.0), (2.0, 2.0)]);
+        assert_eq!(t.smooth, t.raw);
+        // Sample sd of {1, 3} is sqrt(2).
+        for (i, &(x, lo, hi)) in t.band.iter().enumerate() {
+            assert_eq!(x, i as f64);
+            assert!((lo - (2.0 - 2f64.sqrt())).abs() < 1e-12 && (hi - (2.0 + 2f64.sqrt())).abs() < 1e-12);
+        }
+        // One seed: no band; no seeds: nothing.
+        assert!(TraceSeries::over_seeds("x".into(), &[a]).unwrap().band.is_empty());
+        assert!(TraceSeries::over_seeds("x".into(), &[Vec::new()]).is_none());
     }
 }

@@ -212,6 +212,7 @@ pub fn cmd_run(args: RunArgs, verbosity: Verbosity) -> anyhow::Result<ExitCode> 
         baseline: protocol.report.baseline.clone(),
         tables: protocol.report.tables.clone(),
         plots: protocol.report.plots.clone(),
+        noise_floor: protocol.report.noise_floor.clone(),
     };
     let repo_dir = args.protocol.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let git = env::git_state(repo_dir);
