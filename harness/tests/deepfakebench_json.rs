@@ -221,10 +221,18 @@ fn data_check_passes_every_released_json_with_warnings() {
         "{out}"
     );
 
-    // UADFV: the absolute prefix makes every frame missing, counted once (not again as
-    // "without landmarks"), a few examples, and the path_map line that fixes it.
+    // UADFV as released: the absolute prefix is a quirk of the file. The check strips it, passes,
+    // and says which path_map a protocol needs.
     let uadfv = root.join("dataset_json/UADFV.json");
     let (code, out) = bench(&["data", "check", uadfv.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(&format!("carry the prefix `{PREFIX}`")), "{out}");
+    assert!(out.contains(&format!("path_map = {{ '{PREFIX}' = '' }}")), "{out}");
+    assert!(out.contains("UADFV: train and test are the same 4 videos"), "{out}");
+
+    // With a path map that does not apply, every frame is missing: counted once (not again as
+    // "without landmarks"), a few examples, and the path_map line that fixes it.
+    let (code, out) = bench(&["data", "check", uadfv.to_str().unwrap(), "--path-map", "/elsewhere="]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("16 missing or unreadable frames") && !out.contains("without landmarks"), "{out}");
     assert!(out.contains("... and 13 more") && out.lines().count() < 40, "{out}");
@@ -264,7 +272,12 @@ fn windows_drive_paths_get_a_path_map_suggestion() {
     for (p, _) in &paths {
         write_frame(root, p, "T:\\data", 90);
     }
+    // data check reads the drive-prefixed file, with the path_map a protocol needs as a warning.
     let (code, out) = bench(&["data", "check", json.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("carry the prefix `T:/data`") && out.contains("path_map = { 'T:/data' = '' }"), "{out}");
+    // Without the rewrite (a path map that does not apply) the frames are missing, named as written.
+    let (code, out) = bench(&["data", "check", json.to_str().unwrap(), "--path-map", "/elsewhere="]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("T:/data/UADFV/fake/frames/0000_fake/000.png"), "{out}");
     assert!(out.contains("path_map = { 'T:/data' = '' }"), "{out}");

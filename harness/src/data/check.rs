@@ -381,6 +381,24 @@ pub fn cmd_check(args: CheckArgs, v: Verbosity) -> anyhow::Result<ExitCode> {
     });
     let missing: Vec<&Path> = rep.missing.iter().map(PathBuf::as_path).collect();
     rep.path_map_hint = suggest_path_map(&root, &missing);
+    // The released JSONs of some datasets (UADFV's `/deepfakebench/datasets/rgb\...`) carry the
+    // prefix of the machine they were made on. That is a quirk of the file, not missing data:
+    // check the frames where they are, and say which path_map a protocol needs to read them.
+    if let (Some(prefix), true) = (rep.path_map_hint.clone(), args.path_map.is_empty()) {
+        let map = vec![(prefix.clone(), String::new())];
+        let (index, fatal) = index_target(&args.target, args.root.as_deref(), &map, args.allow_outside_root)?;
+        let mut mapped = check_index(&index, args.frames, args.allow_missing_landmarks);
+        mapped.fatal.splice(0..0, fatal);
+        mapped.warnings.insert(
+            0,
+            format!(
+                "the frame paths carry the prefix `{prefix}`, which is not under this root: checked with it \
+                 removed; a protocol reading this JSON needs it too ({})",
+                path_map_hint(&prefix)
+            ),
+        );
+        rep = mapped;
+    }
     if v != Verbosity::Quiet {
         print!("{}", render(&rep, v));
     }
