@@ -178,11 +178,24 @@ pub struct DataUsage {
     /// and what `train.drop_overlap` dropped.
     #[serde(default)]
     pub leakage: Vec<String>,
+    /// Frames per label in every training batch of each stream the method read (`original`,
+    /// `online`, `domain:<manipulation>`) -> label -> frames. Empty in manifests written before
+    /// it was recorded.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub train_batches: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Real frames per fake frame in each batch of the original (or domain) streams, as used:
+    /// `train.real_fake_ratio` after rounding to whole frames, 1 when the key is omitted. None
+    /// when the method reads no such stream, or a batch holds no fake.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub real_fake_ratio: Option<f64>,
 }
 
 impl DataUsage {
     pub fn is_empty(&self) -> bool {
-        self.frames_used.is_empty() && self.leakage.is_empty()
+        self.frames_used.is_empty()
+            && self.leakage.is_empty()
+            && self.train_batches.is_empty()
+            && self.real_fake_ratio.is_none()
     }
 }
 

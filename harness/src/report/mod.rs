@@ -19,6 +19,7 @@
 mod aggregate;
 mod load;
 mod plots;
+pub(crate) use plots::register_font;
 mod tables;
 
 use std::collections::{BTreeMap, BTreeSet};
