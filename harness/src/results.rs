@@ -265,6 +265,10 @@ pub struct TraceRow {
     pub mu2: Option<f64>,
     pub lr: Option<f64>,
     pub wall_s: Option<f64>,
+    /// CS-DFD with CGR: `||CGR term|| / ||g1_p + g2_p||` on the projection head. Null for other
+    /// methods and in trace files written before the column existed.
+    #[serde(default)]
+    pub cgr_rel: Option<f64>,
 }
 
 /// One row of `scores.parquet`: one test frame.
@@ -434,6 +438,7 @@ pub fn trace_frame(rows: &[TraceRow]) -> Result<DataFrame> {
         col("mu2", f(|r| r.mu2)),
         col("lr", f(|r| r.lr)),
         col("wall_s", f(|r| r.wall_s)),
+        col("cgr_rel", f(|r| r.cgr_rel)),
     ];
     DataFrame::new(rows.len(), cols).map_err(|e| anyhow!("building the trace table: {e}"))
 }
@@ -496,6 +501,13 @@ impl Cols<'_> {
         let s = self.get(name, &DataType::Float64)?;
         Ok(s.f64().expect("cast to f64").iter().collect())
     }
+    /// A nullable column added after files were written: all null when the file lacks it.
+    fn f64_added(&self, name: &str) -> Result<Vec<Option<f64>>> {
+        if self.df.column(name).is_err() {
+            return Ok(vec![None; self.df.height()]);
+        }
+        self.f64_opt(name)
+    }
     fn f64_req(&self, name: &str) -> Result<Vec<f64>> {
         self.f64_opt(name)?
             .into_iter()
@@ -556,6 +568,7 @@ pub fn trace_rows(df: &DataFrame, file: &Path) -> Result<Vec<TraceRow>> {
             .map(|n| c.f64_opt(n));
     let (loss, l1, l2, cos, ng1, ng2, nu, mu1, mu2, lr, wall) =
         (loss?, l1?, l2?, cos?, ng1?, ng2?, nu?, mu1?, mu2?, lr?, wall?);
+    let cgr_rel = c.f64_added("cgr_rel")?;
     Ok((0..df.height())
         .map(|i| TraceRow {
             step: step[i],
@@ -572,6 +585,7 @@ pub fn trace_rows(df: &DataFrame, file: &Path) -> Result<Vec<TraceRow>> {
             mu2: mu2[i],
             lr: lr[i],
             wall_s: wall[i],
+            cgr_rel: cgr_rel[i],
         })
         .collect())
 }

@@ -246,9 +246,20 @@ fn run_completes_with_documented_files_then_skips_and_force_redoes() {
                 "mu1",
                 "mu2",
                 "lr",
-                "wall_s"
+                "wall_s",
+                "cgr_rel"
             ])
         );
+        // CGR's relative contribution: traced every step for CS-DFD (cgr on by default), a small
+        // positive number; null for the ERM run.
+        let trace = r.read_trace().unwrap();
+        assert_eq!(trace.len(), 4);
+        for t in &trace {
+            match m.method.as_str() {
+                "CS-DFD" => assert!(t.cgr_rel.is_some_and(|x| x > 0.0 && x < 1.0), "{t:?}"),
+                _ => assert_eq!(t.cgr_rel, None),
+            }
+        }
         assert_eq!(
             columns(&r.file(results::SCORES_FILE)),
             strings(&[
@@ -349,6 +360,34 @@ fn run_completes_with_documented_files_then_skips_and_force_redoes() {
         assert_ne!(manifest_stamp(r).1, *ino, "{} was not redone", r.name());
         assert!(r.is_complete());
     }
+}
+
+#[test]
+fn erm_conflict_every_traces_o_plus_s_and_stays_out_of_the_run_id_when_off() {
+    let methods = |extra: &str| format!("[methods.OS]\nkind = \"erm\"\nstreams = \"both\"\n{extra}");
+    let plain = Case::new("e2e_probe", &protocol("e2e_probe", "0", 4, &methods("")));
+    let at_default = Case::new("e2e_probe", &protocol("e2e_probe", "0", 4, &methods("conflict_every = 0\n")));
+    let probed = Case::new("e2e_probe", &protocol("e2e_probe", "0", 4, &methods("conflict_every = 2\n")));
+    for c in [&plain, &at_default, &probed] {
+        let o = c.run("out", &["--no-weights"]);
+        assert_eq!(code(&o), 0, "{}", text(&o));
+    }
+    let (a, b, p) = (&plain.runs("out")[0], &at_default.runs("out")[0], &probed.runs("out")[0]);
+    assert_eq!(a.name(), b.name(), "conflict_every = 0 is the default and not in the run id");
+    assert_ne!(a.name(), p.name(), "conflict_every = 2 is a different configuration");
+    let (off, on) = (a.read_trace().unwrap(), p.read_trace().unwrap());
+    assert!(off.iter().all(|t| t.cos_g1_g2.is_none()));
+    for t in &on {
+        assert_eq!(t.cos_g1_g2.is_some(), t.step % 2 == 0, "{t:?}");
+        assert_eq!(t.norm_g1.is_some() && t.norm_g2.is_some(), t.step % 2 == 0, "{t:?}");
+    }
+    // The update is unchanged: the same losses and the same scores bit for bit.
+    let losses = |tr: &[results::TraceRow]| tr.iter().map(|t| t.loss.map(f64::to_bits)).collect::<Vec<_>>();
+    assert_eq!(losses(&off), losses(&on));
+    assert_eq!(
+        std::fs::read(a.file(results::SCORES_FILE)).unwrap(),
+        std::fs::read(p.file(results::SCORES_FILE)).unwrap()
+    );
 }
 
 #[test]

@@ -393,6 +393,7 @@ fn push_trace(rows: &mut Vec<TraceRow>, t: &detectors::trace::StepTrace) {
         mu2: t.mu2,
         lr: Some(t.lr),
         wall_s: Some(t.wall_s),
+        cgr_rel: t.cgr_rel,
     });
     // Per-domain rows: the domain's loss and, in `norm_g1`, the norm of its gradient.
     for d in &t.domains {
