@@ -784,6 +784,11 @@ fn data_preview_draws_labelled_sbi_pairs_with_their_masks() {
 
     let o = preview("original", "0", &case.out("o.png"));
     assert_eq!(code(&o), 0, "{}", text(&o));
+    // Four of a balanced batch of 8: two reals, then two fakes (a part keeps the batch's mix).
+    let orig = image::open(case.out("o.png")).unwrap().to_rgb8();
+    let red = image::Rgb([200, 40, 40]);
+    let tops: Vec<_> = (0..4).map(|k| *orig.get_pixel(6 + k * cell, top)).collect();
+    assert_eq!(tops, [green, green, red, red]);
     let o = preview("domains", "0", &case.out("d.png"));
     assert_eq!(code(&o), 0, "{}", text(&o));
     let d = image::open(case.out("d.png")).unwrap().to_rgb8();

@@ -634,7 +634,12 @@ pub fn preview_samples(
                 let k = ((want - drawn.len()) / 2).min(half);
                 (0..k).chain(half..half + k).collect::<Vec<_>>()
             } else {
-                (0..infos.len().min(want - drawn.len())).collect()
+                // A part of a batch keeps its real:fake mix: the first reals and fakes in proportion.
+                let k = infos.len().min(want - drawn.len());
+                let (reals, fakes): (Vec<usize>, Vec<usize>) = (0..infos.len()).partition(|&i| infos[i].label == 0);
+                let k_real = ((k * reals.len()) as f64 / infos.len().max(1) as f64).round() as usize;
+                let k_real = k_real.min(reals.len()).max(k.saturating_sub(fakes.len()));
+                reals[..k_real].iter().chain(&fakes[..k - k_real]).copied().collect()
             };
             for i in take {
                 let mut info = infos[i].clone();
