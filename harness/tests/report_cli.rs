@@ -153,7 +153,7 @@ fn write_run(store: &ResultsStore, protocol: &str, sp: &Spec) -> String {
             cos_g1_g2: Some(rng.random::<f64>() * 2.0 - 0.8),
             lr: Some(1e-3),
             // CGR's relative contribution, 1e-8 .. 4e-7 over the 40 steps: median 20.5e-8.
-            cgr_rel: (sp.method == "cs-dfd").then(|| 1e-8 * (1.0 + step as f64)),
+            cgr_rel: (sp.method == "cs-dfd").then_some(1e-8 * (1.0 + step as f64)),
             ..Default::default()
         });
         if sp.method == "roga" {

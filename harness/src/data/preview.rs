@@ -228,7 +228,7 @@ fn render(title: &str, blocks: &[(String, Vec<Drawn>)], pairs: bool) -> Result<R
     }
     crate::report::register_font()?;
     {
-        let backend = BitMapBackend::with_buffer(&mut *canvas, (width, height));
+        let backend = BitMapBackend::with_buffer(&mut canvas, (width, height));
         let area = backend.into_drawing_area();
         for (s, x, y, size) in &texts {
             let style = ("sans-serif", *size as f64).into_font().color(&BLACK);

@@ -276,7 +276,8 @@ fn train(run: &Run, p: &Prepared, progress: &mut Progress) -> Result<Trained, Fa
         .with_context(|| format!("method `{}`", c.method.name))
         .map_err(setup)?;
     let needs = method.needs();
-    let real_fraction = Some(real_fraction(c.train.real_fake_ratio));
+    let fraction = real_fraction(c.train.real_fake_ratio);
+    let real_fraction = Some(fraction);
     let seed = c.seed;
     let mut original = needs
         .original
@@ -360,7 +361,7 @@ fn train(run: &Run, p: &Prepared, progress: &mut Progress) -> Result<Trained, Fa
     }
     let domain_names: Vec<String> = domains.iter().map(|(m, _)| m.clone()).collect();
     let (train_batches, real_fake_ratio) =
-        batch_composition(&needs, &domain_names, p.batch, real_fraction.unwrap_or(0.5));
+        batch_composition(&needs, &domain_names, p.batch, fraction);
     Ok(Trained { det, trace, notes, train_batches, real_fake_ratio })
 }
 
