@@ -31,6 +31,10 @@ pub struct StepTrace {
     /// UVS / CAGrad simplex weights.
     pub mu1: Option<f64>,
     pub mu2: Option<f64>,
+    /// CS-DFD with CGR: `||CGR term|| / ||g1_p + g2_p||` on the projection head (eq. 24's
+    /// conflict term against the plain head gradient).
+    #[serde(default)]
+    pub cgr_rel: Option<f64>,
     pub lr: f64,
     /// Wall-clock seconds of the whole step (forwards, backwards, combination, update).
     pub wall_s: f64,

@@ -397,3 +397,65 @@ fn step_time_relative_to_erm() -> Result<()> {
     }
     Ok(())
 }
+
+/// ERM O+S's conflict diagnostics (`conflict_every`) trace cos(g1, g2), |g1|, |g2| on the
+/// probed steps, equal to per-stream gradients computed apart, and leave the update's bits
+/// alone: Meso4 (BatchNorm and max-pool keep state for their backward) after 8 Adam steps has
+/// the same parameters with the probe off, every 3 steps and every step.
+#[test]
+fn erm_conflict_probe_traces_the_stream_gradients_and_keeps_the_update_bits() -> Result<()> {
+    let mut rng = ChaCha8Rng::seed_from_u64(41);
+    let steps: Vec<StepInput> = (0..8)
+        .map(|_| {
+            Ok(StepInput {
+                original: Some(batch_sized(&mut rng, 32, 0, (0, 0))?),
+                online: Some(batch_sized(&mut rng, 32, 1, (1, 1))?),
+                domains: vec![],
+            })
+        })
+        .collect::<Result<_>>()?;
+    let meso4 = || -> Result<Detector> {
+        let pb = ParamStore::new(&Device::Cpu).builder(5);
+        Detector::new(&pb, 1, |pb| detectors::backbones::build("meso4", pb, 32))
+    };
+    let train = |every: i64| -> Result<(Vec<u32>, Vec<detectors::trace::StepTrace>)> {
+        let det = meso4()?;
+        let mut params = p(&[("streams", s("both"))]);
+        if every > 0 {
+            params.set("conflict_every", ParamValue::Int(every));
+        }
+        let mut m = build_method("erm", &params, &adam(), &det, 0).unwrap();
+        let trace = steps.iter().enumerate().map(|(i, inp)| m.step(&det, inp, i, 0.01)).collect::<Result<_>>()?;
+        Ok((param_bits(&det), trace))
+    };
+    let (off, off_trace) = train(0)?;
+    assert!(off_trace.iter().all(|t| t.cos_g1_g2.is_none() && t.norm_g1.is_none()));
+    assert_ne!(off, param_bits(&meso4()?), "parameters never moved");
+    for every in [1, 3] {
+        let (on, trace) = train(every)?;
+        assert!(on == off, "conflict_every = {every} changed the parameters' bits");
+        for t in &trace {
+            let probed = t.step % every as usize == 0;
+            assert_eq!(t.cos_g1_g2.is_some(), probed, "step {}", t.step);
+            assert_eq!(t.norm_g2.is_some(), probed, "step {}", t.step);
+        }
+        assert_eq!(
+            trace.iter().map(|t| t.loss.to_bits()).collect::<Vec<_>>(),
+            off_trace.iter().map(|t| t.loss.to_bits()).collect::<Vec<_>>()
+        );
+    }
+    // Step 0's numbers against gradients from separate forwards and backwards of L1 and L2.
+    let (_, trace) = train(1)?;
+    let (g1, g2) = stream_grads(&meso4()?, &steps[0])?;
+    let (n1, n2) = (g1.norm(), g2.norm());
+    let t = &trace[0];
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-6 * b.abs().max(1e-12);
+    assert!(close(t.norm_g1.unwrap(), n1) && close(t.norm_g2.unwrap(), n2), "{t:?} vs {n1}, {n2}");
+    assert!((t.cos_g1_g2.unwrap() - g1.dot(&g2) / (n1 * n2)).abs() < 1e-6, "{t:?}");
+    // Only O+S has two stream gradients.
+    let det = meso4()?;
+    let only_o = p(&[("streams", s("original")), ("conflict_every", ParamValue::Int(2))]);
+    let err = build_method("erm", &only_o, &adam(), &det, 0).err().unwrap().to_string();
+    assert!(err.contains("erm.conflict_every") && err.contains("streams = \"both\""), "{err}");
+    Ok(())
+}

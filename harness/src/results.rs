@@ -182,11 +182,24 @@ pub struct DataUsage {
     /// and what `train.drop_overlap` dropped.
     #[serde(default)]
     pub leakage: Vec<String>,
+    /// Frames per label in every training batch of each stream the method read (`original`,
+    /// `online`, `domain:<manipulation>`) -> label -> frames. Empty in manifests written before
+    /// it was recorded.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub train_batches: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Real frames per fake frame in each batch of the original (or domain) streams, as used:
+    /// `train.real_fake_ratio` after rounding to whole frames, 1 when the key is omitted. None
+    /// when the method reads no such stream, or a batch holds no fake.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub real_fake_ratio: Option<f64>,
 }
 
 impl DataUsage {
     pub fn is_empty(&self) -> bool {
-        self.frames_used.is_empty() && self.leakage.is_empty()
+        self.frames_used.is_empty()
+            && self.leakage.is_empty()
+            && self.train_batches.is_empty()
+            && self.real_fake_ratio.is_none()
     }
 }
 
@@ -256,6 +269,10 @@ pub struct TraceRow {
     pub mu2: Option<f64>,
     pub lr: Option<f64>,
     pub wall_s: Option<f64>,
+    /// CS-DFD with CGR: `||CGR term|| / ||g1_p + g2_p||` on the projection head. Null for other
+    /// methods and in trace files written before the column existed.
+    #[serde(default)]
+    pub cgr_rel: Option<f64>,
 }
 
 /// One row of `scores.parquet`: one test frame.
@@ -425,6 +442,7 @@ pub fn trace_frame(rows: &[TraceRow]) -> Result<DataFrame> {
         col("mu2", f(|r| r.mu2)),
         col("lr", f(|r| r.lr)),
         col("wall_s", f(|r| r.wall_s)),
+        col("cgr_rel", f(|r| r.cgr_rel)),
     ];
     DataFrame::new(rows.len(), cols).map_err(|e| anyhow!("building the trace table: {e}"))
 }
@@ -487,6 +505,13 @@ impl Cols<'_> {
         let s = self.get(name, &DataType::Float64)?;
         Ok(s.f64().expect("cast to f64").iter().collect())
     }
+    /// A nullable column added after files were written: all null when the file lacks it.
+    fn f64_added(&self, name: &str) -> Result<Vec<Option<f64>>> {
+        if self.df.column(name).is_err() {
+            return Ok(vec![None; self.df.height()]);
+        }
+        self.f64_opt(name)
+    }
     fn f64_req(&self, name: &str) -> Result<Vec<f64>> {
         self.f64_opt(name)?
             .into_iter()
@@ -547,6 +572,7 @@ pub fn trace_rows(df: &DataFrame, file: &Path) -> Result<Vec<TraceRow>> {
             .map(|n| c.f64_opt(n));
     let (loss, l1, l2, cos, ng1, ng2, nu, mu1, mu2, lr, wall) =
         (loss?, l1?, l2?, cos?, ng1?, ng2?, nu?, mu1?, mu2?, lr?, wall?);
+    let cgr_rel = c.f64_added("cgr_rel")?;
     Ok((0..df.height())
         .map(|i| TraceRow {
             step: step[i],
@@ -563,6 +589,7 @@ pub fn trace_rows(df: &DataFrame, file: &Path) -> Result<Vec<TraceRow>> {
             mu2: mu2[i],
             lr: lr[i],
             wall_s: wall[i],
+            cgr_rel: cgr_rel[i],
         })
         .collect())
 }

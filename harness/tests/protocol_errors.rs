@@ -355,6 +355,14 @@ fn cases() -> Vec<Case> {
             message: &["missing required key `test`"],
         },
         Case {
+            what: "conflict diagnostics of ERM on one stream",
+            text: replace("[methods.O]\nkind = \"erm\"\n", "[methods.O]\nkind = \"erm\"\nconflict_every = 5\n"),
+            needle: "5\n\n[methods.\"O+S\"]",
+            skip: 0,
+            key: "methods.O.conflict_every",
+            message: &["needs streams = \"both\""],
+        },
+        Case {
             what: "cgr without a projection head",
             text: replace("backbone = \"meso4\"", "backbone = \"meso4\"\nhead = { layers = 0 }"),
             needle: "\"cs-dfd\"",

@@ -152,6 +152,8 @@ fn write_run(store: &ResultsStore, protocol: &str, sp: &Spec) -> String {
             l2: Some(l2),
             cos_g1_g2: Some(rng.random::<f64>() * 2.0 - 0.8),
             lr: Some(1e-3),
+            // CGR's relative contribution, 1e-8 .. 4e-7 over the 40 steps: median 20.5e-8.
+            cgr_rel: (sp.method == "cs-dfd").then_some(1e-8 * (1.0 + step as f64)),
             ..Default::default()
         });
         if sp.method == "roga" {
@@ -430,6 +432,8 @@ fn report_tables_plots_and_byte_identical_regeneration() {
         let row = rows.iter().find(|r| r[0] == display).unwrap();
         assert_eq!(row[c("P(cos(g1,g2) < 0)")], format!("{:.4}", mean_std(&fr).0));
     }
+    let cgr = rows.iter().find(|r| r[0] == "CS-DFD").unwrap();
+    assert_eq!(cgr[c("CGR rel. (head)")], "2.05e-7");
 
     let runs = fs::read_to_string(out.join("runs.md")).unwrap();
     assert!(runs.contains("excluded: failed at step 12: loss is NaN"), "{runs}");

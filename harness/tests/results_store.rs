@@ -74,6 +74,7 @@ fn traces() -> Vec<TraceRow> {
             mu2: Some(0.6),
             lr: Some(9e-4),
             wall_s: Some(0.125),
+            cgr_rel: Some(2.5e-8),
         },
     ]
 }
@@ -210,6 +211,18 @@ fn completeness_and_leftover_temporary_files() {
     // Bad names are refused instead of escaping the store.
     assert!(RunDir::create(root, "p", "../x").is_err());
     assert!(RunDir::create(root, "", "x").is_err());
+}
+
+#[test]
+fn trace_files_from_before_cgr_rel_read_with_it_null() {
+    use polars::prelude::*;
+    let tmp = tempfile::tempdir().unwrap();
+    let run = RunDir::create(tmp.path(), "p", "r").unwrap();
+    let mut old = results::trace_frame(&traces()).unwrap().drop("cgr_rel").unwrap();
+    let f = fs::File::create(run.file("trace.parquet")).unwrap();
+    ParquetWriter::new(f).finish(&mut old).unwrap();
+    let want: Vec<TraceRow> = traces().into_iter().map(|r| TraceRow { cgr_rel: None, ..r }).collect();
+    assert_eq!(run.read_trace().unwrap(), want);
 }
 
 #[test]

@@ -222,6 +222,14 @@ fn run_completes_with_documented_files_then_skips_and_force_redoes() {
             m.notes
         );
         assert_eq!(m.config["data"]["resolution"], 64);
+        // `train.real_fake_ratio` omitted: balanced batches of 8, recorded as used.
+        let half = BTreeMap::from([("fake".to_string(), 4u64), ("real".to_string(), 4u64)]);
+        let mut batches = BTreeMap::from([("original".to_string(), half.clone())]);
+        if m.method == "CS-DFD" {
+            batches.insert("online".to_string(), half);
+        }
+        assert_eq!(m.data.train_batches, batches, "{}", m.method);
+        assert_eq!(m.data.real_fake_ratio, Some(1.0));
 
         assert_eq!(
             columns(&r.file(results::TRACE_FILE)),
@@ -238,9 +246,20 @@ fn run_completes_with_documented_files_then_skips_and_force_redoes() {
                 "mu1",
                 "mu2",
                 "lr",
-                "wall_s"
+                "wall_s",
+                "cgr_rel"
             ])
         );
+        // CGR's relative contribution: traced every step for CS-DFD (cgr on by default), a small
+        // positive number; null for the ERM run.
+        let trace = r.read_trace().unwrap();
+        assert_eq!(trace.len(), 4);
+        for t in &trace {
+            match m.method.as_str() {
+                "CS-DFD" => assert!(t.cgr_rel.is_some_and(|x| x > 0.0 && x < 1.0), "{t:?}"),
+                _ => assert_eq!(t.cgr_rel, None),
+            }
+        }
         assert_eq!(
             columns(&r.file(results::SCORES_FILE)),
             strings(&[
@@ -340,6 +359,52 @@ fn run_completes_with_documented_files_then_skips_and_force_redoes() {
     for (r, (_, ino)) in runs.iter().zip(&before) {
         assert_ne!(manifest_stamp(r).1, *ino, "{} was not redone", r.name());
         assert!(r.is_complete());
+    }
+}
+
+#[test]
+fn erm_conflict_every_traces_o_plus_s_and_stays_out_of_the_run_id_when_off() {
+    let methods = |extra: &str| format!("[methods.OS]\nkind = \"erm\"\nstreams = \"both\"\n{extra}");
+    let plain = Case::new("e2e_probe", &protocol("e2e_probe", "0", 4, &methods("")));
+    let at_default = Case::new("e2e_probe", &protocol("e2e_probe", "0", 4, &methods("conflict_every = 0\n")));
+    let probed = Case::new("e2e_probe", &protocol("e2e_probe", "0", 4, &methods("conflict_every = 2\n")));
+    for c in [&plain, &at_default, &probed] {
+        let o = c.run("out", &["--no-weights"]);
+        assert_eq!(code(&o), 0, "{}", text(&o));
+    }
+    let (a, b, p) = (&plain.runs("out")[0], &at_default.runs("out")[0], &probed.runs("out")[0]);
+    assert_eq!(a.name(), b.name(), "conflict_every = 0 is the default and not in the run id");
+    assert_ne!(a.name(), p.name(), "conflict_every = 2 is a different configuration");
+    let (off, on) = (a.read_trace().unwrap(), p.read_trace().unwrap());
+    assert!(off.iter().all(|t| t.cos_g1_g2.is_none()));
+    for t in &on {
+        assert_eq!(t.cos_g1_g2.is_some(), t.step % 2 == 0, "{t:?}");
+        assert_eq!(t.norm_g1.is_some() && t.norm_g2.is_some(), t.step % 2 == 0, "{t:?}");
+    }
+    // The update is unchanged: the same losses and the same scores bit for bit.
+    let losses = |tr: &[results::TraceRow]| tr.iter().map(|t| t.loss.map(f64::to_bits)).collect::<Vec<_>>();
+    assert_eq!(losses(&off), losses(&on));
+    assert_eq!(
+        std::fs::read(a.file(results::SCORES_FILE)).unwrap(),
+        std::fs::read(p.file(results::SCORES_FILE)).unwrap()
+    );
+}
+
+#[test]
+fn manifest_records_the_real_fake_ratio_used() {
+    // 3 reals per fake in batches of 8: round(8 * 3/4) = 6 reals and 2 fakes. 2.5 rounds to
+    // round(8 * 2.5/3.5) = round(5.71) = 6 reals too, so the ratio used is 3, not 2.5.
+    for (ratio, used) in [("3.0", 3.0), ("2.5", 3.0)] {
+        let proto = protocol("e2e_ratio", "0", 1, "[methods.O]\nkind = \"erm\"\nstreams = \"original\"\n")
+            .replace("compression = \"c23\"\n", &format!("compression = \"c23\"\nreal_fake_ratio = {ratio}\n"));
+        let case = Case::new("e2e_ratio", &proto);
+        let o = case.run("out", &["--no-weights"]);
+        assert_eq!(code(&o), 0, "{}", text(&o));
+        let m = case.runs("out")[0].read_manifest().unwrap();
+        let split = BTreeMap::from([("fake".to_string(), 2u64), ("real".to_string(), 6u64)]);
+        assert_eq!(m.data.train_batches, BTreeMap::from([("original".to_string(), split)]));
+        assert_eq!(m.data.real_fake_ratio, Some(used), "ratio {ratio}");
+        assert_eq!(m.config["train"]["real_fake_ratio"], serde_json::json!(ratio.parse::<f64>().unwrap()));
     }
 }
 
@@ -669,4 +734,69 @@ optimizer = { name = "sgd", lr = 0.01 }
         "{}",
         text(&o)
     );
+}
+
+#[test]
+fn data_preview_draws_labelled_sbi_pairs_with_their_masks() {
+    let case = Case::new("e2e_preview", &protocol("e2e_preview", "0", 1, TWO_METHODS));
+    let png = case.out("s.png");
+    let preview = |stream: &str, seed: &str, out: &Path| {
+        Command::new(BENCH)
+            .args(["data", "preview"])
+            .arg(&case.protocol)
+            .args(["--stream", stream, "--n", "4", "--seed", seed, "--data-cache"])
+            .arg(data_cache())
+            .arg("--out")
+            .arg(out)
+            .output()
+            .unwrap()
+    };
+    let o = preview("online", "0", &png);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let img = image::open(&png).unwrap().to_rgb8();
+    // 64 px inputs drawn at 128 px with a 3 px border, 12 tiles a row (four twin/blend/mask
+    // triples), 28 px of caption: 2 pairs make one row of 6 tiles under a 50 px header.
+    assert_eq!(img.dimensions(), (1686, 50 + 22 + (134 + 28 + 6) + 6));
+    let (top, cell) = (50 + 22, 140);
+    let border = |k: u32| *img.get_pixel(6 + k * cell, top);
+    let (green, orange, grey) = (image::Rgb([30, 150, 60]), image::Rgb([230, 140, 0]), image::Rgb([90, 90, 90]));
+    assert_eq!([border(0), border(1), border(2), border(3), border(4), border(5)], [green, orange, grey, green, orange, grey]);
+    let inside = |k: u32| (0..128).flat_map(move |y| (0..128).map(move |x| (6 + k * cell + 3 + x, top + 3 + y)));
+    // A mask tile is grey levels with some blended (non-black) pixels; a face tile is in colour.
+    for k in [2, 5] {
+        assert!(inside(k).all(|(x, y)| {
+            let p = img.get_pixel(x, y);
+            p[0] == p[1] && p[1] == p[2]
+        }));
+        assert!(inside(k).any(|(x, y)| img.get_pixel(x, y)[0] > 0));
+    }
+    assert!(inside(0).any(|(x, y)| {
+        let p = img.get_pixel(x, y);
+        p[0] != p[1] || p[1] != p[2]
+    }));
+    let other = case.out("s1.png");
+    let o = preview("online", "1", &other);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    assert_ne!(std::fs::read(&png).unwrap(), std::fs::read(&other).unwrap(), "another seed, other batches");
+    let again = case.out("s0.png");
+    assert_eq!(code(&preview("online", "0", &again)), 0);
+    assert_eq!(std::fs::read(&png).unwrap(), std::fs::read(&again).unwrap(), "same seed, same batches");
+
+    let o = preview("original", "0", &case.out("o.png"));
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    // Four of a balanced batch of 8: two reals, then two fakes (a part keeps the batch's mix).
+    let orig = image::open(case.out("o.png")).unwrap().to_rgb8();
+    let red = image::Rgb([200, 40, 40]);
+    let tops: Vec<_> = (0..4).map(|k| *orig.get_pixel(6 + k * cell, top)).collect();
+    assert_eq!(tops, [green, green, red, red]);
+    let o = preview("domains", "0", &case.out("d.png"));
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let d = image::open(case.out("d.png")).unwrap().to_rgb8();
+    // Four manipulations, one block each of 4 samples (one row of 8 columns).
+    assert_eq!(d.height(), 50 + 4 * (22 + 168) + 6);
+
+    let o = preview("online", "0", &case.out("s.jpg"));
+    assert_eq!(code(&o), 2, "{}", text(&o));
+    assert!(text(&o).contains("--out") && text(&o).contains("png"), "{}", text(&o));
+    assert!(!case.out("s.jpg").exists());
 }

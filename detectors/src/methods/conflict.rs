@@ -67,7 +67,7 @@ impl TwoStream {
 /// shared graph. Every op computes the same bits whatever the interleaving, so the gradients are
 /// those of the sequential passes (tested below). Not used on CUDA, where both passes would queue
 /// on one stream anyway.
-fn backward_pair(l1: &Tensor, l2: &Tensor, concurrent: bool) -> Result<(GradStore, GradStore)> {
+pub(crate) fn backward_pair(l1: &Tensor, l2: &Tensor, concurrent: bool) -> Result<(GradStore, GradStore)> {
     if concurrent {
         let (a, b) = rayon::join(|| l1.backward(), || l2.backward());
         Ok((a?, b?))
@@ -96,6 +96,7 @@ impl TrainingMethod for TwoStream {
         let n = set.total();
         self.v.resize(n);
         let (g1, g2) = (&self.g1.data, &self.g2.data);
+        let mut cgr_rel = None;
         let nums = match &mut self.rule {
             Rule::CsDfd { c, tau, uvs, cgr, reference } => {
                 let head = det.head_range();
@@ -103,6 +104,9 @@ impl TrainingMethod for TwoStream {
                     candle_core::bail!("cs-dfd with cgr = true needs a projection head (head_layers >= 1)");
                 }
                 let rule = if *cgr { HeadRule::Cgr { tau: *tau } } else { HeadRule::Sum };
+                if let (true, Some(p)) = (*cgr, head.as_ref()) {
+                    cgr_rel = cs_dfd::cgr_relative(&g1[p.clone()], &g2[p.clone()], *tau);
+                }
                 let direction = if *reference { cs_dfd::reference } else { cs_dfd_direction };
                 direction(g1, g2, head.as_ref(), uvs.then_some(*c), rule, &mut self.v.data)
             }
@@ -138,6 +142,7 @@ impl TrainingMethod for TwoStream {
             norm_update: Some(nums.norm_update),
             mu1: nums.mu.map(|m| m[0]),
             mu2: nums.mu.map(|m| m[1]),
+            cgr_rel,
             lr,
             wall_s: t0.elapsed().as_secs_f64(),
             domains: Vec::new(),

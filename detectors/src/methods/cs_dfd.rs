@@ -115,6 +115,25 @@ pub fn cgr(g1_p: &[f32], g2_p: &[f32], tau: f64, out: &mut [f32]) {
     }
 }
 
+/// CGR's relative contribution on the head: `||t|| / ||g1_p + g2_p||` with `t` eq. 24's conflict
+/// term `-gamma (g1_p (x) g1_p (x) g2_p + g2_p (x) g2_p (x) g1_p)`, in f64 from the same
+/// gradients as [`cgr`] (it reads them only, so tracing it leaves the update's bits alone).
+/// Each element of `t` is `gamma a b (a + b)`, i.e. `(tau / (|g1_p| |g2_p|)) a b` times the
+/// element of `g1_p + g2_p`: with `n_p` head parameters and elements of typical size
+/// `|g_p| / sqrt(n_p)`, the factor is about `tau / n_p` (docs/methods.md). None when
+/// `g1_p + g2_p = 0`.
+pub fn cgr_relative(g1_p: &[f32], g2_p: &[f32], tau: f64) -> Option<f64> {
+    let gamma = tau / (dot(g1_p, g1_p).sqrt().max(1e-8) * dot(g2_p, g2_p).sqrt().max(1e-8));
+    let (mut term_sq, mut sum_sq) = (0f64, 0f64);
+    for (&a, &b) in g1_p.iter().zip(g2_p) {
+        let (a, b) = (a as f64, b as f64);
+        let t = gamma * (a * a * b + b * b * a);
+        term_sq += t * t;
+        sum_sq += (a + b) * (a + b);
+    }
+    (sum_sq > 0.0).then(|| (term_sq / sum_sq).sqrt())
+}
+
 /// UVS (Update Vector Search, eqs. 9-16): the update `v*` that maximises the smaller of the two
 /// stream improvements `g_j . v` within the ball `||v - g0|| <= c ||g0||` (eqs. 9-10), through
 /// its Lagrangian dual (eqs. 11-13). Returns `v*` (rounded to f32) and `mu*`.
@@ -190,6 +209,20 @@ mod tests {
             let want = g1[i] as f64 + g2[i] as f64 + term[i];
             assert!((out[i] as f64 - want).abs() < 1e-6, "{i}: {} vs {want}", out[i]);
         }
+    }
+
+    /// The relative contribution of methods.md 2.2's R1 example, from the spec's literal conflict
+    /// term: ||t|| / ||g1 + g2|| with g1 + g2 = (-0.5, -1, 2.5, 2.5).
+    #[test]
+    fn cgr_relative_is_the_term_over_the_plain_head_gradient() {
+        let (g1, g2) = ([1.0f32, -2.0, 0.5, 3.0], [-1.5f32, 1.0, 2.0, -0.5]);
+        let term: [f64; 4] = [-0.000725476, -0.001934603, -0.002418254, 0.003627381];
+        let want = term.iter().map(|t| t * t).sum::<f64>().sqrt() / 13.75f64.sqrt();
+        let got = cgr_relative(&g1, &g2, 0.01).unwrap();
+        assert!((got - want).abs() < 1e-8, "{got} vs {want}");
+        // Linear in tau; undefined where the plain head gradient is zero.
+        assert!((cgr_relative(&g1, &g2, 0.02).unwrap() - 2.0 * got).abs() < 1e-12);
+        assert_eq!(cgr_relative(&g1, &g1.map(|x| -x), 0.01), None);
     }
 
     /// The head splits theta in two ranges, which UVS treats as one vector: the same v* as UVS

@@ -299,6 +299,15 @@ impl Reader<'_> {
             },
         }
     }
+    fn int(&self, name: &str) -> i64 {
+        match self.params.0.get(name) {
+            Some(ParamValue::Int(i)) => *i,
+            _ => match self.spec.param(name).map(|p| p.kind) {
+                Some(ParamKind::Int { default, .. }) => default,
+                other => panic!("registry: `{}.{name}` is not an integer ({other:?})", self.spec.kind),
+            },
+        }
+    }
     fn boolean(&self, name: &str) -> bool {
         match self.params.0.get(name) {
             Some(ParamValue::Bool(b)) => *b,
@@ -340,7 +349,14 @@ pub fn build_method(
     let r = Reader { spec, params };
     let m: Box<dyn TrainingMethod> = match spec.kind {
         "erm" => {
-            Box::new(SingleObjective::new("erm", r.streams(), LossKind::Bce, Perturbation::None, optimizer))
+            let every = r.int("conflict_every");
+            if every > 0 && r.streams() != Streams::Both {
+                anyhow::bail!(
+                    "erm.conflict_every = {every} traces the two stream gradients of O+S; it needs streams = \"both\""
+                );
+            }
+            let m = SingleObjective::new("erm", r.streams(), LossKind::Bce, Perturbation::None, optimizer);
+            Box::new(m.with_conflict_every(every as usize))
         }
         "sam" => Box::new(SingleObjective::new(
             "sam",

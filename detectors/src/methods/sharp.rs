@@ -38,6 +38,8 @@ pub struct SharpReport {
     /// `||g||` of the first pass.
     pub norm_g: f64,
     pub norm_update: f64,
+    /// `(cos(g1, g2), |g1|, |g2|)` when [`SharpCore::probe_conflict`] asked for them.
+    pub conflict: Option<(f64, f64, f64)>,
 }
 
 /// A base optimizer wrapped by one perturbation rule, with buffers reused across steps.
@@ -50,6 +52,11 @@ pub struct SharpCore {
     w: FlatGrad,
     saved: Snapshot,
     dir: Vec<Tensor>,
+    /// Set before a step: also measure the per-stream gradients of an O+S objective (no
+    /// perturbation only). Off by default.
+    pub probe_conflict: bool,
+    p1: FlatGrad,
+    p2: FlatGrad,
 }
 
 impl SharpCore {
@@ -63,6 +70,9 @@ impl SharpCore {
             w: FlatGrad::default(),
             saved: Snapshot::default(),
             dir: Vec::new(),
+            probe_conflict: false,
+            p1: FlatGrad::default(),
+            p2: FlatGrad::default(),
         }
     }
 
@@ -79,10 +89,15 @@ impl SharpCore {
         let (loss, l1, l2) = first.values()?;
         let grads = first.total.backward()?;
         if let Perturbation::None = self.pert {
+            // Before the update: the graph's saved weights are the optimizer's in-place buffers.
+            let conflict = match (&first.l1, &first.l2) {
+                (Some(a), Some(b)) if self.probe_conflict => Some(self.measure_conflict(set, a, b)?),
+                _ => None,
+            };
             set.grads_as_tensors(&grads, &mut self.dir)?;
             let n = tensors_norm(&self.dir)?;
             self.opt.step(set, &self.dir, lr)?;
-            return Ok(SharpReport { loss, l1, l2, norm_g: n, norm_update: n });
+            return Ok(SharpReport { loss, l1, l2, norm_g: n, norm_update: n, conflict });
         }
         self.g.fill_from(set, &grads)?;
         drop(grads);
@@ -149,7 +164,18 @@ impl SharpCore {
                 tensors_norm(&self.dir)?
             }
         };
-        Ok(SharpReport { loss, l1, l2, norm_g, norm_update })
+        Ok(SharpReport { loss, l1, l2, norm_g, norm_update, conflict: None })
+    }
+
+    /// `(cos(g1, g2), |g1|, |g2|)` of two stream losses of the step's graph, from one extra
+    /// backward pass each (as two-stream methods take them; norms guarded at 1e-12 as there).
+    /// Backward passes only read the graph, so the step's own gradient keeps its bits.
+    fn measure_conflict(&mut self, set: &ParamSet, l1: &Tensor, l2: &Tensor) -> Result<(f64, f64, f64)> {
+        let (r1, r2) = super::conflict::backward_pair(l1, l2, l1.device().is_cpu())?;
+        self.p1.fill_from(set, &r1)?;
+        self.p2.fill_from(set, &r2)?;
+        let (n1, n2) = (self.p1.norm(), self.p2.norm());
+        Ok((self.p1.dot(&self.p2) / (n1.max(1e-12) * n2.max(1e-12)), n1, n2))
     }
 }
 
@@ -159,6 +185,8 @@ pub struct SingleObjective {
     streams: Streams,
     loss: LossKind,
     core: SharpCore,
+    /// Trace cos(g1, g2), |g1|, |g2| every this many steps (0: never); O+S without perturbation.
+    conflict_every: usize,
 }
 
 impl SingleObjective {
@@ -169,7 +197,13 @@ impl SingleObjective {
         pert: Perturbation,
         opt: &OptimizerConfig,
     ) -> Self {
-        Self { kind, streams, loss, core: SharpCore::new(pert, opt) }
+        Self { kind, streams, loss, core: SharpCore::new(pert, opt), conflict_every: 0 }
+    }
+
+    /// ERM O+S's conflict diagnostics every `k` steps (steps 0, k, 2k, ...; 0: off).
+    pub fn with_conflict_every(mut self, k: usize) -> Self {
+        self.conflict_every = k;
+        self
     }
 }
 
@@ -184,12 +218,16 @@ impl TrainingMethod for SingleObjective {
         let t0 = Instant::now();
         let ctx = StepCtx { kind: self.kind, det, input };
         let (streams, loss) = (self.streams, self.loss);
+        self.core.probe_conflict = self.conflict_every > 0 && step.is_multiple_of(self.conflict_every);
         let rep = self.core.step(det.params(), lr, &mut |mode| ctx.objective(streams, loss, mode))?;
         Ok(StepTrace {
             step,
             l1: rep.l1,
             l2: rep.l2,
             loss: rep.loss,
+            cos_g1_g2: rep.conflict.map(|c| c.0),
+            norm_g1: rep.conflict.map(|c| c.1),
+            norm_g2: rep.conflict.map(|c| c.2),
             norm_update: Some(rep.norm_update),
             lr,
             wall_s: t0.elapsed().as_secs_f64(),

@@ -74,6 +74,14 @@ const PATH: ParamSpec = ParamSpec {
     help: "implementation of the update: fused (one-pass fast path) or reference (the paper's steps over plain slices)",
     recorded_at_default: false,
 };
+/// ERM O+S's conflict diagnostics (the CS-DFD paper's Fig. 2): added after results were
+/// published, so left out of the run id at its default (off).
+const CONFLICT_EVERY: ParamSpec = ParamSpec {
+    name: "conflict_every",
+    kind: ParamKind::Int { default: 0, min: 0, max: 1_000_000 },
+    help: "with streams = \"both\": every k steps trace cos(g1, g2), |g1|, |g2| from two extra backward passes on the step's graph (the update is unchanged); 0 = off",
+    recorded_at_default: false,
+};
 const UVS_C: ParamSpec = pos_float("c", 0.5, 10.0, "UVS trust-region radius: ||v - g0|| <= c ||g0||");
 const CGR_TAU: ParamSpec = float("tau", 0.01, 0.0, 1.0, "CGR conflict-term strength on the projection head");
 const SAM_RHO: ParamSpec = pos_float("rho", 0.05, 5.0, "perturbation radius");
@@ -84,7 +92,7 @@ static REGISTRY: &[MethodSpec] = &[
         kind: "erm",
         display: "ERM",
         help: "empirical risk minimisation with the base optimizer (O, S or O+S)",
-        params: &[STREAMS],
+        params: &[STREAMS, CONFLICT_EVERY],
         note: None,
     },
     MethodSpec {

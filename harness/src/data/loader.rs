@@ -436,15 +436,58 @@ enum Plan {
 /// A prepared batch with the SBI counts it carries; counted when consumed, not when prefetched.
 struct Produced {
     batch: Batch,
+    samples: Vec<SampleInfo>,
     sbi_samples: usize,
     sbi_fallbacks: usize,
     landmark_errors: usize,
 }
 
 impl Produced {
-    fn plain(batch: Batch) -> Produced {
-        Produced { batch, sbi_samples: 0, sbi_fallbacks: 0, landmark_errors: 0 }
+    fn plain(batch: Batch, samples: Vec<SampleInfo>) -> Produced {
+        Produced { batch, samples, sbi_samples: 0, sbi_fallbacks: 0, landmark_errors: 0 }
     }
+}
+
+/// Where one sample of a training batch came from (`bench data preview` labels its tiles so).
+#[derive(Debug, Clone)]
+pub struct SampleInfo {
+    /// 0 real, 1 fake (an SBI blend is 1).
+    pub label: u8,
+    /// Label name of the source frame (`FF-real`, `FF-DF`, ...).
+    pub label_name: String,
+    pub video: String,
+    pub frame: String,
+    /// Mirrored by the horizontal-flip augmentation.
+    pub flipped: bool,
+    /// For an SBI blend and its real twin: the blend's details.
+    pub sbi: Option<SbiInfo>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SbiInfo {
+    /// Position of the real twin in the batch (for the twin itself, its own position).
+    pub twin: usize,
+    /// Blend mask in [0, 1] before the ratio, `resolution x resolution`, mirrored as the image.
+    pub mask: Vec<f32>,
+    pub ratio: f32,
+    pub variant: sbi::HullVariant,
+    pub jpeg_quality: Option<u8>,
+}
+
+fn sample_info(e: &FrameEntry, label: u8, flipped: bool, sbi: Option<SbiInfo>) -> SampleInfo {
+    SampleInfo {
+        label,
+        label_name: e.label_name.clone(),
+        video: e.video.clone(),
+        frame: e.frame.clone(),
+        flipped,
+        sbi,
+    }
+}
+
+/// `mask` (row-major `r x r`) mirrored left-right.
+fn mirror(mask: &[f32], r: usize) -> Vec<f32> {
+    mask.chunks_exact(r).flat_map(|row| row.iter().rev().copied()).collect()
 }
 
 struct Producer {
@@ -506,20 +549,38 @@ impl Producer {
                 let refs: Vec<&RgbImage> = got.iter().map(|(_, c)| c.img.as_ref()).collect();
                 let labels: Vec<f32> = got.iter().map(|(i, _)| self.entries[*i].label as f32).collect();
                 let flips = self.flips(batch_no, refs.len());
-                Ok(Produced::plain(self.store.to_batch_flipped(&refs, &labels, &flips)?))
+                let samples = got
+                    .iter()
+                    .enumerate()
+                    .map(|(k, (i, _))| {
+                        let e = &self.entries[*i];
+                        sample_info(e, e.label, flips.get(k).copied().unwrap_or(false), None)
+                    })
+                    .collect();
+                Ok(Produced::plain(self.store.to_batch_flipped(&refs, &labels, &flips)?, samples))
             }
             Plan::Original { pools } => {
                 let mut imgs: Vec<Arc<Cached>> = Vec::new();
                 let mut labels = Vec::new();
+                let mut picked = Vec::new();
                 for (cycle, n, label) in pools.iter_mut() {
-                    for (_, c) in Self::fill(&self.store, &self.entries, cycle, *n, &self.name)? {
+                    for (i, c) in Self::fill(&self.store, &self.entries, cycle, *n, &self.name)? {
                         imgs.push(c);
                         labels.push(*label);
+                        picked.push(i);
                     }
                 }
                 let refs: Vec<&RgbImage> = imgs.iter().map(|c| c.img.as_ref()).collect();
                 let flips = self.flips(batch_no, refs.len());
-                Ok(Produced::plain(self.store.to_batch_flipped(&refs, &labels, &flips)?))
+                let samples = picked
+                    .iter()
+                    .zip(&labels)
+                    .enumerate()
+                    .map(|(k, (&i, &l))| {
+                        sample_info(&self.entries[i], l as u8, flips.get(k).copied().unwrap_or(false), None)
+                    })
+                    .collect();
+                Ok(Produced::plain(self.store.to_batch_flipped(&refs, &labels, &flips)?, samples))
             }
             Plan::Sbi { reals, pairs } => {
                 let got = Self::fill(&self.store, &self.entries, reals, *pairs, &self.name)?;
@@ -545,8 +606,25 @@ impl Producer {
                 let mut labels = vec![0f32; made.len()];
                 labels.extend(std::iter::repeat_n(1f32, made.len()));
                 let flips = self.flips(batch_no, refs.len());
+                let flipped = |k: usize| flips.get(k).copied().unwrap_or(false);
+                let r = store.cfg.resolution as usize;
+                let mut samples = Vec::with_capacity(refs.len());
+                for half in [0u8, 1] {
+                    for (slot, (s, (i, _))) in made.iter().zip(&got).enumerate() {
+                        let k = half as usize * made.len() + slot;
+                        let info = SbiInfo {
+                            twin: slot,
+                            mask: if flipped(k) { mirror(&s.mask, r) } else { s.mask.clone() },
+                            ratio: s.ratio,
+                            variant: s.variant,
+                            jpeg_quality: s.jpeg_quality,
+                        };
+                        samples.push(sample_info(&entries[*i], half, flipped(k), Some(info)));
+                    }
+                }
                 Ok(Produced {
                     batch: store.to_batch_flipped(&refs, &labels, &flips)?,
+                    samples,
                     sbi_samples: made.len(),
                     sbi_fallbacks: fallbacks,
                     landmark_errors,
@@ -554,6 +632,14 @@ impl Producer {
             }
         }
     }
+}
+
+/// Reals and fakes in every batch of an original or domain stream with real fraction `f`:
+/// `round(f B)` reals, the rest fakes. The runner records this split in the manifest.
+pub fn original_batch_split(batch_size: usize, real_fraction: f64) -> (usize, usize) {
+    let n_real = ((batch_size as f64) * real_fraction).round() as usize;
+    let n_real = n_real.min(batch_size);
+    (n_real, batch_size - n_real)
 }
 
 /// An endless stream of training batches prepared by a background thread.
@@ -625,8 +711,7 @@ impl TrainStream {
                 if !(0.0..=1.0).contains(&f) {
                     bail!("stream {name}: real fraction {f} is outside [0, 1]");
                 }
-                let n_real = ((batch_size as f64) * f).round() as usize;
-                let n_fake = batch_size - n_real;
+                let (n_real, n_fake) = original_batch_split(batch_size, f);
                 if n_real > 0 && reals.is_empty() {
                     bail!("stream {name}: the selection has no real frames");
                 }
@@ -708,6 +793,12 @@ impl TrainStream {
     /// The next batch (blocks only if the producer is behind). After an error the stream is
     /// finished and every further call errors.
     pub fn next_batch(&mut self) -> Result<Batch> {
+        self.next_batch_described().map(|(b, _)| b)
+    }
+
+    /// As [`TrainStream::next_batch`], with where each sample came from (the same batch: the
+    /// description is made alongside and draws no random number).
+    pub fn next_batch_described(&mut self) -> Result<(Batch, Vec<SampleInfo>)> {
         if self.failed {
             bail!("stream {}: stopped after an earlier error", self.name);
         }
@@ -717,7 +808,7 @@ impl TrainStream {
                 self.store.sbi_samples.fetch_add(p.sbi_samples, Ordering::Relaxed);
                 self.store.sbi_fallbacks.fetch_add(p.sbi_fallbacks, Ordering::Relaxed);
                 self.store.landmark_errors.fetch_add(p.landmark_errors, Ordering::Relaxed);
-                Ok(p.batch)
+                Ok((p.batch, p.samples))
             }
             Ok(Err(e)) => {
                 self.failed = true;

@@ -4,6 +4,7 @@ pub mod check;
 pub mod index;
 pub mod loader;
 pub mod preflight;
+pub mod preview;
 pub mod sbi;
 pub mod synth;
 
@@ -23,11 +24,14 @@ pub enum DataCommand {
     Synth(synth::SynthArgs),
     /// Count and check a dataset root or a DeepfakeBench JSON.
     Check(check::CheckArgs),
+    /// Draw the training batches a protocol feeds the model (after augmentation and SBI) to a PNG.
+    Preview(preview::PreviewArgs),
 }
 
 pub fn cmd_data(args: DataArgs, v: Verbosity) -> anyhow::Result<ExitCode> {
     match args.command {
         DataCommand::Synth(a) => synth::cmd_synth(a, v),
         DataCommand::Check(a) => check::cmd_check(a, v),
+        DataCommand::Preview(a) => preview::cmd_preview(a, v),
     }
 }

@@ -70,6 +70,9 @@ pub struct SbiSample {
     /// Its real twin (same post-augmentation), label 0.
     pub real: RgbImage,
     pub variant: HullVariant,
+    /// The blend mask m in [0, 1] (before the ratio), width x height: the blend is
+    /// `ratio m source + (1 - ratio m) target`. Post-augmentation moves no pixel, so it lines up.
+    pub mask: Vec<f32>,
     /// True when the fallback ellipse replaced missing or unusable landmarks.
     pub fallback: bool,
     pub ratio: f32,
@@ -92,6 +95,7 @@ pub fn self_blend<R: Rng>(img: &RgbImage, landmarks: Option<&[[f32; 2]]>, rng: &
         fake: to_rgb(&fake, w, h),
         real: to_rgb(&real, w, h),
         variant: st.variant,
+        mask: st.mask,
         fallback: st.variant == HullVariant::FallbackEllipse,
         ratio: st.ratio,
         jpeg_quality: q,

@@ -1071,6 +1071,17 @@ impl Checker<'_> {
                     format!("roga perturbs each training manipulation (domain) separately and needs at least 2; the training set has {n_fakes}{extra}"),
                 );
             }
+            if m.kind == "erm"
+                && m.params.get("conflict_every").is_some_and(|v| *v != ParamValue::Int(0))
+                && streams != Some("both")
+            {
+                let (key, span) = at("conflict_every");
+                self.cx.err(
+                    span,
+                    &key,
+                    "conflict_every traces the two stream gradients of O+S; it needs streams = \"both\"",
+                );
+            }
             if m.kind == "cs-dfd"
                 && m.params.get("cgr") == Some(&ParamValue::Bool(true))
                 && model.head.layers == 0

@@ -24,6 +24,7 @@ mod aggregate;
 mod load;
 mod plots;
 mod seeds;
+pub(crate) use plots::register_font;
 mod tables;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -482,6 +483,8 @@ struct Conflict {
     steps: usize,
     frac_neg_cos: Option<f64>,
     corr_dl: Option<f64>,
+    /// Median over steps of CGR's `||term|| / ||g1_p + g2_p||` (CS-DFD with CGR).
+    cgr_rel: Option<f64>,
 }
 
 fn conflict_of(run: &Run) -> Option<Conflict> {
@@ -498,10 +501,14 @@ fn conflict_of(run: &Run) -> Option<Conflict> {
         }
     }
     let corr_dl = stats::pearson(&d1, &d2);
+    let mut rel: Vec<f64> = rows.iter().filter_map(|t| t.cgr_rel).filter(|x| x.is_finite()).collect();
+    rel.sort_by(f64::total_cmp);
+    let cgr_rel = (!rel.is_empty()).then(|| stats::quantile_sorted(&rel, 0.5));
     (frac_neg_cos.is_some() || corr_dl.is_some()).then_some(Conflict {
         steps: rows.len(),
         frac_neg_cos,
         corr_dl,
+        cgr_rel,
     })
 }
 
@@ -516,6 +523,8 @@ fn conflict_table(ctx: &Ctx) -> Option<Table> {
         return None;
     }
     let groups: Vec<Group> = ctx.groups().into_iter().filter(|g| by_group.contains_key(g)).collect();
+    // Only where some run traced it, so reports of older runs keep their shape.
+    let with_cgr = by_group.values().flatten().any(|c| c.cgr_rel.is_some());
     let stat = |v: Vec<f64>| -> Cell {
         match stats::mean_std(&v) {
             Some((mean, std)) => Cell::Stat(aggregate::Stat { mean, std, n: v.len() }),
@@ -532,30 +541,52 @@ fn conflict_table(ctx: &Ctx) -> Option<Table> {
                 .filter(|s| !s.is_empty())
                 .collect();
             let steps = cs.iter().map(|c| c.steps).max().unwrap_or(0);
-            (
-                vec![label, q.join(", ")],
-                vec![
-                    Cell::Text(steps.to_string()),
-                    stat(cs.iter().filter_map(|c| c.frac_neg_cos).collect()),
-                    stat(cs.iter().filter_map(|c| c.corr_dl).collect()),
-                ],
-            )
+            let mut cells = vec![
+                Cell::Text(steps.to_string()),
+                stat(cs.iter().filter_map(|c| c.frac_neg_cos).collect()),
+                stat(cs.iter().filter_map(|c| c.corr_dl).collect()),
+            ];
+            if with_cgr {
+                // Tiny numbers: scientific notation, mean over seeds of each run's median.
+                let rel: Vec<f64> = cs.iter().filter_map(|c| c.cgr_rel).collect();
+                cells.push(match rel.is_empty() {
+                    true => Cell::Missing,
+                    false => Cell::Text(format!("{:.2e}", rel.iter().sum::<f64>() / rel.len() as f64)),
+                });
+            }
+            (vec![label, q.join(", ")], cells)
         })
         .collect();
     Some(Table {
         id: "conflict".into(),
         title: "Gradient conflict during training (per-step trace)".into(),
         label_header: vec!["Method".into(), "Backbone / setting".into()],
-        columns: vec!["steps".into(), "P(cos(g1,g2) < 0)".into(), "corr(ΔL1, ΔL2)".into()],
+        columns: [
+            vec!["steps".into(), "P(cos(g1,g2) < 0)".into(), "corr(ΔL1, ΔL2)".into()],
+            if with_cgr { vec!["CGR rel. (head)".into()] } else { vec![] },
+        ]
+        .concat(),
         rows,
         percent: false,
-        notes: vec![
+        notes: [
+            if with_cgr {
+                vec!["CGR rel. (head): norm of CGR's conflict term (eq. 24) over the norm of the head's plain \
+                      gradient g1 + g2, median over the steps of a run, mean over seeds. A typical head element \
+                      changes by about tau / n_p (n_p head parameters), which f32 (6e-8 relative) often rounds \
+                      away; see docs/methods.md."
+                    .into()]
+            } else {
+                vec![]
+            },
+            vec![
             "P(cos < 0): fraction of steps whose stream gradients point against each other.".into(),
             "corr(ΔL1, ΔL2): Pearson correlation of step-to-step changes of the two stream losses; negative \
              means the losses trade off (the \"1 + 1 < 2\" signature)."
                 .into(),
             "Mean ± sample std over seeds; computed on the aggregate trace rows (domain null).".into(),
-        ],
+            ],
+        ]
+        .concat(),
     })
 }
 

@@ -18,7 +18,7 @@ pub const PLOT_IDS: [&str; 5] = ["loss-conflict", "cosine", "roc", "sensitivity"
 static FONT: &[u8] = include_bytes!("../../../assets/fonts/DejaVuSans.ttf");
 static REGISTER: Once = Once::new();
 
-fn register_font() -> Result<()> {
+pub(crate) fn register_font() -> Result<()> {
     let mut ok = true;
     REGISTER.call_once(|| {
         ok = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT).is_ok();

@@ -265,7 +265,12 @@ pub fn cmd_run(args: RunArgs, verbosity: Verbosity) -> anyhow::Result<ExitCode> 
                 manifest.skipped_files = out.skipped_files;
                 manifest.notes.extend(out.notes);
                 manifest.files = run_dir.digest_files(ctx.save_weights)?;
-                manifest.data = results::DataUsage { frames_used: out.frames_used, leakage: out.leakage };
+                manifest.data = results::DataUsage {
+                    frames_used: out.frames_used,
+                    leakage: out.leakage,
+                    train_batches: out.train_batches,
+                    real_fake_ratio: out.real_fake_ratio,
+                };
                 run_dir.write_manifest(&manifest)?;
                 finished.push((run.id.clone(), out.auc));
                 progress.finish_run("complete");

@@ -37,6 +37,9 @@ pub struct RunOutput {
     pub notes: Vec<String>,
     pub leakage: Vec<String>,
     pub frames_used: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Frames per label in each training batch, per stream; see `results::DataUsage`.
+    pub train_batches: BTreeMap<String, BTreeMap<String, u64>>,
+    pub real_fake_ratio: Option<f64>,
     /// Frame-level AUC per test set (`None`: undefined), for the end-of-run table.
     pub auc: Vec<(String, Option<f64>)>,
 }
@@ -204,6 +207,40 @@ struct Trained {
     det: Detector,
     trace: Vec<TraceRow>,
     notes: Vec<String>,
+    train_batches: BTreeMap<String, BTreeMap<String, u64>>,
+    real_fake_ratio: Option<f64>,
+}
+
+/// When `train.real_fake_ratio` is omitted the original and domain streams draw balanced
+/// batches (half real, half fake), not the data's own ratio: shipped results were made so.
+pub fn real_fraction(ratio: Option<f64>) -> f64 {
+    ratio.map(|r| r / (1.0 + r)).unwrap_or(0.5)
+}
+
+/// What each stream of `needs` puts in one batch of `batch` frames (see `results::DataUsage`).
+fn batch_composition(
+    needs: &detectors::methods::StreamNeeds,
+    domain_names: &[String],
+    batch: usize,
+    real_fraction: f64,
+) -> (BTreeMap<String, BTreeMap<String, u64>>, Option<f64>) {
+    let (n_real, n_fake) = crate::data::loader::original_batch_split(batch, real_fraction);
+    let split = |real: usize, fake: usize| {
+        BTreeMap::from([("real".to_string(), real as u64), ("fake".to_string(), fake as u64)])
+    };
+    let mut out = BTreeMap::new();
+    if needs.original {
+        out.insert("original".to_string(), split(n_real, n_fake));
+    }
+    if needs.online {
+        out.insert("online".to_string(), split(batch / 2, batch / 2));
+    }
+    for m in domain_names {
+        out.insert(format!("domain:{m}"), split(n_real, n_fake));
+    }
+    let reads_original = needs.original || !domain_names.is_empty();
+    let ratio = (reads_original && n_fake > 0).then(|| n_real as f64 / n_fake as f64);
+    (out, ratio)
 }
 
 fn train(run: &Run, p: &Prepared, progress: &mut Progress) -> Result<Trained, Failure> {
@@ -241,7 +278,8 @@ fn train(run: &Run, p: &Prepared, progress: &mut Progress) -> Result<Trained, Fa
         .with_context(|| format!("method `{}`", c.method.name))
         .map_err(setup)?;
     let needs = method.needs();
-    let real_fraction = Some(c.train.real_fake_ratio.map(|r| r / (1.0 + r)).unwrap_or(0.5));
+    let fraction = real_fraction(c.train.real_fake_ratio);
+    let real_fraction = Some(fraction);
     let seed = c.seed;
     let mut original = needs
         .original
@@ -323,7 +361,10 @@ fn train(run: &Run, p: &Prepared, progress: &mut Progress) -> Result<Trained, Fa
         }
         _ => notes.push(format!("model from the last step ({})", p.steps)),
     }
-    Ok(Trained { det, trace, notes })
+    let domain_names: Vec<String> = domains.iter().map(|(m, _)| m.clone()).collect();
+    let (train_batches, real_fake_ratio) =
+        batch_composition(&needs, &domain_names, p.batch, fraction);
+    Ok(Trained { det, trace, notes, train_batches, real_fake_ratio })
 }
 
 fn method_params(params: &BTreeMap<String, ParamValue>) -> MethodParams {
@@ -355,6 +396,7 @@ fn push_trace(rows: &mut Vec<TraceRow>, t: &detectors::trace::StepTrace) {
         mu2: t.mu2,
         lr: Some(t.lr),
         wall_s: Some(t.wall_s),
+        cgr_rel: t.cgr_rel,
     });
     // Per-domain rows: the domain's loss and, in `norm_g1`, the norm of its gradient.
     for d in &t.domains {
@@ -502,7 +544,15 @@ fn score_and_store(
         .filter(|r| r.level == Level::Frame)
         .map(|r| (r.test_set.clone(), r.auc))
         .collect();
-    Ok(RunOutput { skipped_files, notes, leakage: p.leakage.clone(), frames_used: p.frames_used.clone(), auc })
+    Ok(RunOutput {
+        skipped_files,
+        notes,
+        leakage: p.leakage.clone(),
+        frames_used: p.frames_used.clone(),
+        train_batches: t.train_batches.clone(),
+        real_fake_ratio: t.real_fake_ratio,
+        auc,
+    })
 }
 
 fn metric_row(test_set: &str, role: Role, level: Level, m: &MetricSet) -> MetricRow {
@@ -528,4 +578,83 @@ fn metric_row(test_set: &str, role: Role, level: Level, m: &MetricSet) -> Metric
         n_real: m.n_real as u64,
         n_fake: m.n_fake as u64,
     }
+}
+
+/// `bench data preview`: the first `n` samples of `stream` of `run`, built exactly as `train`
+/// builds its streams (same index selection, frame store, real fraction and seed), one block
+/// per stream (`domains`: one per manipulation), each sample de-normalised from the batch.
+pub fn preview_samples(
+    run: &Run,
+    stream: crate::data::preview::PreviewStream,
+    n: usize,
+    data_cache: &Path,
+    verbosity: crate::exit::Verbosity,
+) -> anyhow::Result<Vec<(String, Vec<crate::data::preview::Drawn>)>> {
+    use crate::data::preview::{Drawn, PreviewStream, denormalise};
+    let c = &run.config;
+    let mut ctx = RunContext {
+        data_cache: data_cache.to_path_buf(),
+        verbosity,
+        save_weights: false,
+        data: DataCache::default(),
+    };
+    let p = prepare(c, &Device::Cpu, &mut ctx)?;
+    let real_fraction = Some(real_fraction(c.train.real_fake_ratio));
+    let streams: Vec<(String, TrainStream)> = match stream {
+        PreviewStream::Original => vec![(
+            String::new(),
+            TrainStream::original(p.train_store.clone(), &p.train_index, p.batch, real_fraction, c.seed)?,
+        )],
+        PreviewStream::Online => {
+            vec![(String::new(), TrainStream::sbi(p.train_store.clone(), &p.train_index, p.batch, c.seed)?)]
+        }
+        PreviewStream::Domains => TrainStream::domains(
+            p.train_store.clone(),
+            &p.train_index,
+            &c.train.manipulations,
+            p.batch,
+            real_fraction,
+            c.seed,
+        )?
+        .into_iter()
+        .map(|(m, s)| (format!("domain {m}"), s))
+        .collect(),
+    };
+    // SBI samples come in pairs (twin, blend): draw whole pairs.
+    let want = if stream == PreviewStream::Online { n.div_ceil(2) * 2 } else { n };
+    let cfg = p.train_store.config();
+    let r = cfg.resolution as usize;
+    let mut out = Vec::new();
+    for (name, mut s) in streams {
+        let mut drawn = Vec::new();
+        let mut batch_no = 0;
+        while drawn.len() < want {
+            let (batch, infos) = s.next_batch_described()?;
+            let data = batch.images.flatten_all()?.to_vec1::<f32>()?;
+            let take = if stream == PreviewStream::Online {
+                // Keep pairs together: the first `k` twins (first half) and their blends.
+                let half = infos.len() / 2;
+                let k = ((want - drawn.len()) / 2).min(half);
+                (0..k).chain(half..half + k).collect::<Vec<_>>()
+            } else {
+                // A part of a batch keeps its real:fake mix: the first reals and fakes in proportion.
+                let k = infos.len().min(want - drawn.len());
+                let (reals, fakes): (Vec<usize>, Vec<usize>) = (0..infos.len()).partition(|&i| infos[i].label == 0);
+                let k_real = ((k * reals.len()) as f64 / infos.len().max(1) as f64).round() as usize;
+                let k_real = k_real.min(reals.len()).max(k.saturating_sub(fakes.len()));
+                reals[..k_real].iter().chain(&fakes[..k - k_real]).copied().collect()
+            };
+            for i in take {
+                let mut info = infos[i].clone();
+                // Twins are paired within a batch: make the pairing unique across batches.
+                if let Some(sbi) = info.sbi.as_mut() {
+                    sbi.twin += batch_no * infos.len();
+                }
+                drawn.push(Drawn { image: denormalise(&data, i, r, cfg.mean, cfg.std), info });
+            }
+            batch_no += 1;
+        }
+        out.push((name, drawn));
+    }
+    Ok(out)
 }
