@@ -5,32 +5,40 @@
 //! process) later.
 use crate::plan::Run;
 
-/// Parameter-sized buffers a step holds at least: the weights, their gradients and Adam's two
-/// moments (SGD with momentum holds one fewer; taking four keeps the estimate a usable bound for
-/// the common case, and the activations dominate for every shipped backbone anyway).
-const PARAM_COPIES: u64 = 4;
+/// Parameter-sized buffers a step holds at least: the weights, their gradients, Adam's two moments
+/// and the transposed copy a linear layer's backward makes of its weight (SGD with momentum
+/// holds one fewer). Two-stream methods hold each stream's gradient: one more.
+const PARAM_COPIES: u64 = 5;
 
-/// Activation bytes kept for the backward pass per input byte (f32 image `3 x S x S`), at least,
-/// by backbone family. Lower bounds counted from each architecture's stored outputs at full and
-/// reduced resolution (conv, BatchNorm and activation outputs of the first stages, which hold most
-/// of the memory): Meso4's first 8-channel stage alone stores 3 x 8/3 = 8 input sizes; ResNet's
-/// 64-channel stem at 1/2 and first stage at 1/4 resolution over 30; EfficientNet's expanded
-/// depthwise stages over 60; Xception's 32/64-channel stem and 128/256-channel entry flow over
-/// 40; ViT-B's 12 blocks of 197 x 768 tokens (about 20 stored tensors a block) over 100. Being
-/// lower bounds, they can only reject runs that surely do not fit, never one that would.
+/// Batches of `training.batch_size` images one step runs through the network: two for methods
+/// that train on both streams (O+S, CS-DFD, PCGrad, CAGrad, the SAM family on both), one
+/// otherwise (RoGA's per-domain batches are counted as one, which keeps this a lower bound).
+fn streams_per_step(run: &Run) -> u64 {
+    let m = &run.config.method;
+    let both = m.params.get("streams").and_then(|v| v.as_str()) == Some("both");
+    if both || matches!(m.kind.as_str(), "cs-dfd" | "pcgrad" | "cagrad") { 2 } else { 1 }
+}
+
+/// Bytes a step holds per byte of its input images (f32 `3 x S x S` each), at least, by backbone
+/// family: stored activations, their gradients and the convolutions' unfolded (im2col) inputs.
+/// Calibrated on this harness's CPU path (peak RSS of 2-step O+S runs, 2026-12-06, minus
+/// parameter state): Meso4 at 512 and 768 px about 40, ResNet-18 at 128 px about 60,
+/// EfficientNet-B0 about 200 and Xception about 280 at 128 px. The factors sit well below those
+/// measurements (ViT-B's is reasoned, not measured: 12 blocks of tokens of width 768), so the check
+/// rejects only runs that surely do not fit, never one that would.
 fn activation_factor(backbone: &str) -> u64 {
     match backbone {
-        b if b.starts_with("meso4") => 8,
-        b if b.starts_with("resnet") => 30,
-        b if b.contains("efficientnet") => 60,
-        "xception" => 40,
+        b if b.starts_with("meso4") => 24,
+        b if b.starts_with("resnet") => 40,
+        b if b.contains("efficientnet") => 120,
+        "xception" => 150,
         b if b.starts_with("vit") => 100,
-        _ => 8,
+        _ => 24,
     }
 }
 
 /// A lower bound on the bytes one training step of `run` needs: parameter state plus the
-/// activations of one batch of one stream.
+/// activations of the step's batches.
 pub fn step_bytes_lower_bound(run: &Run) -> Option<u64> {
     let c = &run.config;
     let size = c.data.resolution as usize;
@@ -39,9 +47,11 @@ pub fn step_bytes_lower_bound(run: &Run) -> Option<u64> {
     let head = c.model.head.layers as u64 * (d * d + d);
     let params = detectors::backbones::num_params(backbone, size)? as u64 + head + d + 1;
     let image_bytes = 3 * (size as u64).pow(2) * 4;
-    let batch = c.training.batch_size as u64;
-    let activations = batch.saturating_mul(image_bytes).saturating_mul(1 + activation_factor(backbone));
-    Some(params.saturating_mul(4 * PARAM_COPIES).saturating_add(activations))
+    let streams = streams_per_step(run);
+    let images = (c.training.batch_size as u64).saturating_mul(streams);
+    let activations = images.saturating_mul(image_bytes).saturating_mul(1 + activation_factor(backbone));
+    let copies = PARAM_COPIES + (streams - 1);
+    Some(params.saturating_mul(4 * copies).saturating_add(activations))
 }
 
 /// Memory this machine can give a new process now (`MemAvailable` of /proc/meminfo), if known.
@@ -108,12 +118,13 @@ pub fn check(runs: &[Run], limit: Option<u64>) -> Vec<String> {
             && seen.insert(format!("mem {backbone} {size} {} {}", c.training.batch_size, c.model.head.layers))
         {
             problems.push(format!(
-                "run {}: one training step needs at least {} ({backbone} at {size} px, batch {}, {} head layer(s) \
+                "run {}: one training step needs at least {} ({backbone} at {size} px, batch {}{}, {} head layer(s) \
                  of width {}) but {} is available; lower training.batch_size or data.resolution, or give \
                  --max-memory for the machine that will run it",
                 r.id,
                 human(need),
                 c.training.batch_size,
+                if streams_per_step(r) > 1 { " on each of 2 streams" } else { "" },
                 c.model.head.layers,
                 detectors::backbones::feature_dim(backbone, size).unwrap_or(0),
                 human(limit),
