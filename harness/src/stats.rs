@@ -328,23 +328,7 @@ pub fn bootstrap_auc_ci(
     let n_runs = videos.first().map_or(0, |v| v.per_run.len());
     // Each run's samples sorted once; a replicate is then a weighted O(N) sweep (weight of a
     // sample = times its video was drawn), not a fresh sort of the resampled scores.
-    let sorted: Vec<SortedSamples> = (0..n_runs)
-        .map(|r| {
-            let mut items = Vec::new();
-            for (v, video) in videos.iter().enumerate() {
-                let frames = &video.per_run[r];
-                if frames.is_empty() {
-                    continue;
-                }
-                if video_level {
-                    items.push((frames.iter().sum::<f64>() / frames.len() as f64, v));
-                } else {
-                    items.extend(frames.iter().map(|&x| (x, v)));
-                }
-            }
-            SortedSamples::new(items)
-        })
-        .collect();
+    let sorted = sorted_per_run(videos, n_runs, video_level);
     let is_pos: Vec<bool> = videos.iter().map(|v| v.label == 1).collect();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut weights = vec![0u32; videos.len()];
@@ -374,6 +358,28 @@ pub fn bootstrap_auc_ci(
     reps.sort_unstable_by(f64::total_cmp);
     let alpha = (1.0 - level) / 2.0;
     Some(Ci { lo: quantile_sorted(&reps, alpha), hi: quantile_sorted(&reps, 1.0 - alpha) })
+}
+
+/// Each run's samples (frame scores, or video means at video level) sorted once, tagged with
+/// their video, so that a bootstrap replicate is a weighted O(N) sweep instead of a fresh sort.
+fn sorted_per_run(videos: &[BootVideo], n_runs: usize, video_level: bool) -> Vec<SortedSamples> {
+    (0..n_runs)
+        .map(|r| {
+            let mut items = Vec::new();
+            for (v, video) in videos.iter().enumerate() {
+                let frames = &video.per_run[r];
+                if frames.is_empty() {
+                    continue;
+                }
+                if video_level {
+                    items.push((frames.iter().sum::<f64>() / frames.len() as f64, v));
+                } else {
+                    items.extend(frames.iter().map(|&x| (x, v)));
+                }
+            }
+            SortedSamples::new(items)
+        })
+        .collect()
 }
 
 /// Scores sorted ascending with the index of their video, and where each run of tied scores ends.
@@ -603,23 +609,7 @@ pub fn hierarchical_bootstrap_auc_ci(
     if pos.is_empty() || neg.is_empty() || n_boot == 0 || n_runs < 2 {
         return None;
     }
-    let sorted: Vec<SortedSamples> = (0..n_runs)
-        .map(|r| {
-            let mut items = Vec::new();
-            for (v, video) in videos.iter().enumerate() {
-                let frames = &video.per_run[r];
-                if frames.is_empty() {
-                    continue;
-                }
-                if video_level {
-                    items.push((frames.iter().sum::<f64>() / frames.len() as f64, v));
-                } else {
-                    items.extend(frames.iter().map(|&x| (x, v)));
-                }
-            }
-            SortedSamples::new(items)
-        })
-        .collect();
+    let sorted = sorted_per_run(videos, n_runs, video_level);
     let is_pos: Vec<bool> = videos.iter().map(|v| v.label == 1).collect();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut weights = vec![0u32; videos.len()];
