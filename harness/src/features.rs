@@ -14,10 +14,9 @@ use detectors::model::Backbone;
 use detectors::{Mode, ParamStore};
 use rayon::prelude::*;
 
-use crate::data::index::Split;
 use crate::data::loader::{FailurePolicy, FrameStore, LoaderConfig};
 use crate::exit::{CliError, Verbosity};
-use crate::predict::{collect_inputs, load_run};
+use crate::predict::load_run;
 use crate::protocol::Normalisation;
 use crate::results;
 
@@ -165,18 +164,12 @@ pub fn cmd_features(args: FeaturesArgs, verbosity: Verbosity) -> anyhow::Result<
         let t = read_tensor_input(&p)?;
         Source::Tensor(p, t)
     } else {
-        let split = match &args.split {
-            Some(s) => Some(
-                Split::parse(s)
-                    .ok_or_else(|| CliError::config(format!("--split {s}: expected train, val or test")))?,
-            ),
-            None => None,
-        };
-        let items = collect_inputs(&args.inputs, args.root.as_deref(), args.frames_per_video, split)?;
-        if items.is_empty() {
-            return Err(CliError::config("no image found in the inputs (looked for .png, .jpg, .jpeg)").into());
-        }
-        Source::Images(items)
+        Source::Images(crate::predict::collect_images(
+            &args.inputs,
+            args.root.as_deref(),
+            args.frames_per_video,
+            args.split.as_deref(),
+        )?)
     };
 
     // The backbone, the image store that feeds it, and a description for the log.

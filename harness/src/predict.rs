@@ -84,6 +84,28 @@ pub struct LoadedRun {
 
 const IMAGE_EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
 
+/// The images of `inputs` (files, folders, dataset JSONs; `--split` for JSONs), an error when
+/// there are none. Shared by `bench predict` and `bench features`.
+pub fn collect_images(
+    inputs: &[PathBuf],
+    root: Option<&Path>,
+    frames_per_video: Option<usize>,
+    split: Option<&str>,
+) -> anyhow::Result<Vec<Item>> {
+    let split = match split {
+        Some(s) => Some(
+            Split::parse(s)
+                .ok_or_else(|| CliError::config(format!("--split {s}: expected train, val or test")))?,
+        ),
+        None => None,
+    };
+    let items = collect_inputs(inputs, root, frames_per_video, split)?;
+    if items.is_empty() {
+        return Err(CliError::config("no image found in the inputs (looked for .png, .jpg, .jpeg)").into());
+    }
+    Ok(items)
+}
+
 pub fn cmd_predict(args: PredictArgs, verbosity: Verbosity) -> anyhow::Result<ExitCode> {
     if args.batch == Some(0) {
         return Err(CliError::config("--batch must be at least 1").into());
@@ -91,17 +113,7 @@ pub fn cmd_predict(args: PredictArgs, verbosity: Verbosity) -> anyhow::Result<Ex
     if args.frames_per_video == Some(0) {
         return Err(CliError::config("--frames-per-video must be at least 1").into());
     }
-    let split = match &args.split {
-        Some(s) => Some(
-            Split::parse(s)
-                .ok_or_else(|| CliError::config(format!("--split {s}: expected train, val or test")))?,
-        ),
-        None => None,
-    };
-    let items = collect_inputs(&args.inputs, args.root.as_deref(), args.frames_per_video, split)?;
-    if items.is_empty() {
-        return Err(CliError::config("no image found in the inputs (looked for .png, .jpg, .jpeg)").into());
-    }
+    let items = collect_images(&args.inputs, args.root.as_deref(), args.frames_per_video, args.split.as_deref())?;
     let run = load_run(&args.run, args.device.as_deref())?;
     let batch = args.batch.unwrap_or(run.config.training.batch_size as usize).max(1);
     if verbosity != Verbosity::Quiet {

@@ -340,18 +340,31 @@ pub fn bootstrap_auc_ci(
                 weights[class[rng.random_range(0..class.len())]] += 1;
             }
         }
-        let mut sum = 0.0;
-        let mut k = 0usize;
-        for s in &sorted {
-            if let Some(a) = s.weighted_auc(&weights, &is_pos) {
-                sum += a;
-                k += 1;
-            }
-        }
-        if k > 0 {
-            reps.push(sum / k as f64);
+        reps.extend(mean_weighted_auc(sorted.iter(), &weights, &is_pos));
+    }
+    percentile_ci(reps, level)
+}
+
+/// Mean AUC of one bootstrap replicate over the given runs' samples (runs whose replicate has one
+/// class only are left out); `None` when none has an AUC. Summed in the runs' order.
+fn mean_weighted_auc<'a>(
+    runs: impl Iterator<Item = &'a SortedSamples>,
+    weights: &[u32],
+    is_pos: &[bool],
+) -> Option<f64> {
+    let mut sum = 0.0;
+    let mut k = 0usize;
+    for s in runs {
+        if let Some(a) = s.weighted_auc(weights, is_pos) {
+            sum += a;
+            k += 1;
         }
     }
+    (k > 0).then(|| sum / k as f64)
+}
+
+/// The central `level` percentile interval of the replicates.
+fn percentile_ci(mut reps: Vec<f64>, level: f64) -> Option<Ci> {
     if reps.is_empty() {
         return None;
     }
@@ -622,24 +635,9 @@ pub fn hierarchical_bootstrap_auc_ci(
                 weights[class[rng.random_range(0..class.len())]] += 1;
             }
         }
-        let mut sum = 0.0;
-        let mut k = 0usize;
-        for &r in &drawn {
-            if let Some(a) = sorted[r].weighted_auc(&weights, &is_pos) {
-                sum += a;
-                k += 1;
-            }
-        }
-        if k > 0 {
-            reps.push(sum / k as f64);
-        }
+        reps.extend(mean_weighted_auc(drawn.iter().map(|&r| &sorted[r]), &weights, &is_pos));
     }
-    if reps.is_empty() {
-        return None;
-    }
-    reps.sort_unstable_by(f64::total_cmp);
-    let alpha = (1.0 - level) / 2.0;
-    Some(Ci { lo: quantile_sorted(&reps, alpha), hi: quantile_sorted(&reps, 1.0 - alpha) })
+    percentile_ci(reps, level)
 }
 
 #[cfg(test)]
