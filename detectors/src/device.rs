@@ -37,9 +37,28 @@ pub fn open(spec: &str) -> Result<Device, DeviceError> {
     match check(spec)? {
         None => Ok(Device::Cpu),
         Some(ordinal) => {
+            // candle's own default is off; apply the process-wide choice before the first matmul.
+            candle_core::cuda_backend::set_gemm_reduced_precision_f32(tf32_enabled());
             Device::new_cuda(ordinal).map_err(|source| DeviceError::Open { name: spec.to_string(), source })
         }
     }
+}
+
+/// Whether float32 matmuls and convolutions on a CUDA device may use TF32 tensor cores (10-bit
+/// mantissa products, f32 accumulation), as PyTorch's `allow_tf32` does. On by default, as the
+/// papers' PyTorch runs had it on Ampere and later GPUs; the CPU never uses it.
+static TF32: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Turns TF32 on or off for every CUDA matmul and convolution issued afterwards (process-wide,
+/// like candle's cuBLAS setting it drives). Custom CUDA ops read [`tf32_enabled`].
+pub fn set_tf32(on: bool) {
+    TF32.store(on, std::sync::atomic::Ordering::Relaxed);
+    candle_core::cuda_backend::set_gemm_reduced_precision_f32(on);
+}
+
+/// See [`set_tf32`].
+pub fn tf32_enabled() -> bool {
+    TF32.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// A human-readable description for manifests.
