@@ -38,6 +38,7 @@ pub fn open(spec: &str) -> Result<Device, DeviceError> {
         None => Ok(Device::Cpu),
         Some(ordinal) => {
             // candle's own default is off; apply the process-wide choice before the first matmul.
+            #[cfg(feature = "cuda")]
             candle_core::cuda_backend::set_gemm_reduced_precision_f32(tf32_enabled());
             Device::new_cuda(ordinal).map_err(|source| DeviceError::Open { name: spec.to_string(), source })
         }
@@ -53,6 +54,7 @@ static TF32: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(
 /// like candle's cuBLAS setting it drives). Custom CUDA ops read [`tf32_enabled`].
 pub fn set_tf32(on: bool) {
     TF32.store(on, std::sync::atomic::Ordering::Relaxed);
+    #[cfg(feature = "cuda")]
     candle_core::cuda_backend::set_gemm_reduced_precision_f32(on);
 }
 
