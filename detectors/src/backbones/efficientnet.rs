@@ -122,11 +122,10 @@ impl PaddedConv {
             _ => (total(h), total(w)),
         };
         let (ph, pw) = (th / 2, tw / 2);
-        let w = &self.conv.weight;
         if ph != pw {
             // A non-square input whose sides differ in parity: pad everything explicitly.
             let x = x.pad_with_zeros(2, ph, th - ph)?.pad_with_zeros(3, pw, tw - pw)?;
-            return crate::ops::conv2d(&x, w, self.conv.bias.as_ref(), c.stride, 0, c.dilation, c.groups);
+            return self.conv.forward_with_padding(&x, 0);
         }
         let mut x = x.clone();
         if th - ph > ph {
@@ -135,7 +134,7 @@ impl PaddedConv {
         if tw - pw > pw {
             x = x.pad_with_zeros(3, 0, tw - 2 * pw)?;
         }
-        crate::ops::conv2d(&x, w, self.conv.bias.as_ref(), c.stride, ph, c.dilation, c.groups)
+        self.conv.forward_with_padding(&x, ph)
     }
 }
 
