@@ -20,7 +20,10 @@
 //!
 //! Flags: `--device` (cpu, cuda, cuda:N), `--precision` (f32 and/or bf16, comma-separated),
 //! `--tf32 on|off`, `--backbone`, `--size`, `--batch` (per stream and per domain batch),
-//! `--methods` (labels from the table in `cases`), `--warmup`, `--steps`, `--csv`.
+//! `--methods` (labels from the table in `cases`), `--grad-path auto|host|tensor` (where the
+//! multi-stream methods combine gradients: `auto` = the host on the CPU, device tensors elsewhere;
+//! `host` on a GPU is the pre-#18 path of copies, for a before/after in one call), `--warmup`,
+//! `--steps`, `--csv`.
 use std::hint::black_box;
 use std::io::Write;
 use std::time::Instant;
@@ -148,12 +151,16 @@ struct TimingArgs {
     warmup: usize,
     steps: usize,
     csv: Option<String>,
+    grad_path: Option<detectors::gradvec::device::GradPath>,
 }
 
 /// Our flags, or `None` when there are none (criterion's run). Unknown flags are an error.
 fn timing_args() -> Result<Option<TimingArgs>, String> {
     let raw: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
-    let ours = ["--device", "--precision", "--tf32", "--backbone", "--size", "--batch", "--methods", "--warmup", "--steps", "--csv"];
+    let ours = [
+        "--device", "--precision", "--tf32", "--backbone", "--size", "--batch", "--methods", "--warmup", "--steps", "--csv",
+        "--grad-path",
+    ];
     if !raw.iter().any(|a| ours.contains(&a.as_str())) {
         return Ok(None);
     }
@@ -168,6 +175,7 @@ fn timing_args() -> Result<Option<TimingArgs>, String> {
         warmup: 3,
         steps: 10,
         csv: None,
+        grad_path: None,
     };
     let mut it = raw.into_iter();
     while let Some(flag) = it.next() {
@@ -185,6 +193,15 @@ fn timing_args() -> Result<Option<TimingArgs>, String> {
             "--warmup" => t.warmup = num(&v)?,
             "--steps" => t.steps = num(&v)?.max(1),
             "--csv" => t.csv = Some(v),
+            "--grad-path" => {
+                use detectors::gradvec::device::GradPath;
+                t.grad_path = match v.as_str() {
+                    "auto" => None,
+                    "host" => Some(GradPath::Host),
+                    "tensor" => Some(GradPath::Tensor),
+                    _ => return Err(format!("--grad-path {v}: expected auto, host or tensor")),
+                }
+            }
             other => return Err(format!("unknown flag {other}; expected one of {}", ours.join(", "))),
         }
     }
@@ -232,7 +249,12 @@ fn time_steps(t: &TimingArgs) -> Result<(), String> {
             .collect(),
     };
     let adam = OptimizerConfig::Adam { lr: 2e-4, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
-    let header = "device,backbone,size,batch,precision,tf32,method,warmup,steps,median_s,mean_s,min_s,ratio_to_erm_os,f32_over_bf16";
+    let header = "device,backbone,size,batch,precision,tf32,grad_path,method,warmup,steps,median_s,mean_s,min_s,ratio_to_erm_os,f32_over_bf16";
+    let path = match t.grad_path {
+        None => "auto",
+        Some(detectors::gradvec::device::GradPath::Host) => "host",
+        Some(detectors::gradvec::device::GradPath::Tensor) => "tensor",
+    };
     let mut rows: Vec<(String, String, f64, f64, f64)> = Vec::new();
     for precision in &t.precisions {
         let dtype = if precision == "bf16" { candle_core::DType::BF16 } else { candle_core::DType::F32 };
@@ -241,6 +263,9 @@ fn time_steps(t: &TimingArgs) -> Result<(), String> {
             let det = Detector::new(&pb, HEAD_LAYERS, |pb| detectors::backbones::build(&t.backbone, pb, t.size))
                 .map_err(|e| format!("{}: {e}", t.backbone))?;
             let mut method = build_method(kind, &params, &adam, &det, 3).map_err(|e| e.to_string())?;
+            if let Some(p) = t.grad_path {
+                method.set_grad_path(p);
+            }
             let mut times = Vec::with_capacity(t.steps);
             for step in 0..t.warmup + t.steps {
                 let t0 = Instant::now();
@@ -266,7 +291,7 @@ fn time_steps(t: &TimingArgs) -> Result<(), String> {
             _ => String::new(),
         };
         out.push(format!(
-            "\"{described}\",{},{},{},{p},{},{m},{},{},{med:.6},{mean:.6},{min:.6},{ratio},{speedup}",
+            "\"{described}\",{},{},{},{p},{},{path},{m},{},{},{med:.6},{mean:.6},{min:.6},{ratio},{speedup}",
             t.backbone,
             t.size,
             t.batch,

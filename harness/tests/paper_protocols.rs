@@ -8,6 +8,7 @@
 //! measured or says it is not).
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 
 use harness::protocol::{self, DataFormat, Precision};
 
@@ -31,6 +32,30 @@ fn paper_files() -> Vec<PathBuf> {
     files
 }
 
+/// A checkout-shaped tree, made once per test process: `protocols/paper/` (a copy of every
+/// paper protocol, unchanged) beside `data/deepfakebench/{rgb,dataset_json}` linked to the tiny
+/// synthetic benchmark. Returns the copies' directory.
+fn layout() -> &'static Path {
+    static TREE: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    let (_, pdir) = TREE.get_or_init(|| {
+        let tmp = tempfile::tempdir().unwrap();
+        let synth = tmp.path().join("synth");
+        let (code, out) = bench(&["data", "synth", "--out", synth.to_str().unwrap(), "--preset", "tiny"]);
+        assert_eq!(code, 0, "bench data synth: {out}");
+        let data = tmp.path().join("data/deepfakebench");
+        std::fs::create_dir_all(&data).unwrap();
+        std::os::unix::fs::symlink(&synth, data.join("rgb")).unwrap();
+        std::os::unix::fs::symlink(synth.join("dataset_json"), data.join("dataset_json")).unwrap();
+        let pdir = tmp.path().join("protocols/paper");
+        std::fs::create_dir_all(&pdir).unwrap();
+        for src in paper_files() {
+            std::fs::copy(&src, pdir.join(src.file_name().unwrap())).unwrap();
+        }
+        (tmp, pdir)
+    });
+    pdir
+}
+
 #[test]
 fn every_paper_protocol_validates_against_a_deepfakebench_layout() {
     let files = paper_files();
@@ -38,24 +63,10 @@ fn every_paper_protocol_validates_against_a_deepfakebench_layout() {
     for want in ["csdfd_table1.toml", "csdfd_table2.toml", "roga_table2.toml", "roga_table4.toml"] {
         assert!(names.iter().any(|n| n == want), "protocols/paper/{want} is missing ({names:?})");
     }
-
-    // A checkout-shaped tree: protocols/paper/ beside data/deepfakebench/.
-    let tmp = tempfile::tempdir().unwrap();
-    let synth = tmp.path().join("synth");
-    let (code, out) = bench(&["data", "synth", "--out", synth.to_str().unwrap(), "--preset", "tiny"]);
-    assert_eq!(code, 0, "bench data synth: {out}");
-    let data = tmp.path().join("data/deepfakebench");
-    std::fs::create_dir_all(&data).unwrap();
-    std::os::unix::fs::symlink(&synth, data.join("rgb")).unwrap();
-    std::os::unix::fs::symlink(synth.join("dataset_json"), data.join("dataset_json")).unwrap();
-    let pdir = tmp.path().join("protocols/paper");
-    std::fs::create_dir_all(&pdir).unwrap();
-
     for src in &files {
-        let name = src.file_name().unwrap();
         let text = std::fs::read_to_string(src).unwrap();
-        let copy = pdir.join(name);
-        std::fs::write(&copy, &text).unwrap();
+        let copy = layout().join(src.file_name().unwrap());
+        assert_eq!(std::fs::read_to_string(&copy).unwrap(), text, "validated unchanged");
 
         // Loads as a GPU protocol on DeepfakeBench data, in f32 (the papers' precision).
         let p = protocol::load(&copy).unwrap_or_else(|e| panic!("{}: {e}", src.display()));
@@ -80,18 +91,8 @@ fn every_paper_protocol_validates_against_a_deepfakebench_layout() {
 /// The settings the papers state, as the files encode them (CS-DFD Sec. V-A; RoGA Sec. V-A).
 #[test]
 fn paper_protocols_carry_the_papers_settings() {
-    let dir = tempfile::tempdir().unwrap();
-    // Loading checks that `root` exists: give each a stand-in directory at the expected place.
-    let root = dir.path().join("data/deepfakebench");
-    std::fs::create_dir_all(root.join("rgb")).unwrap();
-    std::fs::create_dir_all(root.join("dataset_json")).unwrap();
-    let pdir = dir.path().join("protocols/paper");
-    std::fs::create_dir_all(&pdir).unwrap();
-    let load = |name: &str| {
-        let copy = pdir.join(name);
-        std::fs::copy(paper_dir().join(name), &copy).unwrap();
-        protocol::load(&copy).unwrap_or_else(|e| panic!("{name}: {e}"))
-    };
+    // Loading checks that the data's JSONs exist: load the copies in the stand-in layout.
+    let load = |name: &str| protocol::load(layout().join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
 
     let t1 = load("csdfd_table1.toml");
     assert_eq!(t1.model.backbone, "efficientnet-pytorch-b4");

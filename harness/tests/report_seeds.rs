@@ -92,6 +92,8 @@ fn write_run(store: &ResultsStore, method: &str, seed: u64, report: &ReportSpec)
         git: Default::default(),
         versions: Default::default(),
         device: "cpu".into(),
+        precision: None,
+        tf32: None,
         host: "fixture".into(),
         started: None,
         ended: None,

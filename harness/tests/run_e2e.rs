@@ -421,7 +421,7 @@ fn precision_and_tf32_are_checked_recorded_and_reported() {
     let d = case.run("dry", &["--dry-run", "--tf32", "off"]);
     assert_eq!(code(&d), 0, "{}", text(&d));
     for r in &runs {
-        assert!(!text(&d).contains(r.name()), "--tf32 off gives other run ids:\n{}", text(&d));
+        assert!(!text(&d).contains(&*r.name()), "--tf32 off gives other run ids:\n{}", text(&d));
     }
     let bad = case.run("dry", &["--dry-run", "--tf32", "maybe"]);
     assert_eq!(code(&bad), 2, "{}", text(&bad));
