@@ -20,7 +20,7 @@ use detectors::batch::{Batch, StepInput};
 use detectors::config::OptimizerConfig;
 use detectors::gradvec::device::GradPath;
 use detectors::gradvec::{FlatGrad, ParamSet};
-use detectors::methods::combine::{Pair, cagrad_reference, pcgrad, uvs_two_fixed};
+use detectors::methods::combine::{Pair, cagrad_reference, gram, pcgrad, uvs_gram, uvs_two_fixed};
 use detectors::methods::cs_dfd::{self, HeadRule};
 use detectors::methods::sharp::{Perturbation, RogaCore, RogaParams, SharpCore};
 use detectors::methods::{Losses, MethodParams, ParamValue, build_method, device as dm, fused};
@@ -262,6 +262,53 @@ fn uvs_kink_cases_match_the_host() -> Result<()> {
     let got = dm::cs_dfd_direction(&up(&g1)?, &up(&g1)?, None, Some(0.5), HeadRule::Sum)?;
     for (v, g) in down(&got.v)?.iter().zip(&g1) {
         assert!((*v as f64 - 3.0 * *g as f64).abs() <= 1e-6, "g1 = g2: v = 1.5 (g1 + g2)");
+    }
+    Ok(())
+}
+
+/// UVS for K > 2 (projected gradient on the simplex): the device's Gram matrix equals the host's
+/// to reduction order, and mu and v* equal the host's to the solver's own precision; for K = 2 it agrees with the closed form, and the
+/// invariant `||v - g0|| = c ||g0||` holds.
+#[test]
+fn uvs_for_many_gradients_matches_the_host() -> Result<()> {
+    let mut rng = ChaCha8Rng::seed_from_u64(21);
+    let n = 900;
+    let base: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    // Three conflicting gradients: each the base rotated away by its own noise, one against it.
+    let gs: Vec<Vec<f32>> = [1.0f32, -0.8, 0.3]
+        .iter()
+        .map(|s| base.iter().map(|&x| s * x + rng.random_range(-0.6f32..0.6)).collect())
+        .collect();
+    let slices: Vec<&[f32]> = gs.iter().map(|g| g.as_slice()).collect();
+    let ups = gs.iter().map(|g| up(g)).collect::<Result<Vec<_>>>()?;
+    let refs: Vec<&Tensor> = ups.iter().collect();
+    for kk in [2usize, 3] {
+        let host_gram = gram(&slices[..kk], None);
+        let dev_gram = dm::gram(&refs[..kk])?;
+        for (a, b) in dev_gram.iter().zip(&host_gram) {
+            assert_scalar_close(*a, *b, "Gram entry");
+        }
+        assert!(host_gram[1] < 0.0, "g1 and g2 conflict");
+        let host = uvs_gram(&host_gram, kk, 0.5);
+        let (v, sol) = dm::uvs_many(&refs[..kk], 0.5)?;
+        // The projected-gradient solve is iterative: Gram matrices equal to the last bits can
+        // stop it at points ~1e-9 apart (measured 2e-9), so mu is compared to 1e-7, not 1e-9.
+        for (a, b) in sol.mu.iter().zip(&host.mu) {
+            assert!((a - b).abs() <= 1e-7, "K={kk}: mu {:?} vs {:?}", sol.mu, host.mu);
+        }
+        let want: Vec<f32> = (0..n)
+            .map(|i| (0..kk).map(|j| host.coef[j] * slices[j][i] as f64).sum::<f64>() as f32)
+            .collect();
+        let v = down(&v)?;
+        assert_dir_close(&v, &want, &format!("UVS K={kk}"));
+        let g0: Vec<f64> = (0..n).map(|i| (0..kk).map(|j| slices[j][i] as f64).sum()).collect();
+        let dist = v.iter().zip(&g0).map(|(a, b)| (*a as f64 - b).powi(2)).sum::<f64>().sqrt();
+        let radius = 0.5 * g0.iter().map(|x| x * x).sum::<f64>().sqrt();
+        assert!((dist - radius).abs() <= 1e-4 * radius, "K={kk}: ||v - g0|| = {dist}, c ||g0|| = {radius}");
+        if kk == 2 {
+            let closed = uvs_two_fixed(&Pair::from_vectors(slices[0], slices[1], None), 0.5);
+            assert!((sol.mu[0] - closed.mu[0]).abs() <= 1e-6, "K=2: projected gradient vs closed form");
+        }
     }
     Ok(())
 }

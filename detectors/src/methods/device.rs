@@ -12,7 +12,7 @@ use std::ops::Range;
 
 use candle_core::{Result, Tensor};
 
-use super::combine::{Pair, uvs_two_fixed};
+use super::combine::{Pair, UvsSolution, uvs_gram, uvs_two_fixed};
 use super::cs_dfd::{HeadRule, TwoStepNumbers};
 use crate::gradvec::device::{dot_term, lin2, norm_sq_f32, outside, slice, splice, sums};
 
@@ -145,6 +145,45 @@ pub fn cagrad_direction(g1: &Tensor, g2: &Tensor, c: f64) -> Result<TwoDirection
     let v = lin2(a[0], g1, a[1], g2)?;
     let nu = norm_sq_f32(&v)?.sqrt();
     Ok(TwoDirection { nums: numbers(&s[..3], nu, Some(sol.mu)), v, cgr_rel: None })
+}
+
+/// The Gram matrix (row-major `K x K`) of `grads` as device reductions, one transfer: the input
+/// of UVS's projected-gradient solve for `K > 2` (`combine::gram` on the host).
+pub fn gram(grads: &[&Tensor]) -> Result<Vec<f64>> {
+    let kk = grads.len();
+    let mut terms = Vec::with_capacity(kk * (kk + 1) / 2);
+    for i in 0..kk {
+        for j in i..kk {
+            terms.push(dot_term(grads[i], grads[j])?);
+        }
+    }
+    let s = sums(&terms)?;
+    let mut g = vec![0.0; kk * kk];
+    let mut it = s.into_iter();
+    for i in 0..kk {
+        for j in i..kk {
+            let v = it.next().expect("one sum per pair");
+            g[i * kk + j] = v;
+            g[j * kk + i] = v;
+        }
+    }
+    Ok(g)
+}
+
+/// UVS for `K` gradients (methods.md 2.1, sum convention): the Gram matrix on the device, the
+/// dual's projected-gradient solve on the host (`combine::uvs_gram`: K x K numbers), and
+/// `v* = sum_j coef_j g_j` on the device.
+pub fn uvs_many(grads: &[&Tensor], c: f64) -> Result<(Tensor, UvsSolution)> {
+    let kk = grads.len();
+    if kk == 0 {
+        candle_core::bail!("UVS needs at least one gradient");
+    }
+    let sol = uvs_gram(&gram(grads)?, kk, c);
+    let mut v = grads[0].affine(sol.coef[0], 0.0)?;
+    for (g, &a) in grads.iter().zip(&sol.coef).skip(1) {
+        v = v.add(&g.affine(a, 0.0)?)?;
+    }
+    Ok((v, sol))
 }
 
 /// PCGrad (Yu et al. 2020; `combine::pcgrad`): `v = sum_i g_i'`, where `g_i'` starts at `g_i`
