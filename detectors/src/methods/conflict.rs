@@ -74,9 +74,10 @@ impl TwoStream {
         det: &Detector,
         r1: &GradStore,
         r2: &GradStore,
-    ) -> Result<(super::device::TwoDirection, Option<f64>)> {
+    ) -> Result<super::device::TwoDirection> {
         let set = det.params();
         let (g1, g2) = (devflat::gather(set, r1)?, devflat::gather(set, r2)?);
+        // `path = "reference"` selects between the host implementations; the tensor path has one.
         let dir = match &mut self.rule {
             Rule::CsDfd { c, tau, uvs, cgr, .. } => {
                 let head = det.head_range();
@@ -96,8 +97,7 @@ impl TwoStream {
                 super::device::pcgrad_two(&g1, &g2, &orders)?
             }
         };
-        let cgr_rel = dir.cgr_rel;
-        Ok((dir, cgr_rel))
+        Ok(dir)
     }
 
     pub fn pcgrad_seeded(seed: u64) -> Rule {
@@ -139,11 +139,11 @@ impl TrainingMethod for TwoStream {
         let l1v = l1.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
         let l2v = l2.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
         if self.path.unwrap_or_else(|| GradPath::for_device(set.device())) == GradPath::Tensor {
-            let (dir, cgr_rel) = self.combine_on_device(det, &r1, &r2)?;
+            let dir = self.combine_on_device(det, &r1, &r2)?;
             drop((r1, r2));
             let dirs = devflat::split(set, &dir.v)?;
             self.opt.step(set, &dirs, lr)?;
-            return Ok(trace_of(step, l1v, l2v, &dir.nums, cgr_rel, lr, t0));
+            return Ok(trace_of(step, l1v, l2v, &dir.nums, dir.cgr_rel, lr, t0));
         }
         self.g1.fill_from(set, &r1)?;
         self.g2.fill_from(set, &r2)?;
