@@ -155,11 +155,14 @@ fn two_stream_rules_match_the_host_on_conflicting_gradients() -> Result<()> {
     Ok(())
 }
 
+/// (g1, g2, mu1, v*) of one of methods.md's reference cases.
+type RefCase<'a> = (&'a [f32], &'a [f32], f64, &'a [f64]);
+
 /// methods.md 2.1's reference vectors (R1 interior, R2 boundary mu = (1, 0), R3 no conflict
 /// mu = (0, 1)) and 3's PCGrad sums: the device path against the spec's own numbers.
 #[test]
 fn device_rules_give_the_spec_reference_values() -> Result<()> {
-    let cases: [(&[f32], &[f32], f64, &[f64]); 3] = [
+    let cases: [RefCase; 3] = [
         (&[1.0, -2.0, 0.5, 3.0], &[-1.5, 1.0, 2.0, -0.5], 0.099320839, &[-1.488737053, -0.445448882, 3.962150581, 2.379634816]),
         (
             &[0.3, -0.2, 0.1, 0.0, -0.4],

@@ -47,7 +47,7 @@ fn bf16_on_the_cpu_is_a_clear_error_not_a_silent_f32_run() -> Result<()> {
 const BF16_REL: f64 = 2.0 * 1.0 / 512.0;
 
 fn max_abs(x: &Tensor) -> Result<f64> {
-    Ok(x.abs()?.flatten_all()?.max(0)?.to_dtype(DType::F64)?.to_scalar::<f64>()?)
+    x.abs()?.flatten_all()?.max(0)?.to_dtype(DType::F64)?.to_scalar::<f64>()
 }
 
 /// One layer at a time: the bf16 conv and linear equal the f32 layers to bf16 rounding, in the
