@@ -138,7 +138,7 @@ pub struct DataConfig {
     pub on_missing: PerSplit<OnMissing>,
 }
 
-pub const SYNTH_PRESETS: &[&str] = &["small", "medium", "tiny"];
+pub const SYNTH_PRESETS: &[&str] = &["small", "medium", "tiny", "bench"];
 
 /// A value for training and one for testing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
