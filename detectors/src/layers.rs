@@ -4,7 +4,7 @@
 //! torchvision/timm state dicts load by name (see [`crate::weights`]).
 use std::sync::Mutex;
 
-use candle_core::{D, DType, Result, Tensor, Var};
+use candle_core::{D, Result, Tensor, Var};
 use rand::Rng;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -225,15 +225,12 @@ impl BatchNorm2d {
                 let (y, mean, var) =
                     batchnorm::batch_norm_train_with(x, &self.weight, &self.bias, self.eps, relu)?;
                 if mode == Mode::Train {
-                    let m = self.momentum;
-                    let n = b * h * w;
-                    let unbiased = n as f64 / (n as f64 - 1.0);
-                    let bm = mean.to_dtype(DType::F32)?;
-                    let bv = (var * unbiased)?.to_dtype(DType::F32)?;
-                    let rm = ((self.running_mean.as_tensor() * (1.0 - m))? + (bm * m)?)?;
-                    let rv = ((self.running_var.as_tensor() * (1.0 - m))? + (bv * m)?)?;
-                    self.running_mean.set(&rm)?;
-                    self.running_var.set(&rv)?;
+                    batchnorm::update_running_stats(
+                        (&self.running_mean, &self.running_var),
+                        (mean, var),
+                        self.momentum,
+                        b * h * w,
+                    )?;
                 }
                 Ok(y)
             }

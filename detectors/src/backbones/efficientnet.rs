@@ -122,20 +122,17 @@ impl PaddedConv {
             _ => (total(h), total(w)),
         };
         let (ph, pw) = (th / 2, tw / 2);
-        let w = &self.conv.weight;
-        if ph != pw {
-            // A non-square input whose sides differ in parity: pad everything explicitly.
-            let x = x.pad_with_zeros(2, ph, th - ph)?.pad_with_zeros(3, pw, tw - pw)?;
-            return crate::ops::conv2d(&x, w, self.conv.bias.as_ref(), c.stride, 0, c.dilation, c.groups);
-        }
-        let mut x = x.clone();
-        if th - ph > ph {
-            x = x.pad_with_zeros(2, 0, th - 2 * ph)?;
-        }
-        if tw - pw > pw {
-            x = x.pad_with_zeros(3, 0, tw - 2 * pw)?;
-        }
-        crate::ops::conv2d(&x, w, self.conv.bias.as_ref(), c.stride, ph, c.dilation, c.groups)
+        // `ops::conv2d_padded` pads as this layer always did on the CPU (explicitly where the
+        // sides differ), and lets the CUDA depthwise kernel pad in place.
+        crate::ops::conv2d_padded(
+            x,
+            &self.conv.weight,
+            self.conv.bias.as_ref(),
+            c.stride,
+            [ph, th - ph, pw, tw - pw],
+            c.dilation,
+            c.groups,
+        )
     }
 }
 
