@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Builds the CUDA binaries that issue 17's device check (benches/reference/gpu_check.sh) runs, and
+# copies them stripped into cuda-bundle/ (git-ignored; carry it to the GPU machine):
+#   cuda_ops, cuda        detectors' GPU test binaries (tests/cuda_ops.rs, tests/cuda.rs)
+#   gpu_train_step        the dfbench side of gpu_side_by_side.sh (detectors/examples)
+# Needs the CUDA toolkit (nvcc, NVRTC, cuBLAS, cuDNN 9) as docs/cuda.md describes, e.g.
+# `source /path/to/cudatk/env.sh`. Builds into $CARGO_TARGET_DIR (default target-cuda/, so the
+# CPU build in target/ stays incremental) for CUDA_COMPUTE_CAP (default 90 = H100/H200).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target-cuda}
+command -v nvcc >/dev/null || { echo "build_cuda_bundle.sh: nvcc not on PATH (docs/cuda.md)" >&2; exit 2; }
+msgs=$(mktemp)
+# One cargo invocation: the same feature unification as the background `--tests` build, so
+# candle-kernels' 13-minute nvcc step is not redone (docs/cuda.md).
+cargo build --release --features cuda -p detectors --test cuda_ops --test cuda --example gpu_train_step \
+  --message-format=json > "$msgs"
+mkdir -p cuda-bundle
+python3 - "$msgs" <<'PY'
+import json, shutil, subprocess, sys
+want = {"cuda_ops", "cuda", "gpu_train_step"}
+found = {}
+for line in open(sys.argv[1]):
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] in want:
+        found[m["target"]["name"]] = m["executable"]
+missing = want - set(found)
+if missing:
+    sys.exit(f"build_cuda_bundle.sh: no executable for {sorted(missing)}")
+for name, exe in sorted(found.items()):
+    dst = f"cuda-bundle/{name}"
+    shutil.copy2(exe, dst)
+    subprocess.run(["strip", dst], check=True)
+    print(f"{dst} <- {exe}")
+PY
+rm -f "$msgs"
+git rev-parse HEAD > cuda-bundle/BUILD_COMMIT 2>/dev/null || true
+du -sh cuda-bundle/*
