@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Builds the CUDA binaries that issue 17's device check (benches/reference/gpu_check.sh) runs, and
-# copies them stripped into cuda-bundle/ (git-ignored; carry it to the GPU machine):
+# Builds the CUDA binaries that issue 17's device check (benches/reference/gpu_check.sh) runs,
+# strips them and packs them into cuda-bundle/bundle.tar.xz (git-ignored; carry `cuda-bundle` to
+# the GPU machine, where benches/reference/cuda_env.sh unpacks it). Stripped, each binary is
+# ~50 MB (candle's embedded PTX); xz brings the three to ~20 MB, within the device tool's 64 MiB.
 #   cuda_ops, cuda        detectors' GPU test binaries (tests/cuda_ops.rs, tests/cuda.rs)
 #   gpu_train_step        the dfbench side of gpu_side_by_side.sh (detectors/examples)
 # Needs the CUDA toolkit (nvcc, NVRTC, cuBLAS, cuDNN 9) as docs/cuda.md describes, e.g.
@@ -16,7 +18,7 @@ msgs=$(mktemp)
 # candle-kernels' 13-minute nvcc step is not redone (docs/cuda.md).
 cargo build --release --features cuda -p detectors --test cuda_ops --test cuda --example gpu_train_step \
   --message-format=json > "$msgs"
-mkdir -p cuda-bundle
+rm -rf cuda-bundle && mkdir -p cuda-bundle/bin
 python3 - "$msgs" <<'PY'
 import json, shutil, subprocess, sys
 want = {"cuda_ops", "cuda", "gpu_train_step"}
@@ -32,11 +34,14 @@ missing = want - set(found)
 if missing:
     sys.exit(f"build_cuda_bundle.sh: no executable for {sorted(missing)}")
 for name, exe in sorted(found.items()):
-    dst = f"cuda-bundle/{name}"
+    dst = f"cuda-bundle/bin/{name}"
     shutil.copy2(exe, dst)
     subprocess.run(["strip", dst], check=True)
     print(f"{dst} <- {exe}")
 PY
 rm -f "$msgs"
-git rev-parse HEAD > cuda-bundle/BUILD_COMMIT 2>/dev/null || true
-du -sh cuda-bundle/*
+git rev-parse HEAD > cuda-bundle/bin/BUILD_COMMIT 2>/dev/null || true
+git status --short --untracked-files=no | sed 's/^/dirty: /' >> cuda-bundle/bin/BUILD_COMMIT || true
+tar -C cuda-bundle/bin -cf - . | xz -T0 -9 > cuda-bundle/bundle.tar.xz
+rm -rf cuda-bundle/bin
+du -sh cuda-bundle/bundle.tar.xz

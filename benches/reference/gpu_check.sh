@@ -6,15 +6,16 @@
 #   3. benches/reference/gpu_side_by_side.sh (writes benches/results/gpu.csv);
 #   4. if time is left, EfficientNet-B4 for 200 steps with the device memory every 10 steps.
 # Logs go to $OUT/gpu_check/ (or /tmp/gpu_check). Build the bundle first, on any machine with the
-# toolkit: scripts/build_cuda_bundle.sh; carry `cuda-bundle` to the GPU machine.
+# toolkit: scripts/build_cuda_bundle.sh; carry `cuda-bundle` (bundle.tar.xz, ~20 MB) to the GPU
+# machine.
 #
 #   benches/reference/gpu_check.sh [--quick]     (--quick: side by side with 1 + 3 steps)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-B=cuda-bundle
 logs=${OUT:-/tmp}/gpu_check
 mkdir -p "$logs"
-. benches/reference/cuda_libs.sh
+. benches/reference/cuda_env.sh
+B=$DFB_BUNDLE
 start=$(date +%s)
 {
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv

@@ -4,7 +4,8 @@
 # Writes benches/results/gpu.csv (under $OUT when the device tool runs it) with columns
 #   gpu, model, px, batch, method, precision, dfbench_img_s, torch_img_s, ratio
 # Never run by CI or the build; needs a GPU, the machine's torch and timm, and the dfbench side:
-# $DFB_BIN (default cuda-bundle/gpu_train_step, from scripts/build_cuda_bundle.sh).
+# $DFB_BIN (default: gpu_train_step of the bundle scripts/build_cuda_bundle.sh makes, see
+# cuda_env.sh).
 #
 #   benches/reference/gpu_side_by_side.sh [--quick]      (--quick: 1 warm-up + 3 steps)
 #
@@ -13,7 +14,8 @@
 # before $DFB_DEADLINE (epoch seconds, optional) are recorded as "skipped".
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-bin=${DFB_BIN:-cuda-bundle/gpu_train_step}
+. benches/reference/cuda_env.sh
+bin=${DFB_BIN:-$DFB_BUNDLE/gpu_train_step}
 warm=3 steps=10
 [ "${1:-}" = "--quick" ] && warm=1 steps=3
 limit=${CASE_TIMEOUT:-90}
@@ -21,8 +23,6 @@ out_dir=${OUT:+$OUT/}benches/results
 mkdir -p "$out_dir"
 csv=$out_dir/gpu.csv
 [ -x "$bin" ] || { echo "gpu_side_by_side.sh: $bin not found; run scripts/build_cuda_bundle.sh" >&2; exit 2; }
-# cudarc links the CUDA 13 and cuDNN 9 libraries dynamically: use the ones PyTorch's wheels ship.
-. benches/reference/cuda_libs.sh
 gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
 echo "gpu: ${gpu:-unknown}; torch $(python3 -c 'import torch,timm;print(torch.__version__, "cudnn", torch.backends.cudnn.version(), "timm", timm.__version__)' 2>&1 | tail -1)"
 echo "gpu,model,px,batch,method,precision,dfbench_img_s,torch_img_s,ratio" > "$csv"
