@@ -33,6 +33,8 @@ struct Args {
     /// Print the device memory in use (driver's free memory, pool reservations count as used)
     /// after the warm-up and every 10 timed steps.
     mem: bool,
+    /// After the timed steps, run `--steps` more with the custom CUDA ops timed one by one.
+    profile: bool,
 }
 
 fn parse() -> Result<Args, String> {
@@ -47,6 +49,7 @@ fn parse() -> Result<Args, String> {
         head_layers: 2,
         tf32: true,
         mem: false,
+        profile: false,
     };
     let mut it = std::env::args().skip(1);
     let num = |f: &str, v: Option<String>| -> Result<usize, String> {
@@ -65,10 +68,11 @@ fn parse() -> Result<Args, String> {
             "--head-layers" => a.head_layers = num("--head-layers", it.next())?,
             "--no-tf32" => a.tf32 = false,
             "--mem" => a.mem = true,
+            "--profile" => a.profile = true,
             other => {
                 return Err(format!(
                     "unknown argument `{other}`; expected --model, --px, --batch, --method, --steps, --warmup, \
-                     --device, --head-layers, --no-tf32, --mem"
+                     --device, --head-layers, --no-tf32, --mem, --profile"
                 ));
             }
         }
@@ -143,7 +147,53 @@ fn run(a: &Args) -> anyhow::Result<()> {
         det.params().total(),
         detectors::device::describe(&dev)
     );
+    if a.profile {
+        profile(a, &det, &mut *method, &input, &dev)?;
+    }
     Ok(())
+}
+
+/// Runs `--steps` steps with every custom CUDA op synchronised and timed
+/// (`ops::cuda::profile`), and prints ms per step per op and what the rest of the step took.
+#[cfg(feature = "cuda")]
+fn profile(
+    a: &Args,
+    det: &Detector,
+    method: &mut dyn detectors::methods::TrainingMethod,
+    input: &StepInput,
+    dev: &Device,
+) -> anyhow::Result<()> {
+    use detectors::ops::cuda::profile;
+    profile::set_enabled(true);
+    let _ = profile::take();
+    dev.synchronize()?;
+    let start = Instant::now();
+    for s in 0..a.steps {
+        method.step(det, input, a.warmup + a.steps + s, 2e-4)?;
+    }
+    dev.synchronize()?;
+    let total = start.elapsed().as_secs_f64() / a.steps as f64;
+    profile::set_enabled(false);
+    let ops = profile::take();
+    let timed: f64 = ops.iter().map(|o| o.2).sum::<f64>() / a.steps as f64;
+    eprintln!("profile {} {} ({} steps, every custom op synchronised): {:.2} ms per step", a.model, a.method, a.steps, 1e3 * total);
+    for (name, calls, secs) in ops {
+        let per = secs / a.steps as f64;
+        eprintln!("  {:48} {:7.1} calls {:9.2} ms {:5.1}%", name, calls as f64 / a.steps as f64, 1e3 * per, 100.0 * per / total);
+    }
+    eprintln!("  {:48} {:7} {:9.2} ms {:5.1}%", "rest (candle ops, optimizer, host)", "", 1e3 * (total - timed), 100.0 * (total - timed) / total);
+    Ok(())
+}
+
+#[cfg(not(feature = "cuda"))]
+fn profile(
+    _: &Args,
+    _: &Detector,
+    _: &mut dyn detectors::methods::TrainingMethod,
+    _: &StepInput,
+    _: &Device,
+) -> anyhow::Result<()> {
+    anyhow::bail!("--profile times the custom CUDA ops: build with --features cuda")
 }
 
 /// Device memory in use, MiB (0 on the CPU).

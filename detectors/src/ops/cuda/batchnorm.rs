@@ -87,6 +87,7 @@ impl CustomOp1 for BnStats {
             bail!("batch norm in training mode needs more than one value per channel, got {:?}", xl.dims());
         }
         let dev = xs.device().clone();
+        let _prof = super::profile::scope(self.name(), &dev);
         let p = partials(n * hw);
         // SAFETY: thread (c, p) writes part[2 (c P + p) ..+2]; the final kernel writes all 3C.
         let mut part = unsafe { dev.alloc::<f32>(2 * c * p)? };
@@ -127,6 +128,7 @@ impl CustomOp2 for BnFixedStats {
             bail!("{}: mean {:?} and variance {:?} differ in size", self.name(), ml.dims(), vl.dims());
         }
         let dev = ms.device().clone();
+        let _prof = super::profile::scope(self.name(), &dev);
         // SAFETY: the kernel writes all 3C values.
         let mut stats = unsafe { dev.alloc::<f64>(3 * c)? };
         let mut args = vec![
@@ -189,6 +191,7 @@ impl CustomOp3 for BnApply {
         let (n, c, hw) = nchw(xl, name)?;
         check_affine(name, c, gl, bl)?;
         let dev = xs.device().clone();
+        let _prof = super::profile::scope(self.name(), &dev);
         let len = n * c * hw;
         // SAFETY: one thread writes each output.
         let mut y = unsafe { dev.alloc::<f32>(len)? };
@@ -300,6 +303,7 @@ impl CustomOp2 for BnBwdSums {
             bail!("{name}: output gradient {:?} for input {:?}", dl.dims(), xl.dims());
         }
         let dev = xs.device().clone();
+        let _prof = super::profile::scope(self.name(), &dev);
         let p = partials(n * hw);
         // SAFETY: thread (c, p) writes its two partials; the final kernel writes all 4C sums.
         let mut part = unsafe { dev.alloc::<f32>(2 * c * p)? };
@@ -352,6 +356,7 @@ impl CustomOp2 for BnBwdDx {
             bail!("{name}: output gradient {:?} for input {:?}", dl.dims(), xl.dims());
         }
         let dev = xs.device().clone();
+        let _prof = super::profile::scope(self.name(), &dev);
         let len = n * c * hw;
         // SAFETY: one thread writes each input-gradient value.
         let mut dx = unsafe { dev.alloc::<f32>(len)? };
@@ -414,6 +419,7 @@ impl InplaceOp2 for RunningUpdate {
             bail!("{name}: running statistic must be contiguous (layout {rl:?})");
         };
         let dev = rs.device().clone();
+        let _prof = super::profile::scope(self.name(), &dev);
         let s = view(name, ss, sl, "batch statistic")?;
         let r = rs.as_cuda_slice_mut::<f32>()?.slice_mut(a..b);
         // The f32 factors candle's `affine` would use for `r * (1 - m)` and `(s * f) * m`.

@@ -194,6 +194,7 @@ impl CustomOp2 for ConvFwd {
         let (xd, wd) = (dims4(xl, "input")?, dims4(wl, "weight")?);
         let yd = out_dims(&xd, &wd, self.p)?;
         let dev = xs.device().clone();
+        let _prof = super::profile::scope(self.name(), &dev);
         let pl = plan(&dev, xd, wd, self.p)?;
         let x = view(self.name(), xs, xl, "input")?;
         let w = view(self.name(), ws, wl, "weight")?;
@@ -241,6 +242,7 @@ impl CustomOp2 for ConvBwdData {
             bail!("{}: output gradient {:?}, expected {yd:?}", self.name(), dl.dims());
         }
         let dev = ws.device().clone();
+        let _prof = super::profile::scope(self.name(), &dev);
         let pl = plan(&dev, self.xd, wd, self.p)?;
         let w = view(self.name(), ws, wl, "weight")?;
         let dy = view(self.name(), ds, dl, "output gradient")?;
@@ -277,6 +279,7 @@ impl CustomOp2 for ConvBwdFilter {
             bail!("{}: output gradient {:?}, expected {yd:?}", self.name(), dl.dims());
         }
         let dev = xs.device().clone();
+        let _prof = super::profile::scope(self.name(), &dev);
         let pl = plan(&dev, xd, self.wd, self.p)?;
         let x = view(self.name(), xs, xl, "input")?;
         let dy = view(self.name(), ds, dl, "output gradient")?;

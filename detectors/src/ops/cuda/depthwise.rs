@@ -105,6 +105,7 @@ impl CustomOp2 for DwForward {
     fn cuda_fwd(&self, xs: &CudaStorage, xl: &Layout, ws: &CudaStorage, wl: &Layout) -> Result<(CudaStorage, Shape)> {
         let g = DwGeom::new(xl.dims(), wl.dims(), self.stride, self.pads, self.dilation)?;
         let dev = xs.device().clone();
+        let _prof = super::profile::scope(self.name(), &dev);
         let x = view(self.name(), xs, xl, "input")?;
         let w = view(self.name(), ws, wl, "weight")?;
         let len = g.n * g.o() * g.ho * g.wo;
@@ -147,6 +148,7 @@ impl CustomOp2 for DwBackwardData {
             bail!("{}: output gradient {:?}, expected {:?}", self.name(), dl.dims(), [g.n, g.o(), g.ho, g.wo]);
         }
         let dev = ws.device().clone();
+        let _prof = super::profile::scope(self.name(), &dev);
         let w = view(self.name(), ws, wl, "weight")?;
         let dy = view(self.name(), ds, dl, "output gradient")?;
         let len = g.n * g.c * g.h * g.w;
@@ -180,6 +182,7 @@ impl CustomOp2 for DwBackwardWeight {
             bail!("{}: output gradient {:?}, expected {:?}", self.name(), dl.dims(), [g.n, g.o(), g.ho, g.wo]);
         }
         let dev = xs.device().clone();
+        let _prof = super::profile::scope(self.name(), &dev);
         let x = view(self.name(), xs, xl, "input")?;
         let dy = view(self.name(), ds, dl, "output gradient")?;
         let rows = g.o() * g.kh * g.kw;

@@ -209,7 +209,64 @@ pub fn conv2d(
 /// cuBLAS GEMM with the weight broadcast (batch stride 0); candle's matmul gives both gradients.
 fn pointwise(x: &Tensor, w: &Tensor, c_out: usize) -> Result<Tensor> {
     let (n, c, h, wd) = x.dims4()?;
+    let _prof = profile::scope("dfbench-matmul-1x1-conv-fwd", x.device().as_cuda_device()?);
     let x3 = x.contiguous()?.reshape((n, c, h * wd))?;
     let w2 = w.contiguous()?.reshape((c_out, c))?;
     w2.broadcast_left(n)?.matmul(&x3)?.reshape((n, c_out, h, wd))
+}
+
+/// Per-op wall time of the custom CUDA ops, for finding the op that holds a step back (off by
+/// default: when on, every op synchronises the stream before and after itself, which slows the
+/// whole step; compare the totals with the step time of an unprofiled run).
+pub mod profile {
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Instant;
+
+    use candle_core::cuda_backend::CudaDevice;
+
+    static ON: AtomicBool = AtomicBool::new(false);
+    static TOTALS: Mutex<BTreeMap<&'static str, (u64, f64)>> = Mutex::new(BTreeMap::new());
+
+    /// Turns profiling on or off (process-wide).
+    pub fn set_enabled(on: bool) {
+        ON.store(on, Ordering::Relaxed);
+    }
+
+    /// `(op name, calls, seconds)` accumulated since the last [`take`], and resets them.
+    pub fn take() -> Vec<(&'static str, u64, f64)> {
+        let mut t = TOTALS.lock().unwrap_or_else(|e| e.into_inner());
+        let out = t.iter().map(|(k, (n, s))| (*k, *n, *s)).collect();
+        t.clear();
+        out
+    }
+
+    /// Times the rest of the enclosing scope as op `name` (a no-op unless profiling is on).
+    pub(crate) struct Scope {
+        name: &'static str,
+        dev: Option<CudaDevice>,
+        start: Instant,
+    }
+
+    pub(crate) fn scope(name: &'static str, dev: &CudaDevice) -> Scope {
+        let dev = ON.load(Ordering::Relaxed).then(|| dev.clone());
+        if let Some(d) = &dev {
+            let _ = d.cuda_stream().synchronize();
+        }
+        Scope { name, dev, start: Instant::now() }
+    }
+
+    impl Drop for Scope {
+        fn drop(&mut self) {
+            if let Some(d) = &self.dev {
+                let _ = d.cuda_stream().synchronize();
+                let dt = self.start.elapsed().as_secs_f64();
+                let mut t = TOTALS.lock().unwrap_or_else(|e| e.into_inner());
+                let e = t.entry(self.name).or_insert((0, 0.0));
+                e.0 += 1;
+                e.1 += dt;
+            }
+        }
+    }
 }
