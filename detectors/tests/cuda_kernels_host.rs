@@ -1,6 +1,6 @@
-//! The CUDA kernels (`detectors/src/ops/cuda/kernels.cu`) compiled for the host with g++ and run
-//! by emulating the launch (`tests/cuda_host/`: a shim for the CUDA built-ins and a driver that
-//! loops over every block and thread), against the CPU ops on odd shapes.
+//! The CUDA kernels (`detectors/src/ops/cuda/kernels.cu`) compiled for the host as C99 and run by
+//! emulating the launch (`tests/cuda_host/`: a shim for the CUDA built-ins and a driver that loops
+//! over every block and thread), against the CPU ops on odd shapes.
 //!
 //! This checks the kernels' arithmetic and indexing without a GPU or a CUDA toolkit, in the
 //! default build: the emulation is exact because the kernels use no shared memory, barriers or
@@ -8,7 +8,8 @@
 //! check - the launches from Rust, NVRTC, cuDNN - `tests/cuda_ops.rs` checks on a GPU. The
 //! launch geometry here (256 threads per block, `partials`) mirrors `ops/cuda/mod.rs`.
 //!
-//! Needs a C++ compiler (`$CXX`, else `c++`); fails, naming it, when there is none.
+//! Needs a C compiler (`$CC`, else `cc`, which Rust's linker needs anyway); fails, naming it, when
+//! there is none.
 #[path = "common/cuda_refs.rs"]
 mod refs;
 
@@ -27,20 +28,21 @@ fn driver() -> &'static Path {
             let root = Path::new(env!("CARGO_MANIFEST_DIR"));
             let dir = tempfile::tempdir().expect("temp dir");
             let exe = dir.path().join("driver");
-            let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".to_string());
+            let cc = std::env::var("CC").unwrap_or_else(|_| "cc".to_string());
             // -ffp-contract=off: no fused multiply-adds, so every product and sum rounds as
             // written (NVRTC may contract; the bounds allow for either).
-            let out = Command::new(&cxx)
-                .args(["-O2", "-std=c++14", "-ffp-contract=off", "-Wall", "-Werror", "-Wno-unused-function"])
+            let out = Command::new(&cc)
+                .args(["-std=c99", "-O2", "-ffp-contract=off", "-Wall", "-Werror", "-Wno-unused-function"])
                 .arg("-I")
                 .arg(root.join("tests/cuda_host"))
                 .arg("-I")
                 .arg(root.join("src/ops/cuda"))
-                .arg(root.join("tests/cuda_host/driver.cpp"))
+                .arg(root.join("tests/cuda_host/driver.c"))
                 .arg("-o")
                 .arg(&exe)
+                .arg("-lm")
                 .output()
-                .unwrap_or_else(|e| panic!("cannot run the C++ compiler `{cxx}` (set CXX): {e}"));
+                .unwrap_or_else(|e| panic!("cannot run the C compiler `{cc}` (set CC): {e}"));
             assert!(
                 out.status.success(),
                 "compiling kernels.cu for the host failed:\n{}",

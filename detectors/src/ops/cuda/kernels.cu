@@ -1,9 +1,9 @@
 // dfbench's CUDA kernels: depthwise convolution (forward, input gradient, weight gradient) and
 // fused 2-D BatchNorm (statistics, normalisation, backward), f32, contiguous NCHW.
 //
-// Compiled at run time with NVRTC (ops/cuda/mod.rs) and, for the host emulation test, with g++
-// through host_shim.h (detectors/tests/cuda_kernels_host.rs). So that both compilers accept it
-// and the emulation is exact, every kernel is one thread per output value with no shared memory,
+// Compiled at run time with NVRTC (ops/cuda/mod.rs) and, for the host emulation test, as C99
+// by the system C compiler through tests/cuda_host/host_shim.h (tests/cuda_kernels_host.rs), so
+// it sticks to the common subset of C99 and CUDA C++. So that the emulation is exact, every kernel is one thread per output value with no shared memory,
 // no __syncthreads and no atomics: reductions are split into a "partial" kernel (thread p of a
 // row sums the elements p, p + P, p + 2P, ... in f32; neighbouring threads read neighbouring
 // addresses) and a "final" kernel that adds the row's P partials in f64 in index order. The
@@ -13,11 +13,10 @@
 
 #ifndef DFB_HOST_EMULATION
 typedef long long i64;
+#define DFB_KERNEL extern "C" __global__
 #endif
 
-#define DFB_KERNEL extern "C" __global__
-
-__device__ __forceinline__ i64 dfb_thread_index() {
+__device__ __forceinline__ i64 dfb_thread_index(void) {
     return (i64)blockIdx.x * (i64)blockDim.x + (i64)threadIdx.x;
 }
 
