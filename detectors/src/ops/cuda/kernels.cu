@@ -9,7 +9,8 @@
 // addresses) and a "final" kernel that adds the row's P partials in f64 in index order. The
 // results are therefore deterministic (no atomics, fixed order), and the same on the host.
 //
-// Index arithmetic uses long long: N*C*H*W exceeds 2^31 at large batches and sizes.
+// Flat indices into tensors use long long (N*C*H*W can exceed 2^31); indices within one plane
+// (H*W, HO*WO) and the batch index are int, as the wrappers pass every size as int.
 
 #ifndef DFB_HOST_EMULATION
 typedef long long i64;
@@ -107,18 +108,26 @@ DFB_KERNEL void dfb_dw_bwd_weight_partial(const float* __restrict__ x,
     const int ki = tap / kw;
     const int kj = tap % kw;
     const int ci = o / m;
-    const i64 plane = (i64)ho * wo;
-    const i64 total = (i64)n * plane;
+    const int plane = ho * wo;
     float acc = 0.0f;
-    for (i64 e = p; e < total; e += p_cnt) {
-        const int b = (int)(e / plane);
-        const i64 q = e % plane;
-        const int oh = (int)(q / wo);
-        const int ow = (int)(q % wo);
+    // Element e = b * plane + q, stepped by P without 64-bit divisions: q += P, carrying into b.
+    int b = p / plane;
+    int q = p % plane;
+    const int db = p_cnt / plane;
+    const int dq = p_cnt % plane;
+    while (b < n) {
+        const int oh = q / wo;
+        const int ow = q - oh * wo;
         const int ih = oh * s - pt + ki * d;
         const int iw = ow * s - pl + kj * d;
-        if (ih < 0 || ih >= h || iw < 0 || iw >= wd) continue;
-        acc += dy[((i64)b * o_ch + o) * plane + q] * x[(((i64)b * c + ci) * h + ih) * wd + iw];
+        if (ih >= 0 && ih < h && iw >= 0 && iw < wd)
+            acc += dy[((i64)b * o_ch + o) * plane + q] * x[(((i64)b * c + ci) * h + ih) * wd + iw];
+        b += db;
+        q += dq;
+        if (q >= plane) {
+            q -= plane;
+            b += 1;
+        }
     }
     part[idx] = acc;
 }
@@ -157,13 +166,22 @@ DFB_KERNEL void dfb_bn_stats_partial(const float* __restrict__ x, float* __restr
     const int p = (int)(idx % p_cnt);
     const int ci = (int)(idx / p_cnt);
     const float shift = dfb_bn_in(x[(i64)ci * hw], relu);
-    const i64 total = (i64)n * hw;
     float s1 = 0.0f, s2 = 0.0f;
-    for (i64 e = p; e < total; e += p_cnt) {
-        const i64 b = e / hw;
-        const float v = dfb_bn_in(x[(b * c + ci) * hw + (e % hw)], relu) - shift;
+    // Element e = b * HW + i, stepped by P without 64-bit divisions (see the weight gradient).
+    int b = p / hw;
+    int i = p % hw;
+    const int db = p_cnt / hw;
+    const int di = p_cnt % hw;
+    while (b < n) {
+        const float v = dfb_bn_in(x[((i64)b * c + ci) * hw + i], relu) - shift;
         s1 += v;
         s2 += v * v;
+        b += db;
+        i += di;
+        if (i >= hw) {
+            i -= hw;
+            b += 1;
+        }
     }
     part[2 * idx] = s1;
     part[2 * idx + 1] = s2;
@@ -236,14 +254,23 @@ DFB_KERNEL void dfb_bn_bwd_partial(const float* __restrict__ x, const float* __r
     const float mu = (float)stats[ci];
     const float sc = (float)((double)gamma[ci] * stats[2 * c + ci]);
     const float bb = beta[ci];
-    const i64 total = (i64)n * hw;
     float s1 = 0.0f, s2 = 0.0f;
-    for (i64 e = p; e < total; e += p_cnt) {
-        const i64 at = ((e / hw) * c + ci) * hw + (e % hw);
+    int b = p / hw;
+    int i = p % hw;
+    const int db = p_cnt / hw;
+    const int di = p_cnt % hw;
+    while (b < n) {
+        const i64 at = ((i64)b * c + ci) * hw + i;
         const float v = x[at];
         const float g = dfb_bn_out_grad(dy[at], v, mu, sc, bb, relu);
         s1 += g;
         s2 += g * (dfb_bn_in(v, relu) - mu);
+        b += db;
+        i += di;
+        if (i >= hw) {
+            i -= hw;
+            b += 1;
+        }
     }
     part[2 * idx] = s1;
     part[2 * idx + 1] = s2;
