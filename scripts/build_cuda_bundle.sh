@@ -2,9 +2,11 @@
 # Builds the CUDA binaries that issue 17's device check (benches/reference/gpu_check.sh) runs,
 # strips them and packs them into cuda-bundle/bundle.tar.xz (git-ignored; carry `cuda-bundle` to
 # the GPU machine, where benches/reference/cuda_env.sh unpacks it). Stripped, each binary is
-# ~50 MB (candle's embedded PTX); xz brings the three to ~20 MB, within the device tool's 64 MiB.
+# ~50 MB (candle's embedded PTX); xz brings the four to under 15 MB, within the device tool's
+# 64 MiB.
 #   cuda_ops, cuda        detectors' GPU test binaries (tests/cuda_ops.rs, tests/cuda.rs)
 #   gpu_train_step        the dfbench side of gpu_side_by_side.sh (detectors/examples)
+#   bench                 the CLI (harness), for `bench run ... --device cuda` on the GPU machine
 # Needs the CUDA toolkit (nvcc, NVRTC, cuBLAS, cuDNN 9) as docs/cuda.md describes, e.g.
 # `source /path/to/cudatk/env.sh`. Builds into $CARGO_TARGET_DIR (default target-cuda/, so the
 # CPU build in target/ stays incremental) for CUDA_COMPUTE_CAP (default 90 = H100/H200).
@@ -16,12 +18,12 @@ command -v nvcc >/dev/null || { echo "build_cuda_bundle.sh: nvcc not on PATH (do
 msgs=$(mktemp)
 # One cargo invocation: the same feature unification as the background `--tests` build, so
 # candle-kernels' 13-minute nvcc step is not redone (docs/cuda.md).
-cargo build --release --features cuda -p detectors --test cuda_ops --test cuda --example gpu_train_step \
-  --message-format=json > "$msgs"
+cargo build --release -p detectors -p harness --features detectors/cuda,harness/cuda \
+  --test cuda_ops --test cuda --example gpu_train_step --bin bench --message-format=json > "$msgs"
 rm -rf cuda-bundle && mkdir -p cuda-bundle/bin
 python3 - "$msgs" <<'PY'
 import json, shutil, subprocess, sys
-want = {"cuda_ops", "cuda", "gpu_train_step"}
+want = {"cuda_ops", "cuda", "gpu_train_step", "bench"}
 found = {}
 for line in open(sys.argv[1]):
     try:
