@@ -40,10 +40,26 @@ pub fn open(spec: &str) -> Result<Device, DeviceError> {
             // candle's own default is off; apply the process-wide choice before the first matmul.
             #[cfg(feature = "cuda")]
             candle_core::cuda_backend::set_gemm_reduced_precision_f32(tf32_enabled());
-            Device::new_cuda(ordinal).map_err(|source| DeviceError::Open { name: spec.to_string(), source })
+            let dev = Device::new_cuda(ordinal).map_err(|source| DeviceError::Open { name: spec.to_string(), source })?;
+            disable_event_tracking(&dev);
+            Ok(dev)
         }
     }
 }
+
+/// Stops cudarc from recording two CUDA events per allocation and use (its multi-stream
+/// bookkeeping): candle and every dfbench op issue all work on the device's one stream, where
+/// stream order already makes reuse safe.
+#[cfg(feature = "cuda")]
+fn disable_event_tracking(dev: &Device) {
+    if let Ok(d) = dev.as_cuda_device() {
+        // SAFETY: single stream (see above); applies to tensors created from now on.
+        unsafe { d.disable_event_tracking() };
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn disable_event_tracking(_dev: &Device) {}
 
 /// Whether float32 matmuls and convolutions on a CUDA device may use TF32 tensor cores (10-bit
 /// mantissa products, f32 accumulation), as PyTorch's `allow_tf32` does. On by default, as the

@@ -4,7 +4,7 @@
 //! torchvision/timm state dicts load by name (see [`crate::weights`]).
 use std::sync::Mutex;
 
-use candle_core::{D, DType, Result, Tensor, Var};
+use candle_core::{D, Result, Tensor, Var};
 use rand::Rng;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -196,6 +196,18 @@ impl Conv2d {
         }
         crate::ops::conv2d(x, &self.weight, self.bias.as_ref(), c.stride, padding, c.dilation, c.groups)
     }
+
+    /// As [`Self::forward_with_padding`] with per-side padding `[top, bottom, left, right]`
+    /// (TF "SAME" pads the bottom and right more).
+    pub fn forward_with_pads(&self, x: &Tensor, pads: [usize; 4]) -> Result<Tensor> {
+        if self.compute == DType::BF16 {
+            let [pt, pb, pl, pr] = pads;
+            let x = x.pad_with_zeros(2, pt, pb)?.pad_with_zeros(3, pl, pr)?;
+            return self.forward_with_padding(&x, 0);
+        }
+        let c = self.cfg;
+        crate::ops::conv2d_padded(x, &self.weight, self.bias.as_ref(), c.stride, pads, c.dilation, c.groups)
+    }
 }
 
 /// PyTorch's `BatchNorm2d`: affine `weight`/`bias` (trainable) and `running_mean`/`running_var`
@@ -269,15 +281,12 @@ impl BatchNorm2d {
                 let (y, mean, var) =
                     batchnorm::batch_norm_train_with(x, &self.weight, &self.bias, self.eps, relu)?;
                 if mode == Mode::Train {
-                    let m = self.momentum;
-                    let n = b * h * w;
-                    let unbiased = n as f64 / (n as f64 - 1.0);
-                    let bm = mean.to_dtype(DType::F32)?;
-                    let bv = (var * unbiased)?.to_dtype(DType::F32)?;
-                    let rm = ((self.running_mean.as_tensor() * (1.0 - m))? + (bm * m)?)?;
-                    let rv = ((self.running_var.as_tensor() * (1.0 - m))? + (bv * m)?)?;
-                    self.running_mean.set(&rm)?;
-                    self.running_var.set(&rv)?;
+                    batchnorm::update_running_stats(
+                        (&self.running_mean, &self.running_var),
+                        (mean, var),
+                        self.momentum,
+                        b * h * w,
+                    )?;
                 }
                 Ok(y)
             }

@@ -3,8 +3,10 @@
 //! device-independent max pool used on CUDA must match a brute-force reference including its
 //! backward with overlapping windows.
 //!
-//! Only compiled with `--features cuda`. Every test prints a note and returns when no CUDA device
-//! can be opened, so the file never fails on a machine without a GPU.
+//! Only compiled with `--features cuda`, and then it needs a GPU: every test fails, saying so,
+//! when no CUDA device can be opened (a CUDA build's tests passing without a GPU would prove
+//! nothing). Devices are opened as `bench` opens them (`device::open`), with TF32 off: these
+//! tests compare with the CPU at f32 rounding.
 #![cfg(feature = "cuda")]
 
 use std::time::Instant;
@@ -22,14 +24,11 @@ use detectors::params::ParamStore;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-fn gpu(test: &str) -> Option<Device> {
-    match Device::new_cuda(0) {
-        Ok(d) => Some(d),
-        Err(e) => {
-            eprintln!("{test}: skipped, no CUDA device could be opened ({e})");
-            None
-        }
-    }
+fn gpu(test: &str) -> Device {
+    detectors::device::set_tf32(false);
+    detectors::device::open("cuda").unwrap_or_else(|e| {
+        panic!("{test}: no CUDA device could be opened ({e}); this test binary is built with --features cuda and needs a GPU")
+    })
 }
 
 fn host(t: &Tensor) -> Result<Vec<f32>> {
@@ -111,7 +110,7 @@ fn pass(name: &str, side: usize, b: &Batch, dev: &Device) -> Result<Pass> {
 
 #[test]
 fn backbones_match_the_cpu_in_logits_gradients_and_batchnorm_statistics() -> Result<()> {
-    let Some(gpu) = gpu("backbones") else { return Ok(()) };
+    let gpu = gpu("backbones");
     let cases: [(&str, usize); 5] =
         [("meso4", 64), ("meso4-inception", 64), ("resnet18", 64), ("efficientnet-b0", 64), ("xception", 64)];
     for (name, side) in cases {
@@ -172,7 +171,7 @@ fn backbones_match_the_cpu_in_logits_gradients_and_batchnorm_statistics() -> Res
 
 #[test]
 fn batchnorm_running_statistics_update_on_cuda_as_on_cpu() -> Result<()> {
-    let Some(gpu) = gpu("batchnorm") else { return Ok(()) };
+    let gpu = gpu("batchnorm");
     let mut rng = ChaCha8Rng::seed_from_u64(3);
     let (n, c, h, w) = (3usize, 5usize, 6usize, 7usize);
     let x = random_vec(&mut rng, n * c * h * w, -2.0, 3.0);
@@ -259,7 +258,7 @@ fn pool_reference(
 
 #[test]
 fn composed_max_pool_on_cuda_matches_the_reference_forward_and_backward() -> Result<()> {
-    let Some(gpu) = gpu("max_pool2d") else { return Ok(()) };
+    let gpu = gpu("max_pool2d");
     let mut rng = ChaCha8Rng::seed_from_u64(9);
     // Overlapping windows (k > s), k == s, padding, odd sizes with a dropped border.
     let cases = [(3, 2, 1), (3, 1, 1), (3, 2, 0), (2, 2, 0), (4, 4, 0), (5, 3, 2)];
@@ -317,7 +316,7 @@ fn s(x: &str) -> ParamValue {
 
 #[test]
 fn every_method_kind_steps_on_cuda_like_on_the_cpu() -> Result<()> {
-    let Some(gpu) = gpu("methods") else { return Ok(()) };
+    let gpu = gpu("methods");
     let mut rng = ChaCha8Rng::seed_from_u64(29);
     let side = 32;
     let inp_cpu = StepInput {
@@ -410,7 +409,7 @@ fn free_bytes(dev: &Device) -> Result<usize> {
 /// CUDA_ERROR_OUT_OF_MEMORY.
 #[test]
 fn erm_training_keeps_device_memory_flat() -> Result<()> {
-    let Some(gpu) = gpu("memory") else { return Ok(()) };
+    let gpu = gpu("memory");
     let mut rng = ChaCha8Rng::seed_from_u64(31);
     let side = 128;
     let inp = StepInput { original: Some(batch(&mut rng, 32, side, &gpu)?), online: None, domains: vec![] };

@@ -122,19 +122,9 @@ impl PaddedConv {
             _ => (total(h), total(w)),
         };
         let (ph, pw) = (th / 2, tw / 2);
-        if ph != pw {
-            // A non-square input whose sides differ in parity: pad everything explicitly.
-            let x = x.pad_with_zeros(2, ph, th - ph)?.pad_with_zeros(3, pw, tw - pw)?;
-            return self.conv.forward_with_padding(&x, 0);
-        }
-        let mut x = x.clone();
-        if th - ph > ph {
-            x = x.pad_with_zeros(2, 0, th - 2 * ph)?;
-        }
-        if tw - pw > pw {
-            x = x.pad_with_zeros(3, 0, tw - 2 * pw)?;
-        }
-        self.conv.forward_with_padding(&x, ph)
+        // Per-side padding: the CUDA depthwise kernel pads in place, the CPU pads explicitly
+        // where the sides differ (as this layer always did), bf16 pads and uses candle's conv.
+        self.conv.forward_with_pads(x, [ph, th - ph, pw, tw - pw])
     }
 }
 

@@ -47,6 +47,51 @@ pub fn is_supported(x: &Tensor, gamma: &Tensor, beta: &Tensor) -> bool {
         && beta.elem_count() == c
 }
 
+/// Whether the fused CUDA op ([`super::cuda::batchnorm`]) handles these operands: f32 on a CUDA
+/// device, `x` rank 4, one `gamma`/`beta` element per channel, custom ops not switched off.
+#[cfg(feature = "cuda")]
+fn cuda_supported(x: &Tensor, gamma: &Tensor, beta: &Tensor) -> bool {
+    use super::cuda::is_cuda_f32;
+    let c = match x.dims() {
+        [_, c, _, _] => *c,
+        _ => return false,
+    };
+    super::cuda::enabled()
+        && is_cuda_f32(x)
+        && is_cuda_f32(gamma)
+        && is_cuda_f32(beta)
+        && gamma.elem_count() == c
+        && beta.elem_count() == c
+}
+
+/// PyTorch's running-statistics update after a training-mode forward over `count` values per
+/// channel: `r <- (1 - momentum) r + momentum s`, the variance made unbiased (`count / (count -
+/// 1)`). In place by one kernel per statistic for f32 on CUDA; candle ops (the CPU's bits)
+/// elsewhere.
+pub fn update_running_stats(
+    (running_mean, running_var): (&candle_core::Var, &candle_core::Var),
+    (mean, var): (Tensor, Tensor),
+    momentum: f64,
+    count: usize,
+) -> Result<()> {
+    let m = momentum;
+    let unbiased = count as f64 / (count as f64 - 1.0);
+    #[cfg(feature = "cuda")]
+    if super::cuda::enabled()
+        && super::cuda::is_cuda_f32(running_mean.as_tensor())
+        && super::cuda::is_cuda_f32(running_var.as_tensor())
+    {
+        super::cuda::batchnorm::update_running(running_mean.as_tensor(), &mean, m, 1.0)?;
+        return super::cuda::batchnorm::update_running(running_var.as_tensor(), &var, m, unbiased);
+    }
+    let bm = mean.to_dtype(DType::F32)?;
+    let bv = (var * unbiased)?.to_dtype(DType::F32)?;
+    let rm = ((running_mean.as_tensor() * (1.0 - m))? + (bm * m)?)?;
+    let rv = ((running_var.as_tensor() * (1.0 - m))? + (bv * m)?)?;
+    running_mean.set(&rm)?;
+    running_var.set(&rv)
+}
+
 /// Where a ReLU folded into the op sits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Relu {
@@ -91,6 +136,10 @@ pub fn batch_norm_train_with(
     if n * h * w < 2 {
         bail!("batch norm in training mode needs more than one value per channel, got {:?}", x.dims());
     }
+    #[cfg(feature = "cuda")]
+    if cuda_supported(x, gamma, beta) {
+        return super::cuda::batchnorm::train(x, gamma, beta, eps, relu);
+    }
     if !is_supported(x, gamma, beta) {
         let (y, m, v) = batch_norm_train_composed(&relu.before(x)?, gamma, beta, eps)?;
         return Ok((relu.after(y)?, m, v));
@@ -129,6 +178,10 @@ pub fn batch_norm_eval_with(
     relu: Relu,
 ) -> Result<Tensor> {
     let (_, c, _, _) = x.dims4()?;
+    #[cfg(feature = "cuda")]
+    if cuda_supported(x, gamma, beta) && mean.elem_count() == c && var.elem_count() == c {
+        return super::cuda::batchnorm::eval(x, gamma, beta, (mean, var), eps, relu);
+    }
     if !is_supported(x, gamma, beta) || mean.elem_count() != c || var.elem_count() != c {
         return relu.after(batch_norm_eval_composed(&relu.before(x)?, gamma, beta, mean, var, eps)?);
     }
