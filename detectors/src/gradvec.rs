@@ -4,7 +4,8 @@
 //! family) need dot products and norms over *every* parameter at once. Those are computed on a
 //! host copy of the gradient in f32 storage with f64 accumulation, so that a Gram entry over
 //! millions of parameters does not lose digits. The buffers are allocated once per method and
-//! reused every step.
+//! reused every step. `gradvec::device` holds the same vectors as tensors on the parameters'
+//! device, for GPUs (only scalars cross to the host there).
 use std::cell::RefCell;
 use std::ops::Range;
 
@@ -12,6 +13,8 @@ use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, DType, Device, InplaceOp1, Layout, Result, Shape, Storage, Tensor, Var};
 
 use crate::params::ParamStore;
+
+pub mod device;
 
 /// The trainable parameters of a model in flat order: names sorted, each with its offset.
 #[derive(Debug, Clone)]

@@ -13,11 +13,32 @@ use crate::model::Mode;
 use crate::ops::batchnorm::{self, Relu};
 use crate::params::{Init, ParamBuilder};
 
+/// Mixed precision (`ParamStore::with_compute_dtype(BF16)`): the operands of a convolution or
+/// matmul are cast to bf16 (the f32 parameter stays the master copy; candle's cast has a
+/// backward, so the gradient arrives in f32), the product runs in bf16 with f32 accumulation in
+/// cuBLAS / candle's CPU gemm, and the output is cast back to f32, so BatchNorm, activations,
+/// pooling and the loss see f32 (and keep using the f32-only custom CPU ops). The bias is added in
+/// f32.
+///
+/// CUDA only: candle's CPU backend has no bf16 matmul (nor, through im2col, conv2d), and this
+/// says so rather than letting the first product fail with a bare dtype error.
+fn bf16_operand(x: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() {
+        candle_core::bail!(
+            "bf16 convolutions and matmuls need a CUDA device (candle's CPU backend has no bf16 matmul); \
+             build the model in f32 on the CPU"
+        );
+    }
+    x.to_dtype(DType::BF16)
+}
+
 /// `y = x W^T + b`, PyTorch's layout (`weight: [out, in]`) and default initialisation.
 #[derive(Debug, Clone)]
 pub struct Linear {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
+    /// F32, or BF16 for mixed precision (see [`bf16_operand`]).
+    pub compute: DType,
 }
 
 impl Linear {
@@ -25,7 +46,7 @@ impl Linear {
         let weight = pb.param("weight", (out_dim, in_dim), Init::TorchDefault { fan_in: in_dim })?;
         let bias =
             if bias { Some(pb.param("bias", out_dim, Init::TorchDefault { fan_in: in_dim })?) } else { None };
-        Ok(Self { weight, bias })
+        Ok(Self { weight, bias, compute: pb.compute_dtype() })
     }
 
     /// A Linear layer with explicit initialisers (timm's ViT: truncated normal weight, zero bias).
@@ -41,12 +62,16 @@ impl Linear {
             Some(init) => Some(pb.param("bias", out_dim, init)?),
             None => None,
         };
-        Ok(Self { weight, bias })
+        Ok(Self { weight, bias, compute: pb.compute_dtype() })
     }
 
     /// `x`: `[B, in]` -> `[B, out]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.matmul(&self.weight.t()?)?;
+        let y = if self.compute == DType::BF16 {
+            bf16_operand(x)?.matmul(&bf16_operand(&self.weight)?.t()?)?.to_dtype(DType::F32)?
+        } else {
+            x.matmul(&self.weight.t()?)?
+        };
         match &self.bias {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
@@ -122,6 +147,8 @@ pub struct Conv2d {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
     pub cfg: ConvCfg,
+    /// F32, or BF16 for mixed precision (see [`bf16_operand`]).
+    pub compute: DType,
 }
 
 impl Conv2d {
@@ -145,12 +172,41 @@ impl Conv2d {
         };
         let weight = pb.param("weight", (out_ch, in_ch / cfg.groups, kernel, kernel), w_init)?;
         let bias = if cfg.bias { Some(pb.param("bias", out_ch, b_init)?) } else { None };
-        Ok(Self { weight, bias, cfg })
+        Ok(Self { weight, bias, cfg, compute: pb.compute_dtype() })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_with_padding(x, self.cfg.padding)
+    }
+
+    /// [`Conv2d::forward`] with another symmetric padding (EfficientNet's TF "SAME" padding is
+    /// computed per input).
+    pub fn forward_with_padding(&self, x: &Tensor, padding: usize) -> Result<Tensor> {
         let c = self.cfg;
-        crate::ops::conv2d(x, &self.weight, self.bias.as_ref(), c.stride, c.padding, c.dilation, c.groups)
+        if self.compute == DType::BF16 {
+            // candle's own conv2d (its bf16 kernels), not `ops::conv2d`, whose custom CPU kernels
+            // are f32-only.
+            let y = bf16_operand(x)?
+                .conv2d(&bf16_operand(&self.weight)?, padding, c.stride, c.dilation, c.groups)?
+                .to_dtype(DType::F32)?;
+            return match &self.bias {
+                Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?),
+                None => Ok(y),
+            };
+        }
+        crate::ops::conv2d(x, &self.weight, self.bias.as_ref(), c.stride, padding, c.dilation, c.groups)
+    }
+
+    /// As [`Self::forward_with_padding`] with per-side padding `[top, bottom, left, right]`
+    /// (TF "SAME" pads the bottom and right more).
+    pub fn forward_with_pads(&self, x: &Tensor, pads: [usize; 4]) -> Result<Tensor> {
+        if self.compute == DType::BF16 {
+            let [pt, pb, pl, pr] = pads;
+            let x = x.pad_with_zeros(2, pt, pb)?.pad_with_zeros(3, pl, pr)?;
+            return self.forward_with_padding(&x, 0);
+        }
+        let c = self.cfg;
+        crate::ops::conv2d_padded(x, &self.weight, self.bias.as_ref(), c.stride, pads, c.dilation, c.groups)
     }
 }
 

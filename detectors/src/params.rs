@@ -35,15 +35,34 @@ pub struct ParamStore {
     device: Device,
     params: BTreeMap<String, Var>,
     buffers: BTreeMap<String, Var>,
+    /// The dtype convolutions and matmuls compute in (`layers::Conv2d`, `layers::Linear`); the
+    /// parameters themselves stay f32 (master weights) whatever it is.
+    compute: DType,
 }
 
 impl ParamStore {
     pub fn new(device: &Device) -> Self {
-        Self { device: device.clone(), params: BTreeMap::new(), buffers: BTreeMap::new() }
+        Self { device: device.clone(), params: BTreeMap::new(), buffers: BTreeMap::new(), compute: DType::F32 }
+    }
+
+    /// Layers built from this store compute their convolutions and matmuls in `dtype` (F32 or
+    /// BF16: mixed precision with f32 master weights, f32 BatchNorm and loss). Set it before
+    /// building the model: layers read it when they are created.
+    pub fn with_compute_dtype(mut self, dtype: DType) -> Result<Self> {
+        if !matches!(dtype, DType::F32 | DType::BF16) {
+            candle_core::bail!("compute dtype {dtype:?}: expected F32 or BF16");
+        }
+        self.compute = dtype;
+        Ok(self)
     }
 
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// See [`ParamStore::with_compute_dtype`].
+    pub fn compute_dtype(&self) -> DType {
+        self.compute
     }
 
     /// Trainable parameters, sorted by name: the fixed order of every flat gradient view.
@@ -101,6 +120,12 @@ impl ParamBuilder {
 
     pub fn device(&self) -> Device {
         self.inner.lock().expect("param builder poisoned").store.device.clone()
+    }
+
+    /// The dtype convolutions and matmuls of layers built here compute in
+    /// ([`ParamStore::with_compute_dtype`]).
+    pub fn compute_dtype(&self) -> DType {
+        self.inner.lock().expect("param builder poisoned").store.compute
     }
 
     fn full_name(&self, name: &str) -> String {

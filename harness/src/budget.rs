@@ -91,7 +91,7 @@ pub fn human(bytes: u64) -> String {
 }
 
 /// What stops the plan's runs before training: one line per problem, naming the run and the
-/// protocol keys. `limit`: the memory to check against (`--max-memory`, else this machine's
+/// protocol keys (bf16 on the CPU; a resolution below the backbone's minimum; a step's memory). `limit`: the memory to check against (`--max-memory`, else this machine's
 /// available memory on the CPU; on CUDA only an explicit limit is checked, since the GPU's memory
 /// is not known before the device opens).
 pub fn check(runs: &[Run], limit: Option<u64>) -> Vec<String> {
@@ -100,6 +100,20 @@ pub fn check(runs: &[Run], limit: Option<u64>) -> Vec<String> {
     for r in runs {
         let c = &r.config;
         let (backbone, size) = (c.model.backbone.as_str(), c.data.resolution as usize);
+        // candle's CPU backend has no bf16 matmul (nor, through im2col, conv2d): bf16 is a GPU
+        // setting. Checked after `--device` has replaced the protocol's device.
+        if c.training.precision == crate::protocol::Precision::Bf16
+            && c.device == "cpu"
+            && seen.insert(format!("bf16 {}", c.method.name))
+        {
+            problems.push(format!(
+                "run {}: training.precision = \"bf16\" needs a CUDA device (candle's CPU backend has no bf16 \
+                 matmul or convolution) but the run's device is `cpu`; use precision = \"f32\" on the CPU, or \
+                 --device cuda",
+                r.id
+            ));
+            continue;
+        }
         if let Some(min) = detectors::backbones::min_image_size(backbone)
             && size < min
         {

@@ -141,6 +141,14 @@ pub struct Manifest {
     pub versions: Versions,
     #[serde(default)]
     pub device: String,
+    /// `training.precision` the run trained with (`f32`, `bf16`); absent in manifests written
+    /// before the key existed, which all trained in f32.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<String>,
+    /// Whether f32 matmuls and convolutions on the run's CUDA device could use TF32 tensor cores;
+    /// absent for CPU runs (which never use TF32) and in manifests written before the switch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tf32: Option<bool>,
     #[serde(default)]
     pub host: String,
     /// RFC 3339 timestamps.
@@ -236,6 +244,8 @@ impl Manifest {
                 crates: BTreeMap::new(),
             },
             device: String::new(),
+            precision: None,
+            tf32: None,
             host: String::new(),
             started: None,
             ended: None,

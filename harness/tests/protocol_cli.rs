@@ -20,10 +20,11 @@ fn validate_prints_the_plan_and_exits_0() {
     for col in ["run id", "method", "kind", "seed", "fold", "sweep point"] {
         assert!(header.contains(col), "{header}");
     }
-    // 5 methods x 3 seeds, plus the header and the summary line.
-    assert_eq!(stdout.lines().count(), 1 + 15 + 1, "{stdout}");
+    // 6 methods (the five compared and O+S's noise-floor twin) x 5 seeds, plus the header and
+    // the summary line.
+    assert_eq!(stdout.lines().count(), 1 + 30 + 1, "{stdout}");
     assert!(stdout.lines().any(|l| l.starts_with("cs-dfd-s2-") && l.contains("cs-dfd")), "{stdout}");
-    assert!(stdout.contains("15 runs"), "{stdout}");
+    assert!(stdout.contains("30 runs"), "{stdout}");
     // Same file, same ids: a second validation prints the identical plan.
     let again =
         bench().current_dir(repo()).args(["validate", "protocols/cross_dataset.toml"]).output().unwrap();
@@ -36,8 +37,8 @@ fn validate_reports_every_error_and_exits_2() {
     let p = dir.path().join("bad.toml");
     let text = std::fs::read_to_string(repo().join("protocols/cross_dataset.toml"))
         .unwrap()
-        .replace("seeds = [0, 1, 2]", "seeds = []")
-        .replace("kind = \"cs-dfd\"", "kind = \"csdfd\"");
+        .replace("seeds = [0, 1, 2, 3, 4]", "seeds = []")
+        .replace("[methods.CS-DFD]\nkind = \"cs-dfd\"", "[methods.CS-DFD]\nkind = \"csdfd\"");
     std::fs::write(&p, text).unwrap();
     let out = bench().arg("validate").arg(&p).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
@@ -102,7 +103,7 @@ fn list_prints_methods_backbones_datasets_and_protocols() {
     assert!(
         stdout
             .lines()
-            .any(|l| l.starts_with("protocol") && l.contains("cross_dataset") && l.contains("15 runs")),
+            .any(|l| l.starts_with("protocol") && l.contains("cross_dataset") && l.contains("30 runs")),
         "{stdout}"
     );
     assert!(!stdout.contains("invalid"), "{stdout}");

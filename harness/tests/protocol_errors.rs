@@ -70,6 +70,22 @@ fn cases() -> Vec<Case> {
             message: &["unknown key `resolutoin`", "did you mean `resolution`?"],
         },
         Case {
+            what: "unknown precision",
+            text: replace("batch_size = 16", "batch_size = 16\nprecision = \"fp16\""),
+            needle: "\"fp16\"",
+            skip: 0,
+            key: "training.precision",
+            message: &["unknown precision `fp16`"],
+        },
+        Case {
+            what: "tf32 not a boolean",
+            text: replace("batch_size = 16", "batch_size = 16\ntf32 = \"yes\""),
+            needle: "\"yes\"",
+            skip: 0,
+            key: "training.tf32",
+            message: &["expected true or false"],
+        },
+        Case {
             what: "unknown method kind",
             text: replace("kind = \"cs-dfd\"", "kind = \"csdfd\""),
             needle: "\"csdfd\"",

@@ -135,6 +135,13 @@ fn every_value_change_changes_the_affected_run_ids() {
         ("format = \"synthetic\"", "format = \"synthetic\"\nsynth_seed = 1", &[]),
         ("format = \"synthetic\"", "format = \"synthetic\"\naugmentation = { hflip = 0.25 }", &[]),
         ("seeds = [0, 1]", "seeds = [0, 1]\ndevice = \"cuda\"", &[]),
+        ("steps = 100", "steps = 100\nprecision = \"bf16\"", &[]),
+        ("steps = 100", "steps = 100\ntf32 = false", &[]),
+        (
+            "kind = \"erm\"\n\n[methods.\"O+S\"]",
+            "kind = \"erm\"\nprecision = \"bf16\"\n\n[methods.\"O+S\"]",
+            &["O"],
+        ),
         (
             "kind = \"erm\"\n\n[methods.\"O+S\"]",
             "kind = \"erm\"\nbatch_size = 8\n\n[methods.\"O+S\"]",
@@ -162,6 +169,11 @@ fn every_value_change_changes_the_affected_run_ids() {
             .replace("baseline = \"O+S\"", "baseline = \"O\"\nplots = [\"roc\"]"),
     )));
     assert_eq!(same, base);
+    // The precision and TF32 keys at their defaults are left out of the ids (as if absent).
+    let explicit = ids_by_run(&plan::expand(&load(
+        &BASE.replacen("steps = 100", "steps = 100\nprecision = \"f32\"\ntf32 = true", 1),
+    )));
+    assert_eq!(explicit, base);
     // A different seed list changes the set of runs, each run keeps its id.
     let seeds = ids_by_run(&plan::expand(&load(&BASE.replace("seeds = [0, 1]", "seeds = [1]"))));
     for (k, id) in &seeds {
@@ -326,7 +338,7 @@ fn every_shipped_protocol_validates() {
 fn shipped_protocols_expand_as_documented() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../protocols");
     let n = |f: &str| plan::expand(&protocol::load(dir.join(f)).unwrap()).len();
-    assert_eq!(n("cross_dataset.toml"), 5 * 3);
+    assert_eq!(n("cross_dataset.toml"), 6 * 5); // five methods and O+S's noise-floor twin x seeds
     assert_eq!(n("leave_one_manipulation_out.toml"), 4 * 3 * 4);
     assert_eq!(n("backbones.toml"), 4 * 3 * 3); // methods x seeds x backbones
     assert_eq!(n("ablation.toml"), 4 * 3);

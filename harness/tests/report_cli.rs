@@ -183,6 +183,8 @@ fn write_run(store: &ResultsStore, protocol: &str, sp: &Spec) -> String {
         git: Default::default(),
         versions: Default::default(),
         device: "cpu".into(),
+        precision: None,
+        tf32: None,
         host: "fixture".into(),
         started: None,
         ended: None,

@@ -32,6 +32,8 @@ fn manifest(id: &str, status: RunStatus) -> Manifest {
         },
         versions: Versions { dfbench: "0.1.0".into(), candle: Some("0.11.1".into()), rustc: None, crates: Default::default() },
         device: "cpu".into(),
+        precision: Some("f32".into()),
+        tf32: None,
         host: "test-host".into(),
         started: Some("2026-11-22T20:00:00Z".into()),
         ended: None,

@@ -390,6 +390,60 @@ fn erm_conflict_every_traces_o_plus_s_and_stays_out_of_the_run_id_when_off() {
     );
 }
 
+/// `training.precision` and TF32 through `bench run`: bf16 on the CPU is refused before any
+/// training with an error naming the key (candle's CPU backend has no bf16 matmul); f32 runs
+/// record their precision (and no TF32: the CPU never uses it); `--tf32 off` changes the run ids;
+/// and `bench report` over runs of mixed precision (one manifest marked bf16, as a GPU run would
+/// be) names the precisions and warns.
+#[test]
+fn precision_and_tf32_are_checked_recorded_and_reported() {
+    let bf16 = "[methods.O-bf16]\nkind = \"erm\"\nstreams = \"original\"\nprecision = \"bf16\"\n";
+    let case = Case::new("e2e_bf16", &protocol("e2e_bf16", "0", 2, bf16));
+    let o = case.run("out", &["--no-weights"]);
+    assert_eq!(code(&o), 2, "{}", text(&o));
+    assert!(text(&o).contains("training.precision = \"bf16\" needs a CUDA device"), "{}", text(&o));
+    assert!(!case.protocol_dir("out").exists() || case.runs("out").is_empty(), "nothing trained");
+    let v = Command::new(BENCH).arg("validate").arg(&case.protocol).output().unwrap();
+    assert_eq!(code(&v), 2, "bench validate refuses it too: {}", text(&v));
+
+    let two = "[methods.O]\nkind = \"erm\"\nstreams = \"original\"\n\n\
+               [methods.S]\nkind = \"erm\"\nstreams = \"online\"\n";
+    let case = Case::new("e2e_prec", &protocol("e2e_prec", "0", 2, two));
+    let o = case.run("out", &["--no-weights"]);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let runs = case.runs("out");
+    for r in &runs {
+        let m = r.read_manifest().unwrap();
+        assert_eq!(m.precision.as_deref(), Some("f32"));
+        assert_eq!(m.tf32, None, "TF32 is not recorded for a CPU run");
+        assert!(m.config["training"].get("precision").is_none(), "f32 stays out of the config (and the id)");
+    }
+    let d = case.run("dry", &["--dry-run", "--tf32", "off"]);
+    assert_eq!(code(&d), 0, "{}", text(&d));
+    for r in &runs {
+        assert!(!text(&d).contains(&*r.name()), "--tf32 off gives other run ids:\n{}", text(&d));
+    }
+    let bad = case.run("dry", &["--dry-run", "--tf32", "maybe"]);
+    assert_eq!(code(&bad), 2, "{}", text(&bad));
+
+    let out = case.protocol_dir("out");
+    let report = |what: &str| {
+        let rep = Command::new(BENCH).arg("report").arg(&out).output().unwrap();
+        let readme = std::fs::read_to_string(out.join("report/README.md")).unwrap_or_default();
+        (format!("{what}: {}", text(&rep)), readme)
+    };
+    let (log, readme) = report("all f32");
+    assert!(!readme.contains("Precision:") && !readme.contains("precisions are mixed"), "{log}\n{readme}");
+    // Mark one run as a bf16 run (the manifest is not among the digested result files).
+    let path = runs[0].file(results::MANIFEST_FILE);
+    let mut m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    m["precision"] = serde_json::json!("bf16");
+    std::fs::write(&path, serde_json::to_string_pretty(&m).unwrap()).unwrap();
+    let (log, readme) = report("mixed");
+    assert!(readme.contains("Precision: bf16 (1 run(s)); f32 (1 run(s))."), "{log}\n{readme}");
+    assert!(readme.contains("runs of different training precisions are mixed here"), "{log}\n{readme}");
+}
+
 #[test]
 fn manifest_records_the_real_fake_ratio_used() {
     // 3 reals per fake in batches of 8: round(8 * 3/4) = 6 reals and 2 fakes. 2.5 rounds to

@@ -122,17 +122,9 @@ impl PaddedConv {
             _ => (total(h), total(w)),
         };
         let (ph, pw) = (th / 2, tw / 2);
-        // `ops::conv2d_padded` pads as this layer always did on the CPU (explicitly where the
-        // sides differ), and lets the CUDA depthwise kernel pad in place.
-        crate::ops::conv2d_padded(
-            x,
-            &self.conv.weight,
-            self.conv.bias.as_ref(),
-            c.stride,
-            [ph, th - ph, pw, tw - pw],
-            c.dilation,
-            c.groups,
-        )
+        // Per-side padding: the CUDA depthwise kernel pads in place, the CPU pads explicitly
+        // where the sides differ (as this layer always did), bf16 pads and uses candle's conv.
+        self.conv.forward_with_pads(x, [ph, th - ph, pw, tw - pw])
     }
 }
 

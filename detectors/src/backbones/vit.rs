@@ -90,9 +90,20 @@ impl VitBlock {
         let q = (qkv.get(0)? * (1.0 / (hd as f64).sqrt()))?.contiguous()?;
         let k = qkv.get(1)?.contiguous()?;
         let v = qkv.get(2)?.contiguous()?;
-        let att = q.matmul(&k.t()?.contiguous()?)?;
+        // Mixed precision: the two attention products in bf16 like the block's Linear layers
+        // (`layers::Linear`), the softmax in f32.
+        let bf16 = self.qkv.compute == candle_core::DType::BF16;
+        let mm = |a: &Tensor, b: &Tensor| -> Result<Tensor> {
+            if bf16 {
+                let bf = candle_core::DType::BF16;
+                a.to_dtype(bf)?.matmul(&b.to_dtype(bf)?)?.to_dtype(candle_core::DType::F32)
+            } else {
+                a.matmul(b)
+            }
+        };
+        let att = mm(&q, &k.t()?.contiguous()?)?;
         let att = candle_nn::ops::softmax(&att, D::Minus1)?;
-        let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, n, d))?;
+        let y = mm(&att, &v)?.transpose(1, 2)?.reshape((b, n, d))?;
         self.proj.forward_nd(&y)
     }
 

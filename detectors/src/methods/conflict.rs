@@ -16,6 +16,7 @@ use super::{StepCtx, StreamNeeds, TrainingMethod};
 use crate::batch::StepInput;
 use crate::config::OptimizerConfig;
 use crate::gradvec::FlatGrad;
+use crate::gradvec::device::{self as devflat, GradPath};
 use crate::model::{Detector, Mode};
 use crate::optim::Optimizer;
 use crate::trace::StepTrace;
@@ -41,6 +42,8 @@ pub struct TwoStream {
     g2: FlatGrad,
     v: FlatGrad,
     scratch: Vec<f32>,
+    /// `None`: the host path on the CPU, the tensor path elsewhere (`GradPath::for_device`).
+    path: Option<GradPath>,
 }
 
 impl TwoStream {
@@ -53,7 +56,48 @@ impl TwoStream {
             g2: FlatGrad::default(),
             v: FlatGrad::default(),
             scratch: Vec::new(),
+            path: None,
         }
+    }
+
+    /// Combines on the host or with device tensor ops whatever the device (tests hold the two
+    /// together on the CPU).
+    pub fn with_grad_path(mut self, path: GradPath) -> Self {
+        self.path = Some(path);
+        self
+    }
+
+    /// The step's combination as device tensor ops (`methods::device`): the flat gradients stay
+    /// on the device, only scalars reach the host.
+    fn combine_on_device(
+        &mut self,
+        det: &Detector,
+        r1: &GradStore,
+        r2: &GradStore,
+    ) -> Result<super::device::TwoDirection> {
+        let set = det.params();
+        let (g1, g2) = (devflat::gather(set, r1)?, devflat::gather(set, r2)?);
+        // `path = "reference"` selects between the host implementations; the tensor path has one.
+        let dir = match &mut self.rule {
+            Rule::CsDfd { c, tau, uvs, cgr, .. } => {
+                let head = det.head_range();
+                if *cgr && head.is_none() {
+                    candle_core::bail!("cs-dfd with cgr = true needs a projection head (head_layers >= 1)");
+                }
+                let rule = if *cgr { HeadRule::Cgr { tau: *tau } } else { HeadRule::Sum };
+                super::device::cs_dfd_direction(&g1, &g2, head.as_ref(), uvs.then_some(*c), rule)?
+            }
+            Rule::CaGrad { c, .. } => super::device::cagrad_direction(&g1, &g2, *c)?,
+            Rule::PcGrad { rng } => {
+                // The same draws from the same generator as the host path.
+                let mut orders = [vec![1usize], vec![0usize]];
+                for o in &mut orders {
+                    o.shuffle(rng);
+                }
+                super::device::pcgrad_two(&g1, &g2, &orders)?
+            }
+        };
+        Ok(dir)
     }
 
     pub fn pcgrad_seeded(seed: u64) -> Rule {
@@ -83,16 +127,26 @@ impl TrainingMethod for TwoStream {
     fn needs(&self) -> StreamNeeds {
         StreamNeeds { original: true, online: true, domains: false }
     }
+    fn set_grad_path(&mut self, path: GradPath) {
+        self.path = Some(path);
+    }
     fn step(&mut self, det: &Detector, input: &StepInput, step: usize, lr: f64) -> Result<StepTrace> {
         let t0 = Instant::now();
         let set = det.params();
         let ctx = StepCtx { kind: self.kind, det, input };
         let (l1, l2) = ctx.two_streams(Mode::Train)?;
         let (r1, r2) = backward_pair(&l1, &l2, l1.device().is_cpu())?;
-        self.g1.fill_from(set, &r1)?;
-        self.g2.fill_from(set, &r2)?;
         let l1v = l1.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
         let l2v = l2.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+        if self.path.unwrap_or_else(|| GradPath::for_device(set.device())) == GradPath::Tensor {
+            let dir = self.combine_on_device(det, &r1, &r2)?;
+            drop((r1, r2));
+            let dirs = devflat::split(set, &dir.v)?;
+            self.opt.step(set, &dirs, lr)?;
+            return Ok(trace_of(step, l1v, l2v, &dir.nums, dir.cgr_rel, lr, t0));
+        }
+        self.g1.fill_from(set, &r1)?;
+        self.g2.fill_from(set, &r2)?;
         let n = set.total();
         self.v.resize(n);
         let (g1, g2) = (&self.g1.data, &self.g2.data);
@@ -131,22 +185,34 @@ impl TrainingMethod for TwoStream {
             }
         };
         self.opt.step_flat(set, &self.v.data, lr)?;
-        Ok(StepTrace {
-            step,
-            l1: Some(l1v),
-            l2: Some(l2v),
-            loss: l1v + l2v,
-            cos_g1_g2: Some(nums.cos_g1_g2),
-            norm_g1: Some(nums.norm_g1),
-            norm_g2: Some(nums.norm_g2),
-            norm_update: Some(nums.norm_update),
-            mu1: nums.mu.map(|m| m[0]),
-            mu2: nums.mu.map(|m| m[1]),
-            cgr_rel,
-            lr,
-            wall_s: t0.elapsed().as_secs_f64(),
-            domains: Vec::new(),
-        })
+        Ok(trace_of(step, l1v, l2v, &nums, cgr_rel, lr, t0))
+    }
+}
+
+fn trace_of(
+    step: usize,
+    l1v: f64,
+    l2v: f64,
+    nums: &cs_dfd::TwoStepNumbers,
+    cgr_rel: Option<f64>,
+    lr: f64,
+    t0: Instant,
+) -> StepTrace {
+    StepTrace {
+        step,
+        l1: Some(l1v),
+        l2: Some(l2v),
+        loss: l1v + l2v,
+        cos_g1_g2: Some(nums.cos_g1_g2),
+        norm_g1: Some(nums.norm_g1),
+        norm_g2: Some(nums.norm_g2),
+        norm_update: Some(nums.norm_update),
+        mu1: nums.mu.map(|m| m[0]),
+        mu2: nums.mu.map(|m| m[1]),
+        cgr_rel,
+        lr,
+        wall_s: t0.elapsed().as_secs_f64(),
+        domains: Vec::new(),
     }
 }
 

@@ -19,6 +19,7 @@ use crate::trace::StepTrace;
 pub mod combine;
 pub mod conflict;
 pub mod cs_dfd;
+pub mod device;
 pub mod fused;
 pub mod sharp;
 pub mod spec;
@@ -47,6 +48,9 @@ pub trait TrainingMethod: Send {
     fn note(&self) -> Option<&str> {
         None
     }
+    /// Where flat gradients are combined from now on (default: the host on the CPU, device
+    /// tensor ops elsewhere, `GradPath::for_device`); tests select the tensor path on the CPU.
+    fn set_grad_path(&mut self, path: crate::gradvec::device::GradPath);
 }
 
 /// The streams a single-objective method trains on (the registry's `streams` choice).

@@ -8,6 +8,7 @@ use candle_core::{Result, Tensor};
 use super::{LossKind, Losses, StepCtx, StreamNeeds, Streams, TrainingMethod};
 use crate::batch::StepInput;
 use crate::config::OptimizerConfig;
+use crate::gradvec::device::{self as devflat, GradPath};
 use crate::gradvec::{FlatGrad, ParamSet, Snapshot, tensors_norm};
 use crate::model::{Detector, Mode};
 use crate::optim::Optimizer;
@@ -57,6 +58,8 @@ pub struct SharpCore {
     pub probe_conflict: bool,
     p1: FlatGrad,
     p2: FlatGrad,
+    /// `None`: the host path on the CPU, device tensor ops elsewhere (`GradPath::for_device`).
+    pub path: Option<GradPath>,
 }
 
 impl SharpCore {
@@ -73,6 +76,7 @@ impl SharpCore {
             probe_conflict: false,
             p1: FlatGrad::default(),
             p2: FlatGrad::default(),
+            path: None,
         }
     }
 
@@ -85,6 +89,9 @@ impl SharpCore {
         lr: f64,
         loss_fn: &mut dyn FnMut(Mode) -> Result<Losses>,
     ) -> Result<SharpReport> {
+        if self.path.unwrap_or_else(|| GradPath::for_device(set.device())) == GradPath::Tensor {
+            return self.step_tensor(set, lr, loss_fn);
+        }
         let first = loss_fn(Mode::Train)?;
         let (loss, l1, l2) = first.values()?;
         let grads = first.total.backward()?;
@@ -167,6 +174,84 @@ impl SharpCore {
         Ok(SharpReport { loss, l1, l2, norm_g, norm_update, conflict: None })
     }
 
+    /// [`SharpCore::step`] with the flat vectors as device tensors (`gradvec::device`): the
+    /// gradient, the perturbation and SAGM's averaged direction never leave the device; the
+    /// parameters are stored as device copies and restored from them bit for bit.
+    fn step_tensor(
+        &mut self,
+        set: &ParamSet,
+        lr: f64,
+        loss_fn: &mut dyn FnMut(Mode) -> Result<Losses>,
+    ) -> Result<SharpReport> {
+        let first = loss_fn(Mode::Train)?;
+        let (loss, l1, l2) = first.values()?;
+        let grads = first.total.backward()?;
+        if let Perturbation::None = self.pert {
+            let conflict = match (&first.l1, &first.l2) {
+                (Some(a), Some(b)) if self.probe_conflict => Some(conflict_on_device(set, a, b)?),
+                _ => None,
+            };
+            set.grads_as_tensors(&grads, &mut self.dir)?;
+            let n = devflat::tensors_norm(&self.dir)?;
+            self.opt.step(set, &self.dir, lr)?;
+            return Ok(SharpReport { loss, l1, l2, norm_g: n, norm_update: n, conflict });
+        }
+        let g = devflat::gather(set, &grads)?;
+        drop(grads);
+        let norm_g = devflat::sums(&[g.sqr()?])?[0].sqrt();
+        set.snapshot_tensors(&mut self.saved)?;
+        let e = match self.pert {
+            Perturbation::None => unreachable!(),
+            Perturbation::Sam { rho } => g.affine(rho / (norm_g + NORM_EPS), 0.0)?,
+            Perturbation::Sagm { rho, alpha } => g.affine(rho / (norm_g + NORM_EPS) - alpha, 0.0)?,
+            Perturbation::Asam { rho, eta } => {
+                // T = |w| + eta on parameters named `*weight*`, 1 elsewhere; e = rho T^2 g / ||T g||.
+                let parts = set
+                    .vars()
+                    .iter()
+                    .zip(set.names())
+                    .map(|(v, name)| {
+                        if name.contains("weight") {
+                            v.as_tensor().detach().flatten_all()?.to_dtype(candle_core::DType::F64)?.abs()?.affine(1.0, eta)
+                        } else {
+                            Tensor::ones(v.elem_count(), candle_core::DType::F64, set.device())
+                        }
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let t = Tensor::cat(&parts, 0)?;
+                let tg = t.mul(&g)?;
+                let tg_sq = devflat::sums(&[tg.sqr()?])?[0];
+                t.mul(&tg)?.affine(rho / (tg_sq.sqrt() + NORM_EPS), 0.0)?
+            }
+        };
+        set.set_shifted_tensor(&self.saved, &e)?;
+        let second = loss_fn(Mode::TrainFrozenStats);
+        let grads2 = match second.and_then(|s| s.total.backward()) {
+            Ok(g) => g,
+            Err(err) => {
+                set.restore(&self.saved)?;
+                return Err(err);
+            }
+        };
+        let norm_update = match self.pert {
+            Perturbation::Sagm { .. } => {
+                let dir = devflat::gather(set, &grads2)?.add(&g)?.affine(0.5, 0.0)?;
+                drop(grads2);
+                set.restore(&self.saved)?;
+                self.opt.step(set, &devflat::split(set, &dir)?, lr)?;
+                devflat::norm_sq_f32(&dir)?.sqrt()
+            }
+            _ => {
+                set.grads_as_tensors(&grads2, &mut self.dir)?;
+                drop(grads2);
+                set.restore(&self.saved)?;
+                self.opt.step(set, &self.dir, lr)?;
+                devflat::tensors_norm(&self.dir)?
+            }
+        };
+        Ok(SharpReport { loss, l1, l2, norm_g, norm_update, conflict: None })
+    }
+
     /// `(cos(g1, g2), |g1|, |g2|)` of two stream losses of the step's graph, from one extra
     /// backward pass each (as two-stream methods take them; norms guarded at 1e-12 as there).
     /// Backward passes only read the graph, so the step's own gradient keeps its bits.
@@ -177,6 +262,15 @@ impl SharpCore {
         let (n1, n2) = (self.p1.norm(), self.p2.norm());
         Ok((self.p1.dot(&self.p2) / (n1.max(1e-12) * n2.max(1e-12)), n1, n2))
     }
+}
+
+/// [`SharpCore`]'s conflict probe on the device: one transfer of three sums.
+fn conflict_on_device(set: &ParamSet, l1: &Tensor, l2: &Tensor) -> Result<(f64, f64, f64)> {
+    let (r1, r2) = super::conflict::backward_pair(l1, l2, l1.device().is_cpu())?;
+    let (p1, p2) = (devflat::gather(set, &r1)?, devflat::gather(set, &r2)?);
+    let s = devflat::sums(&[p1.sqr()?, p1.mul(&p2)?, p2.sqr()?])?;
+    let (n1, n2) = (s[0].sqrt(), s[2].sqrt());
+    Ok((s[1] / (n1.max(1e-12) * n2.max(1e-12)), n1, n2))
 }
 
 /// ERM, SAM, ASAM, SAGM or CVaR+AUC on one choice of streams.
@@ -213,6 +307,9 @@ impl TrainingMethod for SingleObjective {
     }
     fn needs(&self) -> StreamNeeds {
         self.streams.needs()
+    }
+    fn set_grad_path(&mut self, path: GradPath) {
+        self.core.path = Some(path);
     }
     fn step(&mut self, det: &Detector, input: &StepInput, step: usize, lr: f64) -> Result<StepTrace> {
         let t0 = Instant::now();
@@ -261,6 +358,8 @@ pub struct RogaCore {
     acc: FlatGrad,
     e: FlatGrad,
     saved: Snapshot,
+    /// `None`: the host path on the CPU, device tensor ops elsewhere (`GradPath::for_device`).
+    pub path: Option<GradPath>,
 }
 
 impl RogaCore {
@@ -273,6 +372,7 @@ impl RogaCore {
             acc: FlatGrad::default(),
             e: FlatGrad::default(),
             saved: Snapshot::default(),
+            path: None,
         }
     }
 
@@ -288,6 +388,9 @@ impl RogaCore {
     ) -> Result<RogaReport> {
         if k == 0 {
             candle_core::bail!("RoGA needs at least one domain batch");
+        }
+        if self.path.unwrap_or_else(|| GradPath::for_device(set.device())) == GradPath::Tensor {
+            return self.step_tensor(set, lr, k, loss_fn);
         }
         let RogaParams { rho, alpha, weight } = self.params;
         self.gd.resize_with(k, FlatGrad::default);
@@ -330,6 +433,56 @@ impl RogaCore {
         let norm_update = self.acc.norm();
         Ok(RogaReport { losses, grad_norms, norm_update })
     }
+
+    /// [`RogaCore::step`] with the per-domain gradients, their mean, the perturbations and the
+    /// accumulated direction as device tensors (`gradvec::device`); the norms of all domain
+    /// gradients cross to the host in one transfer.
+    fn step_tensor(
+        &mut self,
+        set: &ParamSet,
+        lr: f64,
+        k: usize,
+        loss_fn: &mut dyn FnMut(usize, Mode) -> Result<Tensor>,
+    ) -> Result<RogaReport> {
+        let RogaParams { rho, alpha, weight } = self.params;
+        let mut losses = Vec::with_capacity(k);
+        let mut gd = Vec::with_capacity(k);
+        for d in 0..k {
+            let l = loss_fn(d, Mode::Train)?;
+            losses.push(l.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?);
+            gd.push(devflat::gather(set, &l.backward()?)?);
+        }
+        let grad_norms: Vec<f64> = devflat::sums(&gd.iter().map(|g| g.sqr()).collect::<Result<Vec<_>>>()?)?
+            .into_iter()
+            .map(f64::sqrt)
+            .collect();
+        let mut gbar = gd[0].affine(1.0 / k as f64, 0.0)?;
+        for g in &gd[1..] {
+            gbar = gbar.add(&g.affine(1.0 / k as f64, 0.0)?)?;
+        }
+        set.snapshot_tensors(&mut self.saved)?;
+        let mut acc: Option<Tensor> = None;
+        for d in 0..k {
+            let e = devflat::lin2(rho / (grad_norms[d] + NORM_EPS), &gd[d], -alpha, &gbar)?;
+            let res = set.set_shifted_tensor(&self.saved, &e).and_then(|_| loss_fn(d, Mode::TrainFrozenStats));
+            let gt = match res.and_then(|l| l.backward()).and_then(|g| devflat::gather(set, &g)) {
+                Ok(g) => g.affine(1.0 / k as f64, 0.0)?,
+                Err(err) => {
+                    set.restore(&self.saved)?;
+                    return Err(err);
+                }
+            };
+            acc = Some(match acc {
+                None => gt,
+                Some(a) => a.add(&gt)?,
+            });
+        }
+        set.restore(&self.saved)?;
+        let dir = devflat::lin2(1.0 - weight, &acc.expect("k >= 1"), weight, &gbar)?;
+        self.opt.step(set, &devflat::split(set, &dir)?, lr)?;
+        let norm_update = devflat::norm_sq_f32(&dir)?.sqrt();
+        Ok(RogaReport { losses, grad_norms, norm_update })
+    }
 }
 
 /// RoGA on the detector, one domain batch per manipulation type (`StepInput::domains`).
@@ -354,6 +507,9 @@ impl TrainingMethod for Roga {
     }
     fn note(&self) -> Option<&str> {
         Some(ROGA_NOTE)
+    }
+    fn set_grad_path(&mut self, path: GradPath) {
+        self.core.path = Some(path);
     }
     fn step(&mut self, det: &Detector, input: &StepInput, step: usize, lr: f64) -> Result<StepTrace> {
         let t0 = Instant::now();

@@ -49,7 +49,7 @@ const TEST_KEYS: &[&str] = &["name", "dataset", "manipulations", "split", "compr
 const MAX_METHOD_NAME: usize = 64;
 const MODEL_KEYS: &[&str] = &["backbone", "weights", "head"];
 const TRAINING_KEYS: &[&str] =
-    &["steps", "epochs", "batch_size", "optimizer", "schedule", "validation", "selection"];
+    &["steps", "epochs", "batch_size", "optimizer", "schedule", "validation", "selection", "precision", "tf32"];
 
 pub(super) fn check(text: &str, path: &Path) -> Result<Protocol, ProtocolErrors> {
     let mut cx = Ctx::new(text, path);
@@ -725,6 +725,18 @@ impl Checker<'_> {
         if let Some(v) = t.get("selection") {
             match cx.choice(&t.child("selection"), v, "selection", &["best-val", "last"]) {
                 Some(s) => out.selection = if s == "last" { Selection::Last } else { Selection::BestVal },
+                None => ok = false,
+            }
+        }
+        if let Some(v) = t.get("precision") {
+            match cx.choice(&t.child("precision"), v, "precision", Precision::NAMES) {
+                Some(s) => out.precision = if s == "bf16" { Precision::Bf16 } else { Precision::F32 },
+                None => ok = false,
+            }
+        }
+        if let Some(v) = t.get("tf32") {
+            match cx.boolean(&t.child("tf32"), v) {
+                Some(b) => out.tf32 = b,
                 None => ok = false,
             }
         }
@@ -1472,6 +1484,8 @@ pub(crate) fn default_training() -> TrainingConfig {
         schedule: ScheduleConfig::default(),
         validation: ValidationConfig { split: "val".into(), every: 100, metric: ValMetric::Auc },
         selection: Selection::BestVal,
+        precision: Precision::F32,
+        tf32: true,
     }
 }
 

@@ -138,7 +138,7 @@ pub struct DataConfig {
     pub on_missing: PerSplit<OnMissing>,
 }
 
-pub const SYNTH_PRESETS: &[&str] = &["small", "medium", "tiny"];
+pub const SYNTH_PRESETS: &[&str] = &["small", "medium", "tiny", "bench"];
 
 /// A value for training and one for testing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -259,6 +259,51 @@ pub struct TrainingConfig {
     pub schedule: ScheduleConfig,
     pub validation: ValidationConfig,
     pub selection: Selection,
+    /// Compute precision of convolutions and matmuls. Left out of the run id at its default
+    /// (`f32`), so ids of protocols without the key are what they were before it existed.
+    #[serde(default, skip_serializing_if = "Precision::is_f32")]
+    pub precision: Precision,
+    /// Whether f32 matmuls and convolutions on a CUDA device may use TF32 tensor cores
+    /// (`detectors::device::set_tf32`). Left out of the run id at its default (on).
+    #[serde(default = "tf32_default", skip_serializing_if = "is_tf32_default")]
+    pub tf32: bool,
+}
+
+fn tf32_default() -> bool {
+    true
+}
+fn is_tf32_default(on: &bool) -> bool {
+    *on
+}
+
+/// `training.precision`: f32 throughout, or bf16 convolutions and matmuls with f32 master
+/// weights, f32 BatchNorm statistics, loss and gradient combination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    F32,
+    Bf16,
+}
+
+impl Precision {
+    pub const NAMES: &'static [&'static str] = &["f32", "bf16"];
+    pub fn is_f32(&self) -> bool {
+        *self == Self::F32
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
+        }
+    }
+    /// The dtype the model's convolutions and matmuls compute in.
+    pub fn compute_dtype(self) -> candle_core::DType {
+        match self {
+            Self::F32 => candle_core::DType::F32,
+            Self::Bf16 => candle_core::DType::BF16,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

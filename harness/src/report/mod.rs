@@ -347,6 +347,43 @@ pub fn generate(args: &ReportArgs) -> Result<ReportSummary> {
                 .into(),
         );
     }
+    // Precision and TF32 change a run's numerics the way the device does. Manifests older than
+    // the keys trained in f32; a CUDA run without a TF32 record predates the switch.
+    let mut precisions: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut tf32: BTreeMap<&str, usize> = BTreeMap::new();
+    for r in &loaded.runs {
+        *precisions.entry(r.manifest.precision.as_deref().unwrap_or("f32")).or_default() += 1;
+        if r.manifest.device.starts_with("cuda") {
+            let state = match r.manifest.tf32 {
+                Some(true) => "on",
+                Some(false) => "off",
+                None => "unrecorded",
+            };
+            *tf32.entry(state).or_default() += 1;
+        }
+    }
+    if precisions.keys().any(|p| *p != "f32") || tf32.keys().any(|t| *t != "unrecorded") {
+        let p: Vec<String> = precisions.iter().map(|(k, n)| format!("{k} ({n} run(s))")).collect();
+        let t: Vec<String> = tf32.iter().map(|(k, n)| format!("{k} ({n} run(s))")).collect();
+        let t = if t.is_empty() { "not used (CPU)".to_string() } else { t.join("; ") };
+        let _ = writeln!(readme, "Precision: {}. TF32 on CUDA: {t}.\n", p.join("; "));
+    }
+    if precisions.len() > 1 {
+        let p: Vec<String> = precisions.iter().map(|(k, n)| format!("{k} ({n})")).collect();
+        warnings.push(format!(
+            "runs of different training precisions are mixed here ({}); bf16 rounds every convolution and \
+             matmul, which training amplifies, so differences between them are partly the precision's",
+            p.join(", ")
+        ));
+    }
+    if tf32.len() > 1 {
+        let t: Vec<String> = tf32.iter().map(|(k, n)| format!("{k} ({n})")).collect();
+        warnings.push(format!(
+            "CUDA runs with and without TF32 are mixed here ({}); TF32 rounds matmul inputs to 10 mantissa \
+             bits, so differences between them are partly TF32's",
+            t.join(", ")
+        ));
+    }
     let _ = writeln!(
         readme,
         "Metric values are the runs' own (metrics.parquet); means and sample standard deviations are over seeds.\n"

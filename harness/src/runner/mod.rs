@@ -17,6 +17,7 @@ use anyhow::Context;
 
 use crate::exit::{CliError, Verbosity};
 use crate::plan::{self, Run};
+use crate::protocol::Precision;
 use crate::results::{self, Failure, GitInfo, Manifest, ReportSpec, ResultsStore, RunStatus, Versions};
 use progress::Progress;
 
@@ -33,6 +34,11 @@ pub struct RunArgs {
     /// Device instead of the protocol's: `cpu`, `cuda` or `cuda:N`.
     #[arg(long)]
     pub device: Option<String>,
+    /// TF32 tensor cores for f32 matmuls and convolutions on CUDA, instead of every run's
+    /// `training.tf32` (default on, as PyTorch on Ampere and later GPUs): `on` or `off`. Off
+    /// enters the run ids, as the key does.
+    #[arg(long, value_name = "on|off", value_parser = parse_on_off)]
+    pub tf32: Option<bool>,
     /// Results root; runs go to `<out>/<protocol>/<run-id>/`.
     #[arg(long, default_value = "results/runs")]
     pub out: PathBuf,
@@ -145,6 +151,12 @@ pub fn cmd_run(args: RunArgs, verbosity: Verbosity) -> anyhow::Result<ExitCode> 
     if let Some(device) = &args.device {
         protocol.device = device.clone();
     }
+    if let Some(on) = args.tf32 {
+        protocol.training.tf32 = on;
+        for m in &mut protocol.methods {
+            m.training.tf32 = on;
+        }
+    }
     check_only(&protocol, &args.only, &args.protocol)?;
     let mut runs: Vec<Run> = select_runs(&protocol, &[], &args.only);
     if let Some(shard) = args.shard {
@@ -189,9 +201,21 @@ pub fn cmd_run(args: RunArgs, verbosity: Verbosity) -> anyhow::Result<ExitCode> 
     }
 
     // The device is opened once up front so that asking for CUDA from a CPU build is a
-    // configuration error (exit 2), not a failure of every run.
+    // configuration error (exit 2), not a failure of every run. TF32 is set before it opens
+    // (and again before each run, which may set `training.tf32` otherwise).
+    detectors::device::set_tf32(pending.first().map_or(protocol.training.tf32, |r| r.config.training.tf32));
     let device = detectors::device::open(&protocol.device)
         .map_err(|e| CliError::config(format!("{}: device: {e}", args.protocol.display())))?;
+    if pending.iter().any(|r| r.config.training.precision == Precision::Bf16) {
+        check_bf16(&device).map_err(|e| {
+            CliError::config(format!(
+                "{}: training.precision = \"bf16\": device `{}` cannot run bf16 convolutions and matmuls ({e}); \
+                 use \"f32\" or a GPU with bf16 support (compute capability 8.0 or later)",
+                args.protocol.display(),
+                protocol.device
+            ))
+        })?;
+    }
 
     let mut ctx = RunContext {
         data_cache: args.data_cache.clone(),
@@ -330,6 +354,34 @@ pub fn cmd_run(args: RunArgs, verbosity: Verbosity) -> anyhow::Result<ExitCode> 
     }
 }
 
+/// One bf16 convolution and matmul with their backward on `device`, as a bf16 run's layers
+/// perform them: an error here is a configuration error, reported before any run starts.
+pub fn check_bf16(device: &candle_core::Device) -> candle_core::Result<()> {
+    use candle_core::{DType, Tensor, Var};
+    let x = Tensor::ones((1, 2, 4, 4), DType::F32, device)?;
+    let w = Var::from_tensor(&Tensor::ones((3, 2, 3, 3), DType::F32, device)?)?;
+    let m = Var::from_tensor(&Tensor::ones((3, 2), DType::F32, device)?)?;
+    let y = x.to_dtype(DType::BF16)?.conv2d(&w.as_tensor().to_dtype(DType::BF16)?, 1, 1, 1, 1)?;
+    let z = y.to_dtype(DType::F32)?.mean(3)?.mean(2)?;
+    let z = z.to_dtype(DType::BF16)?.matmul(&m.as_tensor().to_dtype(DType::BF16)?)?.to_dtype(DType::F32)?;
+    let grads = z.sum_all()?.backward()?;
+    let g = grads.get(w.as_tensor()).ok_or_else(|| candle_core::Error::Msg("no weight gradient".into()))?;
+    // 2 input channels x 9 taps of ones, all inside a padded 4x4 map on average: a sane value.
+    let s = g.sum_all()?.to_scalar::<f32>()?;
+    if !s.is_finite() || s <= 0.0 {
+        candle_core::bail!("a bf16 convolution's weight gradient came out as {s}");
+    }
+    Ok(())
+}
+
+fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" | "true" | "1" => Ok(true),
+        "off" | "false" | "0" => Ok(false),
+        _ => Err(format!("`{s}`: expected `on` or `off`")),
+    }
+}
+
 fn new_manifest(
     run: &Run,
     report: &ReportSpec,
@@ -368,6 +420,8 @@ fn new_manifest(
         crates,
     };
     m.device = detectors::device::describe(device);
+    m.precision = Some(c.training.precision.name().to_string());
+    m.tf32 = (!device.is_cpu()).then_some(c.training.tf32);
     m.host = env::host();
     m.started = Some(now());
     m.report = report.clone();

@@ -247,7 +247,11 @@ fn train(run: &Run, p: &Prepared, progress: &mut Progress) -> Result<Trained, Fa
     let c = &run.config;
     let setup = |e: anyhow::Error| failure(None, format!("{e:#}"));
     let device = p.train_store.config().device.clone();
-    let pb = ParamStore::new(&device).builder(mix_seed(c.seed, 0x1417_1a11));
+    detectors::device::set_tf32(c.training.tf32);
+    let pb = ParamStore::new(&device)
+        .with_compute_dtype(c.training.precision.compute_dtype())
+        .map_err(|e| setup(e.into()))?
+        .builder(mix_seed(c.seed, 0x1417_1a11));
     let backbone = c.model.backbone.clone();
     let resolution = c.data.resolution as usize;
     let det = Detector::new(&pb, c.model.head.layers as usize, |pb| {

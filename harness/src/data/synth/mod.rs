@@ -48,6 +48,9 @@ pub enum Preset {
     Small,
     /// 256 px, 16 frames per video, several times more videos.
     Medium,
+    /// `small`'s generator, frame size and FF++ part, with ten times the unseen datasets' videos
+    /// (160 real + 160 fake each): the preset of the shipped cross-dataset results.
+    Bench,
 }
 
 impl Preset {
@@ -56,6 +59,7 @@ impl Preset {
             Preset::Tiny => "tiny",
             Preset::Small => "small",
             Preset::Medium => "medium",
+            Preset::Bench => "bench",
         }
     }
 
@@ -100,6 +104,22 @@ impl Preset {
                 dfdcp_fake_each: 20,
                 uadfv: 40,
             },
+            // FF++ exactly as in `small` (same jobs, same bytes); each unseen dataset large
+            // enough that one model's frame AUC has a standard error of about one point
+            // (docs/synthetic-benchmark.md, "Power").
+            Preset::Bench => Config {
+                size: 128,
+                frames: 8,
+                ff: [40, 10, 12],
+                celeb_ids: 20,
+                celeb_per_id: 5,
+                youtube: 60,
+                celeb_fake: 160,
+                dfdc: [160, 160],
+                dfdcp_real: 160,
+                dfdcp_fake_each: 80,
+                uadfv: 160,
+            },
         }
     }
 
@@ -127,7 +147,8 @@ impl FromStr for Preset {
             "tiny" => Ok(Preset::Tiny),
             "small" => Ok(Preset::Small),
             "medium" => Ok(Preset::Medium),
-            other => bail!("unknown synthetic preset `{other}`: expected `tiny`, `small` or `medium`"),
+            "bench" => Ok(Preset::Bench),
+            other => bail!("unknown synthetic preset `{other}`: expected `tiny`, `small`, `medium` or `bench`"),
         }
     }
 }
@@ -919,8 +940,8 @@ pub struct SynthArgs {
     /// Output directory (new, empty, or a previous `bench data synth` output to replace).
     #[arg(long)]
     pub out: PathBuf,
-    /// Size preset: small (128 px, 8 frames/video) or medium (256 px, 16 frames/video, more
-    /// videos); tiny is for tests.
+    /// Size preset: small (128 px, 8 frames/video), bench (small with 160 real + 160 fake videos
+    /// in each unseen dataset) or medium (256 px, 16 frames/video, more videos); tiny is for tests.
     #[arg(long, value_enum, default_value_t = Preset::Small)]
     pub preset: Preset,
     /// Seed of every random choice; same seed, same bytes.
@@ -937,4 +958,47 @@ pub fn cmd_synth(args: SynthArgs, v: Verbosity) -> anyhow::Result<ExitCode> {
         println!("written to {}", args.out.display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn count(jobs: &[Job], ds: Dataset, label: &str) -> usize {
+        jobs.iter().filter(|j| j.ds == ds && j.label == label).count()
+    }
+
+    /// `bench` is `small` with larger unseen datasets: its FF++ jobs are `small`'s, field for
+    /// field (so the same frames, the same training data and the same FF++ test set), and each
+    /// unseen dataset has 160 real and 160 fake videos.
+    #[test]
+    fn bench_preset_is_small_with_large_unseen_sets() {
+        let (small, bench) = (Preset::Small.config(), Preset::Bench.config());
+        assert_eq!((bench.size, bench.frames, bench.ff), (small.size, small.frames, small.ff));
+        let js = plan(&small, 0).unwrap();
+        let jb = plan(&bench, 0).unwrap();
+        let ff = |jobs: &[Job]| -> Vec<String> {
+            jobs.iter().filter(|j| j.ds == Dataset::Ffpp).map(|j| format!("{j:?}")).collect()
+        };
+        assert_eq!(ff(&js), ff(&jb));
+        assert_eq!(ff(&jb).len(), 62 * 5);
+        let want = [
+            (Dataset::CelebDf, "CelebDFv2_real", 160),
+            (Dataset::CelebDf, "CelebDFv2_fake", 160),
+            (Dataset::Dfdc, "DFDC_Real", 160),
+            (Dataset::Dfdc, "DFDC_Fake", 160),
+            (Dataset::Dfdcp, "DFDCP_Real", 160),
+            (Dataset::Dfdcp, "DFDCP_FakeA", 80),
+            (Dataset::Dfdcp, "DFDCP_FakeB", 80),
+            (Dataset::Uadfv, "UADFV_Real", 160),
+            (Dataset::Uadfv, "UADFV_Fake", 160),
+        ];
+        for (ds, label, n) in want {
+            assert_eq!(count(&jb, ds, label), n, "{label}");
+        }
+        // small's unseen sets for comparison: 16 + 16 each.
+        assert_eq!(count(&js, Dataset::Uadfv, "UADFV_Fake"), 16);
+        assert_eq!("bench".parse::<Preset>().unwrap(), Preset::Bench);
+        assert_eq!(cache_name(Preset::Bench, 0), format!("synth-bench-seed0-v{GENERATOR_VERSION}"));
+    }
 }
