@@ -4,7 +4,7 @@
 //! torchvision/timm state dicts load by name (see [`crate::weights`]).
 use std::sync::Mutex;
 
-use candle_core::{D, Result, Tensor, Var};
+use candle_core::{D, DType, Result, Tensor, Var};
 use rand::Rng;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
