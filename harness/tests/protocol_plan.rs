@@ -341,7 +341,7 @@ fn shipped_protocols_expand_as_documented() {
     assert_eq!(n("cross_dataset.toml"), 6 * 5); // five methods and O+S's noise-floor twin x seeds
     assert_eq!(n("leave_one_manipulation_out.toml"), 4 * 3 * 4);
     assert_eq!(n("backbones.toml"), 4 * 3 * 3); // methods x seeds x backbones
-    assert_eq!(n("ablation.toml"), 4 * 3);
+    assert_eq!(n("ablation.toml"), 5 * 5); // four rows and the backbone's noise-floor twin x seeds
     assert_eq!(n("optimizers.toml"), 7 * 3);
     assert_eq!(n("sensitivity.toml"), (3 * 3 + 3 * 2) * 2);
     assert_eq!(n("imbalance.toml"), 2 * 3 * 3);
