@@ -31,6 +31,14 @@ fn nchw(l: &Layout, op: &str) -> Result<(usize, usize, usize)> {
     }
 }
 
+/// [`nchw`] of the input, with the output gradient `dl` checked to have the input's shape.
+fn nchw_with_grad(xl: &Layout, dl: &Layout, op: &str) -> Result<(usize, usize, usize)> {
+    if dl.dims() != xl.dims() {
+        bail!("{op}: output gradient {:?} for input {:?}", dl.dims(), xl.dims());
+    }
+    nchw(xl, op)
+}
+
 /// Training mode: `(y, batch mean [C], biased batch variance [C])`, the statistics f32 and
 /// detached, as [`crate::ops::batchnorm::batch_norm_train_with`].
 pub fn train(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64, relu: Relu) -> Result<(Tensor, Tensor, Tensor)> {
@@ -298,10 +306,7 @@ impl CustomOp2 for BnBwdSums {
 
     fn cuda_fwd(&self, xs: &CudaStorage, xl: &Layout, ds: &CudaStorage, dl: &Layout) -> Result<(CudaStorage, Shape)> {
         let name = self.name();
-        let (n, c, hw) = nchw(xl, name)?;
-        if dl.dims() != xl.dims() {
-            bail!("{name}: output gradient {:?} for input {:?}", dl.dims(), xl.dims());
-        }
+        let (n, c, hw) = nchw_with_grad(xl, dl, name)?;
         let dev = xs.device().clone();
         let _prof = super::profile::scope(self.name(), &dev);
         let p = partials(n * hw);
@@ -351,10 +356,7 @@ impl CustomOp2 for BnBwdDx {
 
     fn cuda_fwd(&self, xs: &CudaStorage, xl: &Layout, ds: &CudaStorage, dl: &Layout) -> Result<(CudaStorage, Shape)> {
         let name = self.name();
-        let (n, c, hw) = nchw(xl, name)?;
-        if dl.dims() != xl.dims() {
-            bail!("{name}: output gradient {:?} for input {:?}", dl.dims(), xl.dims());
-        }
+        let (n, c, hw) = nchw_with_grad(xl, dl, name)?;
         let dev = xs.device().clone();
         let _prof = super::profile::scope(self.name(), &dev);
         let len = n * c * hw;
