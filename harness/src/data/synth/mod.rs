@@ -108,9 +108,6 @@ impl Preset {
             // enough that one model's frame AUC has a standard error of about one point
             // (docs/synthetic-benchmark.md, "Power").
             Preset::Bench => Config {
-                size: 128,
-                frames: 8,
-                ff: [40, 10, 12],
                 celeb_ids: 20,
                 celeb_per_id: 5,
                 youtube: 60,
@@ -119,6 +116,7 @@ impl Preset {
                 dfdcp_real: 160,
                 dfdcp_fake_each: 80,
                 uadfv: 160,
+                ..Preset::Small.config()
             },
         }
     }
