@@ -88,6 +88,30 @@ impl ParamStore {
         self.params.values().map(|v| v.elem_count()).sum()
     }
 
+    /// Moves every trainable f32 scalar `ulps` representable values up (`f32::next_up`): a
+    /// model that is the same as this one to rounding level. Training it gives a run that differs
+    /// from the unnudged one only through how rounding differences grow, which is what the noise
+    /// floor of docs/statistics.md measures. Buffers (BatchNorm statistics) are left alone.
+    pub fn nudge_ulps(&self, ulps: u32) -> Result<()> {
+        if ulps == 0 {
+            return Ok(());
+        }
+        for var in self.params.values() {
+            let t = var.as_tensor();
+            if t.dtype() != DType::F32 {
+                candle_core::bail!("nudge_ulps: parameters are f32 master weights, found {:?}", t.dtype());
+            }
+            let mut values = t.flatten_all()?.to_vec1::<f32>()?;
+            for x in &mut values {
+                for _ in 0..ulps {
+                    *x = x.next_up();
+                }
+            }
+            var.set(&Tensor::from_vec(values, t.shape(), t.device())?)?;
+        }
+        Ok(())
+    }
+
     /// A builder that creates parameters under `prefix` using a generator seeded with `seed`.
     pub fn builder(self, seed: u64) -> ParamBuilder {
         ParamBuilder {
@@ -227,6 +251,38 @@ mod tests {
         assert_eq!(n1, vec!["a.w".to_string(), "z.w".to_string()]);
         assert_eq!(v1, v2);
         assert_ne!(v1, v3);
+        Ok(())
+    }
+
+    /// The nudge against the IEEE-754 bit pattern (for finite non-negative x the next value up
+    /// is bits + 1; for negative x it is bits - 1; -0.0 and 0.0 both go to the smallest
+    /// subnormal), on hand-picked values; buffers are untouched.
+    #[test]
+    fn nudge_moves_each_weight_up_by_whole_ulps_and_leaves_buffers() -> Result<()> {
+        let b = ParamStore::new(&Device::Cpu).builder(0);
+        b.param("w", 6, Init::Zeros)?;
+        b.buffer("running_var", 2, 1.0)?;
+        let store = b.store();
+        let w = [1.0f32, -1.0, 0.0, -0.0, 3.5e-3, -7.25e4];
+        store.param("w").unwrap().set(&Tensor::new(&w[..], &Device::Cpu)?)?;
+        store.nudge_ulps(0)?;
+        let read = |s: &ParamStore| s.param("w").unwrap().to_vec1::<f32>();
+        assert_eq!(read(&store)?, w, "0 ulps changes nothing");
+        store.nudge_ulps(2)?;
+        let by_bits = |x: f32| -> f32 {
+            if x == 0.0 {
+                f32::from_bits(1)
+            } else if x > 0.0 {
+                f32::from_bits(x.to_bits() + 1)
+            } else {
+                f32::from_bits(x.to_bits() - 1)
+            }
+        };
+        let expected: Vec<u32> = w.iter().map(|&x| by_bits(by_bits(x)).to_bits()).collect();
+        let got: Vec<u32> = read(&store)?.iter().map(|x| x.to_bits()).collect();
+        assert_eq!(got, expected);
+        assert_eq!(f32::from_bits(expected[0]), 1.0 + 2.0 * f32::EPSILON);
+        assert_eq!(store.buffer("running_var").unwrap().to_vec1::<f32>()?, vec![1.0, 1.0]);
         Ok(())
     }
 

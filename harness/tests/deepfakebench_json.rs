@@ -462,7 +462,7 @@ fn shipped_run_ids_are_unchanged() {
         }
     }
     got.sort();
-    assert_eq!(got.len(), 208);
+    assert_eq!(got.len(), 247);
     assert_eq!(got, expected);
 }
 

@@ -339,15 +339,15 @@ fn shipped_protocols_expand_as_documented() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../protocols");
     let n = |f: &str| plan::expand(&protocol::load(dir.join(f)).unwrap()).len();
     assert_eq!(n("cross_dataset.toml"), 6 * 5); // five methods and O+S's noise-floor twin x seeds
-    assert_eq!(n("leave_one_manipulation_out.toml"), 4 * 3 * 4);
+    assert_eq!(n("leave_one_manipulation_out.toml"), 5 * 3 * 4); // four methods and ERM's twin x seeds x folds
     assert_eq!(n("backbones.toml"), 4 * 3 * 3); // methods x seeds x backbones
     assert_eq!(n("ablation.toml"), 5 * 5); // four rows and the backbone's noise-floor twin x seeds
-    assert_eq!(n("optimizers.toml"), 7 * 3);
-    assert_eq!(n("sensitivity.toml"), (3 * 3 + 3 * 2) * 2);
-    assert_eq!(n("imbalance.toml"), 2 * 3 * 3);
+    assert_eq!(n("optimizers.toml"), 8 * 3); // seven methods and SGD's twin
+    assert_eq!(n("sensitivity.toml"), (3 * 3 + 3 * 2) * 3);
+    assert_eq!(n("imbalance.toml"), 3 * 3 * 3); // two methods and ERM's twin x seeds x ratios
     let opt = protocol::load(dir.join("optimizers.toml")).unwrap();
     let kinds: Vec<&str> = opt.methods.iter().map(|m| m.method.kind.as_str()).collect();
-    assert_eq!(kinds, ["erm", "erm", "sam", "sagm", "roga", "pcgrad", "cagrad"]);
+    assert_eq!(kinds, ["erm", "erm", "erm", "sam", "sagm", "roga", "pcgrad", "cagrad"]);
     let roga = opt.methods.iter().find(|m| m.method.kind == "roga").unwrap();
     assert!(roga.method.note.as_deref().unwrap().contains("reconstructed"));
 }

@@ -390,6 +390,39 @@ fn erm_conflict_every_traces_o_plus_s_and_stays_out_of_the_run_id_when_off() {
     );
 }
 
+/// `init_nudge_ulps` (the noise floor's generic twin): left out of the run id at 0, recorded
+/// when set, and it starts the same method from weights one ulp away, so the twin's first loss
+/// differs from the plain run's only at rounding level and its scores are not the plain run's.
+#[test]
+fn init_nudge_twin_differs_only_at_rounding_level_and_stays_out_of_the_id_at_zero() {
+    let methods = |extra: &str| format!("[methods.O]\nkind = \"erm\"\nstreams = \"original\"\n{extra}");
+    let plain = Case::new("e2e_twin", &protocol("e2e_twin", "0", 3, &methods("")));
+    let zero = Case::new("e2e_twin", &protocol("e2e_twin", "0", 3, &methods("init_nudge_ulps = 0\n")));
+    let twin = Case::new("e2e_twin", &protocol("e2e_twin", "0", 3, &methods("init_nudge_ulps = 1\n")));
+    for c in [&plain, &zero, &twin] {
+        let o = c.run("out", &["--no-weights"]);
+        assert_eq!(code(&o), 0, "{}", text(&o));
+    }
+    let (plain, zero, twin) = (&plain.runs("out")[0], &zero.runs("out")[0], &twin.runs("out")[0]);
+    assert_eq!(plain.name(), zero.name(), "0 ulps is the default and not in the run id");
+    assert_ne!(plain.name(), twin.name());
+    let cfg = |r: &RunDir| r.read_manifest().unwrap().config["training"].get("init_nudge_ulps").cloned();
+    assert_eq!(cfg(zero), None);
+    assert_eq!(cfg(twin), Some(serde_json::json!(1)));
+    let first_loss = |r: &RunDir| r.read_trace().unwrap()[0].loss.unwrap();
+    let (a, b) = (first_loss(plain), first_loss(twin));
+    assert_ne!(a.to_bits(), b.to_bits(), "the twin starts from other weights");
+    assert!((a - b).abs() <= 1e-5 * a.abs(), "but only at rounding level: {a} vs {b}");
+    assert_ne!(
+        std::fs::read(plain.file(results::SCORES_FILE)).unwrap(),
+        std::fs::read(twin.file(results::SCORES_FILE)).unwrap()
+    );
+    let bad = Case::new("e2e_twin_bad", &protocol("e2e_twin_bad", "0", 3, &methods("init_nudge_ulps = 17\n")));
+    let v = Command::new(BENCH).arg("validate").arg(&bad.protocol).output().unwrap();
+    assert_eq!(code(&v), 2, "{}", text(&v));
+    assert!(text(&v).contains("init_nudge_ulps"), "{}", text(&v));
+}
+
 /// `training.precision` and TF32 through `bench run`: bf16 on the CPU is refused before any
 /// training with an error naming the key (candle's CPU backend has no bf16 matmul); f32 runs
 /// record their precision (and no TF32: the CPU never uses it); `--tf32 off` changes the run ids;

@@ -48,8 +48,11 @@ const TEST_KEYS: &[&str] = &["name", "dataset", "manipulations", "split", "compr
 /// file-name limit of common filesystems.
 const MAX_METHOD_NAME: usize = 64;
 const MODEL_KEYS: &[&str] = &["backbone", "weights", "head"];
+/// The largest `init_nudge_ulps`: 16 ulps is still a relative change of about 1e-6.
+const MAX_NUDGE_ULPS: i64 = 16;
+
 const TRAINING_KEYS: &[&str] =
-    &["steps", "epochs", "batch_size", "optimizer", "schedule", "validation", "selection", "precision", "tf32"];
+    &["steps", "epochs", "batch_size", "optimizer", "schedule", "validation", "selection", "precision", "tf32", "init_nudge_ulps"];
 
 pub(super) fn check(text: &str, path: &Path) -> Result<Protocol, ProtocolErrors> {
     let mut cx = Ctx::new(text, path);
@@ -737,6 +740,13 @@ impl Checker<'_> {
         if let Some(v) = t.get("tf32") {
             match cx.boolean(&t.child("tf32"), v) {
                 Some(b) => out.tf32 = b,
+                None => ok = false,
+            }
+        }
+        if let Some(v) = t.get("init_nudge_ulps") {
+            // A few ulps are plenty to start a twin; more would stop being "rounding level".
+            match cx.int(&t.child("init_nudge_ulps"), v, 0, MAX_NUDGE_ULPS) {
+                Some(n) => out.init_nudge_ulps = n as u32,
                 None => ok = false,
             }
         }
@@ -1486,6 +1496,7 @@ pub(crate) fn default_training() -> TrainingConfig {
         selection: Selection::BestVal,
         precision: Precision::F32,
         tf32: true,
+        init_nudge_ulps: 0,
     }
 }
 

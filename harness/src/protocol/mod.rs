@@ -267,6 +267,15 @@ pub struct TrainingConfig {
     /// (`detectors::device::set_tf32`). Left out of the run id at its default (on).
     #[serde(default = "tf32_default", skip_serializing_if = "is_tf32_default")]
     pub tf32: bool,
+    /// Move every initial trainable weight this many f32 ulps up before training
+    /// (`ParamStore::nudge_ulps`): a rounding-level twin of a method, for the noise floor
+    /// (docs/statistics.md). Left out of the run id at its default (0).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub init_nudge_ulps: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 fn tf32_default() -> bool {

@@ -277,6 +277,11 @@ fn train(run: &Run, p: &Prepared, progress: &mut Progress) -> Result<Trained, Fa
             .with_context(|| format!("loading pretrained weights {}", weights.display()))
             .map_err(setup)?;
     }
+    // After loading, so that a twin of a pretrained run starts from the nudged checkpoint.
+    det.store()
+        .nudge_ulps(c.training.init_nudge_ulps)
+        .context("training.init_nudge_ulps")
+        .map_err(setup)?;
     let params = method_params(&c.method.params);
     let mut method = methods::build_method(&c.method.kind, &params, &c.training.optimizer, &det, c.seed)
         .with_context(|| format!("method `{}`", c.method.name))
