@@ -203,6 +203,10 @@ fn paired_differences_intervals_and_verdicts() {
         assert!(num(r, c_lo) > 0.0);
         assert_eq!(&r[c_v], "inside noise floor", "{ts}");
     }
+    // The twin makes the floor: its own rows carry no verdict, whatever its interval.
+    for ts in ["ffpp", "celebdf", "dfdc", "AVG"] {
+        assert_eq!(&rows[&("twin".to_string(), ts.to_string())][c_v], "noise-floor twin", "{ts}");
+    }
     let floor_md = fs::read_to_string(out.join("tables/noise-floor.md")).unwrap();
     assert!(floor_md.contains("TWIN against BASE"), "{floor_md}");
     let tw: Vec<f64> = SEEDS.iter().map(|&s| delta("twin", 1, s) * 100.0).collect();

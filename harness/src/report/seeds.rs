@@ -82,6 +82,9 @@ pub enum Verdict {
     NotResolved,
     /// Fewer than two paired seeds: no interval.
     OneSeed,
+    /// The twin of the noise-floor pair: its differences are the floor, so no verdict. Its
+    /// interval still shows what a null difference looks like (about one cell in 20 excludes 0).
+    Twin,
 }
 
 impl Verdict {
@@ -99,6 +102,7 @@ impl Verdict {
             Verdict::InsideNoiseFloor => "inside noise floor",
             Verdict::NotResolved => "not resolved",
             Verdict::OneSeed => "one seed",
+            Verdict::Twin => "noise-floor twin",
         }
     }
 }
@@ -124,7 +128,11 @@ pub fn diff_rows(ctx: &Ctx, baseline: &str, floor: Option<&NoiseFloor>) -> Vec<D
             let values: Vec<f64> = per_seed.iter().map(|&(_, d)| d).collect();
             let ti = stats::t_interval(&values, LEVEL);
             let fl = floor.and_then(|f| f.floor(&ts));
-            let verdict = Verdict::of(ti.as_ref(), fl);
+            let verdict = if floor.is_some_and(|f| f.pair.1 == g.method) {
+                Verdict::Twin
+            } else {
+                Verdict::of(ti.as_ref(), fl)
+            };
             out.push(DiffRow { group: g.clone(), test_set: ts, per_seed, ti, floor: fl, verdict });
         }
     }
@@ -182,9 +190,12 @@ pub fn diff_table(ctx: &Ctx, baseline: &str, rows: &[DiffRow], floor: Option<&No
         Some(f) => format!(
             "resolved: the interval excludes 0 and |mean| exceeds the noise floor (RMS of the per-seed differences \
              between {} and {}, runs that differ only at rounding level); \"inside noise floor\": the interval \
-             excludes 0 but the difference is no larger than rounding noise.",
+             excludes 0 but the difference is no larger than rounding noise. {} itself gets no verdict \
+             (\"noise-floor twin\"): its differences make the floor, and with a 95% interval per cell about one \
+             null difference in 20 excludes 0 by chance, as some of its cells may show.",
             ctx.display(&f.pair.1),
-            ctx.display(&f.pair.0)
+            ctx.display(&f.pair.0),
+            ctx.display(&f.pair.1)
         ),
         None => "resolved: the interval excludes 0. No noise floor is measured (set report.noise_floor to a twin \
                  pair, see docs/statistics.md), so rounding-level differences may show as resolved."
