@@ -13,6 +13,9 @@
 # max(2, STEPS / 5) timed steps after 1 warm-up (a step there is seconds long). With the defaults
 # the whole run takes about 12 minutes on the 2-core machine (BENCHMARKS.md).
 #
+# The environment passes through: on a shared machine `OMP_WAIT_POLICY=PASSIVE` stops PyTorch's
+# threads from spinning (how BENCHMARKS.md's under-load runs were taken; not the target figures).
+#
 # Needs .venv with torch and timm:
 #   python3 -m venv .venv && .venv/bin/pip install torch timm
 # Builds the Rust side with `cargo bench --no-run` first.

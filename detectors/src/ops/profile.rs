@@ -13,7 +13,9 @@
 //! weight gradients band by band) splits the call's wall time between backward-data and
 //! backward-filter in proportion to the thread time each part took (see [`split_record`]).
 //!
-//! The counters are process-wide: profile one training loop at a time.
+//! The counters are process-wide: profile one training loop at a time. Ops that run concurrently
+//! (the two-stream methods' side-by-side backward passes) are each timed in full, so their times
+//! can add up to more than the step's; profile single-stream ERM (as the bench does) for shares.
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
