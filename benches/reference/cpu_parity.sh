@@ -7,11 +7,12 @@
 # average before and after (the figures mean something only on an otherwise idle machine: PyTorch's
 # OpenMP threads spin, and lose badly when the cores are shared). Never run by CI or the build.
 #
-#   benches/reference/cpu_parity.sh [ROUNDS] [STEPS]        (defaults: 3 rounds, 10 steps)
+#   benches/reference/cpu_parity.sh [ROUNDS] [STEPS]        (defaults: 3 rounds, 8 steps)
 #
-# STEPS timed steps after 3 warm-up ones for Meso4 and at 128 px; the large models at 256 px take
-# max(2, STEPS / 5) timed steps after 1 warm-up (a step there is seconds long). With the defaults
-# the whole run takes about 12 minutes on the 2-core machine (BENCHMARKS.md).
+# STEPS timed steps for Meso4 (after 3 warm-up ones) and for the large models at 128 px (after 2);
+# the large models at 256 px take max(2, STEPS / 4) timed steps after 1 warm-up (a step there is
+# seconds long). With the defaults the whole run should take about 12 minutes on the idle 2-core
+# machine (estimated from the step times; one round of 3 steps took 8 minutes under load 4).
 #
 # The environment passes through: on a shared machine `OMP_WAIT_POLICY=PASSIVE` stops PyTorch's
 # threads from spinning (how BENCHMARKS.md's under-load runs were taken; not the target figures).
@@ -22,7 +23,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 rounds=${1:-3}
-steps=${2:-10}
+steps=${2:-8}
 threads=2
 py=.venv/bin/python
 [[ "$rounds" =~ ^[1-9][0-9]*$ && "$steps" =~ ^[1-9][0-9]*$ ]] || {
@@ -32,7 +33,7 @@ py=.venv/bin/python
 [ -x "$py" ] || { echo "cpu_parity.sh: $py not found; python3 -m venv .venv && .venv/bin/pip install torch timm" >&2; exit 2; }
 "$py" -c "import torch, timm" 2>/dev/null || { echo "cpu_parity.sh: $py lacks torch or timm; .venv/bin/pip install torch timm" >&2; exit 2; }
 cargo bench --no-run -q -p harness --bench meso4_train 2>/dev/null || cargo bench --no-run -p harness --bench meso4_train
-big_steps=$(( steps / 5 > 2 ? steps / 5 : 2 ))
+big_steps=$(( steps / 4 > 2 ? steps / 4 : 2 ))
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 echo "machine: $(nproc) cpus, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(date -u '+%F %T') UTC"
@@ -47,7 +48,7 @@ for r in $(seq 1 "$rounds"); do
     model=${cfg%:*}
     batch=${cfg#*:}
     for size in 128 256; do
-      if [ "$model" != meso4 ] && [ "$size" -gt 128 ]; then n=$big_steps; w=1; else n=$steps; w=3; fi
+      if [ "$model" = meso4 ]; then n=$steps; w=3; elif [ "$size" -gt 128 ]; then n=$big_steps; w=1; else n=$steps; w=2; fi
       ours=$(RAYON_NUM_THREADS=$threads cargo bench -q -p harness --bench meso4_train -- --backbone "$model" \
         --batch "$batch" --sizes "$size" --steps "$n" --warmup "$w" --threads "$threads" | grep ' train ') ||
         { echo "cpu_parity.sh: dfbench failed on $model at $size px (above)" >&2; exit 1; }
