@@ -10,14 +10,21 @@
 //! (`--head-layers 0`), which the reference script builds too; both print their parameter count.
 //!
 //! `--backbone NAME`, `--head-layers N` and `--method erm|erm-os|cs-dfd|sam-os|sagm-os` (O+S: two batches of
-//! `--batch` per step) time other configurations for BENCHMARKS.md's step-share figures; only the
-//! defaults (Meso4, no head, ERM on O) have a PyTorch counterpart.
+//! `--batch` per step) time other configurations for BENCHMARKS.md's step-share figures. ERM on O
+//! with no head has a PyTorch counterpart for meso4 (`reference/meso4_torch.py`) and for
+//! resnet34, efficientnet-b4 and xception (`reference/cpu_backbones_torch.py`).
+//!
+//! `--profile` switches on `detectors::ops::profile` for the timed steps and prints, after each
+//! size's throughput line, where a step's wall time goes per op kind (the same groups as
+//! `cpu_backbones_torch.py --profile` prints for PyTorch). The timers only observe: the step's
+//! results are the same bits with or without them.
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use detectors::config::OptimizerConfig;
 use detectors::methods::{MethodParams, ParamValue, build_method};
 use detectors::model::Detector;
+use detectors::ops::profile;
 use detectors::{Batch, ParamStore, StepInput};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -31,6 +38,7 @@ struct Args {
     head_layers: usize,
     backbone: String,
     method: String,
+    profile: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -43,6 +51,7 @@ fn parse_args() -> Result<Args, String> {
         head_layers: 0,
         backbone: "meso4".into(),
         method: "erm".into(),
+        profile: false,
     };
     let mut it = std::env::args().skip(1).peekable();
     let num = |flag: &str, v: Option<String>| -> Result<usize, String> {
@@ -77,12 +86,13 @@ fn parse_args() -> Result<Args, String> {
                     ));
                 }
             }
+            "--profile" => a.profile = true,
             // cargo bench hands `--bench` to every bench binary.
             "--bench" => {}
             other => {
                 return Err(format!(
                     "unknown argument `{other}`; expected --sizes N.., --batch, --steps, --warmup, --threads, \
-                     --head-layers, --backbone, --method"
+                     --head-layers, --backbone, --method, --profile"
                 ));
             }
         }
@@ -102,8 +112,9 @@ fn random_batch(rng: &mut ChaCha8Rng, batch: usize, size: usize) -> anyhow::Resu
     })
 }
 
-/// Images per second, seconds per step and the number of trainable parameters.
-fn images_per_second(a: &Args, size: usize) -> anyhow::Result<(f64, f64, usize)> {
+/// Images per second, seconds per step, the number of trainable parameters and, with
+/// `--profile`, the op-kind totals of the timed steps.
+fn images_per_second(a: &Args, size: usize) -> anyhow::Result<(f64, f64, usize, Vec<profile::Totals>)> {
     let pb = ParamStore::new(&Device::Cpu).builder(0);
     let det = Detector::new(&pb, a.head_layers, |pb| detectors::backbones::build(&a.backbone, pb, size))?;
     let adam = OptimizerConfig::Adam { lr: 2e-4, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
@@ -130,12 +141,65 @@ fn images_per_second(a: &Args, size: usize) -> anyhow::Result<(f64, f64, usize)>
     for s in 0..a.warmup {
         method.step(&det, &input, s, 2e-4)?;
     }
+    profile::reset();
+    profile::set_enabled(a.profile);
     let start = Instant::now();
     for s in 0..a.steps {
         method.step(&det, &input, a.warmup + s, 2e-4)?;
     }
     let elapsed = start.elapsed().as_secs_f64();
-    Ok(((images * a.steps) as f64 / elapsed, elapsed / a.steps as f64, det.params().total()))
+    profile::set_enabled(false);
+    let totals = if a.profile { profile::snapshot() } else { Vec::new() };
+    Ok(((images * a.steps) as f64 / elapsed, elapsed / a.steps as f64, det.params().total(), totals))
+}
+
+/// The per-op-kind table of one profiled size: milliseconds per step, share of the step and calls
+/// per step, in the groups `cpu_backbones_torch.py --profile` uses, with our finer kinds indented
+/// under their group. The untimed rest (candle's element-wise ops and activations outside the
+/// fused BatchNorm, the classifier's matmul, the loss, autograd bookkeeping) is the step time
+/// minus the timed kinds.
+fn print_profile(label: &str, step_secs: f64, steps: usize, totals: &[profile::Totals]) {
+    use profile::Kind as K;
+    let step_ms = step_secs * 1000.0;
+    let per_step = |kinds: &[K]| -> (f64, f64) {
+        let t: Vec<&profile::Totals> = totals.iter().filter(|t| kinds.contains(&t.kind)).collect();
+        let ms = t.iter().map(|t| t.nanos as f64).sum::<f64>() / 1e6 / steps as f64;
+        let calls = t.iter().map(|t| t.calls as f64).sum::<f64>() / steps as f64;
+        (ms, calls)
+    };
+    let row = |name: &str, (ms, calls): (f64, f64)| {
+        println!("  {name:<44} {ms:>9.2} {:>6.1}% {calls:>7.0}", 100.0 * ms / step_ms);
+    };
+    println!("profile {label}: per step, mean of {steps} timed steps");
+    println!("  {:<44} {:>9} {:>7} {:>7}", "op kind", "ms", "share", "calls");
+    let groups: [(&str, &[K]); 8] = [
+        ("dense conv forward", &[K::ConvFwd]),
+        ("dense conv backward-data", &[K::ConvBwdData]),
+        ("dense conv backward-filter", &[K::ConvBwdFilter]),
+        ("depthwise conv (fwd+bwd)", &[K::DepthwiseFwd, K::DepthwiseBwd]),
+        ("1x1 conv (fwd+bwd)", &[K::PointwiseFwd, K::PointwiseBwdData, K::PointwiseBwdFilter]),
+        ("BatchNorm (fwd+bwd)", &[K::BatchNormFwd, K::BatchNormBwd]),
+        ("pooling (fwd+bwd)", &[K::PoolFwd, K::PoolBwd]),
+        ("optimizer", &[K::Optimizer]),
+    ];
+    let mut timed = 0.0;
+    for (name, kinds) in groups {
+        let v = per_step(kinds);
+        timed += v.0;
+        row(name, v);
+        if kinds.len() > 1 && v.1 > 0.0 {
+            for &k in kinds {
+                row(&format!("  {}", k.label()), per_step(&[k]));
+            }
+        }
+    }
+    println!(
+        "  {:<44} {:>9.2} {:>6.1}%",
+        "element-wise, linear/loss, other (rest)",
+        step_ms - timed,
+        100.0 * (step_ms - timed) / step_ms
+    );
+    println!("  {:<44} {:>9.2} {:>6.1}%", "step", step_ms, 100.0);
 }
 
 fn main() {
@@ -157,12 +221,17 @@ fn main() {
     );
     for &size in &a.sizes {
         match images_per_second(&a, size) {
-            Ok((ips, secs, n)) => println!(
-                "{}{} train {size}px: {ips:.1} img/s ({:.1} ms/step), {n} parameters",
-                a.backbone,
-                if a.method == "erm" { String::new() } else { format!(" {}", a.method) },
-                secs * 1000.0
-            ),
+            Ok((ips, secs, n, totals)) => {
+                let label = format!(
+                    "{}{} train {size}px",
+                    a.backbone,
+                    if a.method == "erm" { String::new() } else { format!(" {}", a.method) }
+                );
+                println!("{label}: {ips:.1} img/s ({:.1} ms/step), {n} parameters", secs * 1000.0);
+                if a.profile {
+                    print_profile(&label, secs, a.steps, &totals);
+                }
+            }
             Err(e) => {
                 eprintln!("meso4_train: {size} px: {e:#}");
                 std::process::exit(1);

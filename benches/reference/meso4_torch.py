@@ -58,11 +58,9 @@ class Meso4(nn.Module):
         return self.classifier(torch.flatten(x, 1))
 
 
-def images_per_second(size: int, batch: int, steps: int, warmup: int, classifier: str, head_layers: int,
-                      shared_bn: bool = False):
-    torch.manual_seed(0)
-    model = Meso4(size, classifier, head_layers, shared_bn).train()
-    n_params = sum(p.numel() for p in model.parameters())
+def erm_step(model: nn.Module, size: int, batch: int):
+    """One ERM training step of `model` (Adam, lr 2e-4, BCE-with-logits on one logit) on a fixed
+    random batch, as a closure; also shared by cpu_backbones_torch.py."""
     opt = torch.optim.Adam(model.parameters(), lr=2e-4)
     loss_fn = nn.BCEWithLogitsLoss()
     x = torch.randn(batch, 3, size, size)
@@ -74,12 +72,25 @@ def images_per_second(size: int, batch: int, steps: int, warmup: int, classifier
         loss.backward()
         opt.step()
 
+    return step
+
+
+def timed(step, steps: int, warmup: int) -> float:
+    """Seconds taken by `steps` calls of `step` after `warmup` untimed ones."""
     for _ in range(warmup):
         step()
     start = time.perf_counter()
     for _ in range(steps):
         step()
-    elapsed = time.perf_counter() - start
+    return time.perf_counter() - start
+
+
+def images_per_second(size: int, batch: int, steps: int, warmup: int, classifier: str, head_layers: int,
+                      shared_bn: bool = False):
+    torch.manual_seed(0)
+    model = Meso4(size, classifier, head_layers, shared_bn).train()
+    n_params = sum(p.numel() for p in model.parameters())
+    elapsed = timed(erm_step(model, size, batch), steps, warmup)
     return batch * steps / elapsed, n_params
 
 

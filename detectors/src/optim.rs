@@ -100,6 +100,7 @@ impl Optimizer {
     }
 
     fn step_from(&mut self, set: &ParamSet, dir: Directions, lr: f64) -> Result<()> {
+        let _span = crate::ops::profile::start(crate::ops::profile::Kind::Optimizer);
         self.t += 1;
         let first = self.m.is_empty();
         let rule = self.rule(lr, first);

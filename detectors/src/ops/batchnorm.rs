@@ -526,6 +526,7 @@ impl CustomOp3 for BatchNormOp {
         if n * c * h * w == 0 {
             bail!("batch norm: empty input {:?}", l1.dims());
         }
+        let _span = super::profile::start(super::profile::Kind::BatchNormFwd);
         let y = self.forward(x, g, b, (n, c, h * w));
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
@@ -542,6 +543,7 @@ impl CustomOp3 for BatchNormOp {
         if need == [false; 3] {
             return Ok((None, None, None));
         }
+        let _span = super::profile::start(super::profile::Kind::BatchNormBwd);
         let (n, c, h, w) = x.dims4()?;
         let grad = grad.to_dtype(DType::F32)?.contiguous()?;
         if grad.dims() != x.dims() {

@@ -7,6 +7,7 @@ pub mod conv;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod pool;
+pub mod profile;
 
 /// 2-D convolution, NCHW input, `[C_out, C_in / groups, kH, kW]` weight, optional `[C_out]` bias.
 ///

@@ -146,6 +146,7 @@ impl CustomOp1 for MaxPool2dOp {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let _span = super::profile::start(super::profile::Kind::PoolFwd);
         let (o1, o2) = match layout.contiguous_offsets() {
             Some(o) => o,
             None => candle_core::bail!("max_pool2d: input must be contiguous"),
@@ -167,6 +168,7 @@ impl CustomOp1 for MaxPool2dOp {
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        let _span = super::profile::start(super::profile::Kind::PoolBwd);
         let grad = match arg.dtype() {
             DType::F32 => self.backward_typed::<f32>(arg.shape(), &grad_res.to_dtype(DType::F32)?)?,
             DType::F64 => self.backward_typed::<f64>(arg.shape(), &grad_res.to_dtype(DType::F64)?)?,
@@ -232,5 +234,6 @@ pub fn max_pool2d_composed(x: &Tensor, kernel: usize, stride: usize, padding: us
 
 /// Global average pooling: `[B, C, H, W]` -> `[B, C]`.
 pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
+    let _span = super::profile::start(super::profile::Kind::PoolFwd);
     x.mean((2, 3))
 }

@@ -7,6 +7,7 @@
 use rayon::prelude::*;
 
 use super::{Geom, SyncPtr, scratch};
+use crate::ops::profile::{PartClock, now_if};
 
 /// Target size of one band's im2col slice, in floats (~384 KiB: the gemm's packed operands and
 /// the band stay in a 1 MiB L2 cache).
@@ -182,7 +183,8 @@ pub(crate) fn forward(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
     y
 }
 
-/// Returns `(dx, dw)`, each only when asked for.
+/// Returns `(dx, dw)`, each only when asked for. With a `clock` (the profile on), the thread
+/// time of the input-gradient work goes to its part `a` and of the weight-gradient work to `b`.
 pub(crate) fn backward(
     g: &Geom,
     x: &[f32],
@@ -190,7 +192,9 @@ pub(crate) fn backward(
     dy: &[f32],
     need_dx: bool,
     need_dw: bool,
+    clock: Option<&PartClock>,
 ) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
+    let timed = clock.is_some();
     let (k, ps, hw) = (g.k(), g.out_plane(), g.in_plane());
     let rows = band_rows(g);
     let bands = g.ho.div_ceil(rows);
@@ -227,6 +231,7 @@ pub(crate) fn backward(
                             let dy_band = dy[n * g.o * ps + grp * g.og * ps + r0 * g.wo..].as_ptr();
                             let w_grp = w[grp * g.og * k..].as_ptr();
                             if let Some(dwp) = dw_part.as_deref_mut() {
+                                let t = now_if(timed);
                                 let (rhs, rhs_cs) = if pointwise {
                                     (xs[grp * g.cg * hw + r0 * g.wo..].as_ptr(), hw)
                                 } else {
@@ -246,8 +251,12 @@ pub(crate) fn backward(
                                         (1, rhs_cs),
                                     );
                                 }
+                                if let Some(c) = clock {
+                                    c.add(t, false);
+                                }
                             }
                             if need_dx {
+                                let t = now_if(timed);
                                 // SAFETY: samples n0..n1 belong to this chunk only, so it alone
                                 // touches their input gradient; lhs is W_grp^T.
                                 let dxs = unsafe { dxp.get().add(n * g.c * hw) };
@@ -282,6 +291,9 @@ pub(crate) fn backward(
                                     let dxs = unsafe { std::slice::from_raw_parts_mut(dxs, g.c * hw) };
                                     col2im_band(g, &dcol[..k * pt], grp * g.cg, r0, r1, dxs);
                                 }
+                                if let Some(c) = clock {
+                                    c.add(t, true);
+                                }
                             }
                         }
                     }
@@ -290,12 +302,16 @@ pub(crate) fn backward(
         });
     }
     if let Some(dw) = dw.as_mut() {
+        let t = now_if(timed);
         for p in &partials {
             for (a, b) in dw.iter_mut().zip(p) {
                 *a += *b;
             }
         }
         scratch::give_back_partials(partials);
+        if let Some(c) = clock {
+            c.add(t, false);
+        }
     }
     (dx, dw)
 }

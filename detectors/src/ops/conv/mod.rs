@@ -22,6 +22,8 @@ use std::sync::Arc;
 
 use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Result, Shape, Storage, Tensor, bail};
 
+use super::profile::{self, Kind, PartClock};
+
 mod depthwise;
 mod gemm_path;
 mod scratch;
@@ -156,6 +158,18 @@ impl Geom {
         self.cg == 1 && self.groups > 1
     }
 
+    /// The profile's kinds for this convolution: forward, backward-data, backward-filter
+    /// (depthwise has one backward kind: its kernel computes both gradients in one loop).
+    fn profile_kinds(&self) -> [Kind; 3] {
+        if self.is_depthwise() {
+            [Kind::DepthwiseFwd, Kind::DepthwiseBwd, Kind::DepthwiseBwd]
+        } else if self.kh == 1 && self.kw == 1 {
+            [Kind::PointwiseFwd, Kind::PointwiseBwdData, Kind::PointwiseBwdFilter]
+        } else {
+            [Kind::ConvFwd, Kind::ConvBwdData, Kind::ConvBwdFilter]
+        }
+    }
+
     pub(crate) fn x_len(&self) -> usize {
         self.n * self.c * self.in_plane()
     }
@@ -218,6 +232,7 @@ impl CustomOp2 for Conv2dOp {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let g = Geom::new(l1.dims(), l2.dims(), self.params)?;
+        let _span = profile::start(g.profile_kinds()[0]);
         let x = f32_slice(s1, l1, "input")?;
         let w = f32_slice(s2, l2, "weight")?;
         let y = if g.is_depthwise() { depthwise::forward(&g, x, w) } else { gemm_path::forward(&g, x, w) };
@@ -239,6 +254,11 @@ impl CustomOp2 for Conv2dOp {
             return Ok((None, None));
         }
         let g = Geom::new(x.dims(), w.dims(), self.params)?;
+        // Timed from here to the gradients' tensors; the gemm path's wall time is split between
+        // its data and filter parts by the thread time each took.
+        let profiling = profile::enabled();
+        let t0 = profile::now_if(profiling);
+        let clock = PartClock::default();
         let grad = grad.contiguous()?;
         let (xs, xl) = x.storage_and_layout();
         let (ws, wl) = w.storage_and_layout();
@@ -259,10 +279,19 @@ impl CustomOp2 for Conv2dOp {
         let (dx, dw) = if g.is_depthwise() {
             depthwise::backward(&g, xv, wv, dy, need_dx, need_dw)
         } else {
-            gemm_path::backward(&g, xv, wv, dy, need_dx, need_dw)
+            gemm_path::backward(&g, xv, wv, dy, need_dx, need_dw, profiling.then_some(&clock))
         };
         let dx = dx.map(|v| Tensor::from_vec(v, x.shape(), &Device::Cpu)).transpose()?;
         let dw = dw.map(|v| Tensor::from_vec(v, w.shape(), &Device::Cpu)).transpose()?;
+        if let Some(t0) = t0 {
+            let wall = t0.elapsed().as_nanos() as u64;
+            let [_, data_kind, filter_kind] = g.profile_kinds();
+            if g.is_depthwise() {
+                profile::record(data_kind, wall);
+            } else {
+                profile::split_record(data_kind, filter_kind, &clock, wall);
+            }
+        }
         Ok((dx, dw))
     }
 }
