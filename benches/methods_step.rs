@@ -69,20 +69,10 @@ fn bench(c: &mut Criterion) {
             .collect(),
     };
     let adam = OptimizerConfig::Adam { lr: 2e-4, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
-    let both = || ParamValue::Str("both".into());
-    // (label, registry kind, parameters). SAM and SAGM run on O+S as well, so that every ratio
-    // compares the same images; RoGA takes its four domain batches (4 x 32 images).
-    let methods: Vec<(&str, &str, MethodParams)> = vec![
-        ("erm_os", "erm", MethodParams::new().with("streams", both())),
-        ("erm_o", "erm", MethodParams::new().with("streams", ParamValue::Str("original".into()))),
-        ("cs_dfd", "cs-dfd", MethodParams::new()),
-        ("uvs_only", "cs-dfd", MethodParams::new().with("cgr", ParamValue::Bool(false))),
-        ("cgr_only", "cs-dfd", MethodParams::new().with("uvs", ParamValue::Bool(false))),
-        ("roga_4dom", "roga", MethodParams::new()),
-        ("sam_os", "sam", MethodParams::new().with("streams", both())),
-        ("sagm_os", "sagm", MethodParams::new().with("streams", both())),
-        ("pcgrad", "pcgrad", MethodParams::new()),
-    ];
+    // Every method of the timing mode but CAGrad (timed there, with `--methods cagrad`): SAM and
+    // SAGM run on O+S as well, so that every ratio compares the same images; RoGA takes its four
+    // domain batches (4 x 32 images).
+    let methods: Vec<_> = cases().into_iter().filter(|(label, ..)| *label != "cagrad").collect();
     let mut group = c.benchmark_group("meso4_128px_step");
     group.sample_size(10);
     for (label, kind, params) in methods {
@@ -106,10 +96,7 @@ fn bench(c: &mut Criterion) {
     }
     let mut group = c.benchmark_group("resnet18_128px_step");
     group.sample_size(10);
-    for (label, kind, params) in [
-        ("erm_os", "erm", MethodParams::new().with("streams", both())),
-        ("cs_dfd", "cs-dfd", MethodParams::new()),
-    ] {
+    for (label, kind, params) in cases().into_iter().filter(|(label, ..)| matches!(*label, "erm_os" | "cs_dfd")) {
         let det = detector("resnet18", 5);
         let mut method = build_method(kind, &params, &adam, &det, 3).unwrap();
         let mut step = 0;

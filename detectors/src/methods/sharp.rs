@@ -3,6 +3,7 @@
 //! loss closure, so the same code runs on a detector and on the reference quadratic of the tests.
 use std::time::Instant;
 
+use candle_core::backprop::GradStore;
 use candle_core::{Result, Tensor};
 
 use super::{LossKind, Losses, StepCtx, StreamNeeds, Streams, TrainingMethod};
@@ -145,14 +146,7 @@ impl SharpCore {
             }
         }
         set.set_shifted(&self.saved, &self.e)?;
-        let second = loss_fn(Mode::TrainFrozenStats);
-        let grads2 = match second.and_then(|s| s.total.backward()) {
-            Ok(g) => g,
-            Err(err) => {
-                set.restore(&self.saved)?;
-                return Err(err);
-            }
-        };
+        let grads2 = perturbed_backward(set, &self.saved, loss_fn(Mode::TrainFrozenStats))?;
         let norm_update = match self.pert {
             Perturbation::Sagm { .. } => {
                 self.gp.fill_from(set, &grads2)?;
@@ -225,14 +219,7 @@ impl SharpCore {
             }
         };
         set.set_shifted_tensor(&self.saved, &e)?;
-        let second = loss_fn(Mode::TrainFrozenStats);
-        let grads2 = match second.and_then(|s| s.total.backward()) {
-            Ok(g) => g,
-            Err(err) => {
-                set.restore(&self.saved)?;
-                return Err(err);
-            }
-        };
+        let grads2 = perturbed_backward(set, &self.saved, loss_fn(Mode::TrainFrozenStats))?;
         let norm_update = match self.pert {
             Perturbation::Sagm { .. } => {
                 let dir = devflat::gather(set, &grads2)?.add(&g)?.affine(0.5, 0.0)?;
@@ -265,6 +252,18 @@ impl SharpCore {
 }
 
 /// [`SharpCore`]'s conflict probe on the device: one transfer of three sums.
+/// The backward pass at the perturbed weights; on failure the weights are restored first, so an
+/// error never leaves the model perturbed.
+fn perturbed_backward(set: &ParamSet, saved: &Snapshot, losses: Result<Losses>) -> Result<GradStore> {
+    match losses.and_then(|l| l.total.backward()) {
+        Ok(g) => Ok(g),
+        Err(err) => {
+            set.restore(saved)?;
+            Err(err)
+        }
+    }
+}
+
 fn conflict_on_device(set: &ParamSet, l1: &Tensor, l2: &Tensor) -> Result<(f64, f64, f64)> {
     let (r1, r2) = super::conflict::backward_pair(l1, l2, l1.device().is_cpu())?;
     let (p1, p2) = (devflat::gather(set, &r1)?, devflat::gather(set, &r2)?);
