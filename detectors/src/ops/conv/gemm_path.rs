@@ -6,7 +6,7 @@
 //! slice `[K, P_band]` fits in a per-thread scratch buffer sized for the L2 cache.
 use rayon::prelude::*;
 
-use super::{Geom, SyncPtr, scratch};
+use super::{Geom, SyncPtr, batch_dw, scratch};
 use crate::ops::profile::{PartClock, now_if};
 
 /// Target size of one band's im2col slice, in floats (~384 KiB: the gemm's packed operands and
@@ -20,7 +20,7 @@ const MAX_PARTIAL_FLOATS: usize = 1 << 22;
 /// count) so the summation order, hence the result, does not depend on the machine.
 const MAX_CHUNKS: usize = 8;
 
-fn band_rows(g: &Geom) -> usize {
+pub(super) fn band_rows(g: &Geom) -> usize {
     (BAND_FLOATS / (g.k() * g.wo).max(1)).clamp(1, g.ho)
 }
 
@@ -71,12 +71,27 @@ unsafe fn sgemm(
 /// padding.
 fn im2col_band(g: &Geom, xs: &[f32], c0: usize, r0: usize, r1: usize, col: &mut [f32]) {
     let pt = (r1 - r0) * g.wo;
-    let mut rows = col.chunks_exact_mut(pt);
+    assert!(col.len() >= g.k() * pt, "col holds K rows");
+    // SAFETY: `col` holds the K rows of `pt` floats written, at row stride `pt`.
+    unsafe { im2col_rows(g, xs, c0, r0, r1, col.as_mut_ptr(), pt) }
+}
+
+/// [`im2col_band`] into columns of a wider matrix: row `k` of the band goes to
+/// `col[k * ld..][..(r1 - r0) W_out]`.
+///
+/// # Safety
+/// `col` must address `K` rows of `(r1 - r0) W_out` floats at row stride `ld`, which no other
+/// thread reads or writes during the call.
+pub(super) unsafe fn im2col_rows(g: &Geom, xs: &[f32], c0: usize, r0: usize, r1: usize, col: *mut f32, ld: usize) {
+    let pt = (r1 - r0) * g.wo;
+    let mut kk = 0;
     for ci in 0..g.cg {
         let plane = &xs[(c0 + ci) * g.in_plane()..][..g.in_plane()];
         for ki in 0..g.kh {
             for kj in 0..g.kw {
-                let row = rows.next().expect("col holds K rows");
+                // SAFETY: row kk of the band, inside the caller's extent.
+                let row = unsafe { std::slice::from_raw_parts_mut(col.add(kk * ld), pt) };
+                kk += 1;
                 let off = (kj * g.d) as isize - g.p as isize;
                 let (lo, hi) = Geom::valid_range(off, g.s, g.w, g.wo);
                 for (oh, dst) in (r0..r1).zip(row.chunks_exact_mut(g.wo)) {
@@ -185,7 +200,35 @@ pub(crate) fn forward(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
 
 /// Returns `(dx, dw)`, each only when asked for. With a `clock` (the profile on), the thread
 /// time of the input-gradient work goes to its part `a` and of the weight-gradient work to `b`.
+/// Narrow bands with wide weights take their weight gradient from [`super::batch_dw`].
 pub(crate) fn backward(
+    g: &Geom,
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    need_dx: bool,
+    need_dw: bool,
+    clock: Option<&PartClock>,
+) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
+    if !(need_dw && batch_dw::applies(g)) {
+        return backward_banded(g, x, w, dy, need_dx, need_dw, clock);
+    }
+    let dx = if need_dx { backward_banded(g, x, w, dy, true, false, clock).0 } else { None };
+    let t = now_if(clock.is_some());
+    let dw = batch_dw::weight_gradient(g, x, dy);
+    if let Some(c) = clock {
+        c.add(t, false);
+    }
+    (dx, Some(dw))
+}
+
+/// The banded path's weight gradient: the reference [`super::batch_dw`] is tested against.
+#[cfg(test)]
+pub(super) fn banded_weight_gradient(g: &Geom, x: &[f32], w: &[f32], dy: &[f32]) -> Vec<f32> {
+    backward_banded(g, x, w, dy, false, true, None).1.expect("asked for dw")
+}
+
+fn backward_banded(
     g: &Geom,
     x: &[f32],
     w: &[f32],

@@ -24,6 +24,7 @@ use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Result, Shape, S
 
 use super::profile::{self, Kind, PartClock};
 
+mod batch_dw;
 mod depthwise;
 mod gemm_path;
 mod scratch;

@@ -48,3 +48,20 @@ pub(crate) fn give_back_partials(bufs: Vec<Vec<f32>>) {
     let mut pool = PARTIALS.lock().unwrap_or_else(|e| e.into_inner());
     pool.extend(bufs);
 }
+
+static TILES: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
+
+/// Takes a buffer of at least `len` floats (contents unspecified) from the pool of whole-batch
+/// tiles; concurrent convolutions each get their own.
+pub(crate) fn take_tile(len: usize) -> Vec<f32> {
+    let mut v = TILES.lock().unwrap_or_else(|e| e.into_inner()).pop().unwrap_or_default();
+    if v.len() < len {
+        v.resize(len, 0.0);
+    }
+    v
+}
+
+/// Returns tile buffers to the pool for the next call.
+pub(crate) fn give_back_tiles(bufs: impl IntoIterator<Item = Vec<f32>>) {
+    TILES.lock().unwrap_or_else(|e| e.into_inner()).extend(bufs);
+}
