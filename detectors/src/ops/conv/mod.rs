@@ -11,11 +11,15 @@
 //! - in backward, computes the weight gradient (`dY x col^T`, accumulated per fixed chunk of the
 //!   batch) and the input gradient (`W^T x dY`, then col2im) in one pass, and skips each one whose
 //!   operand needs no gradient (an input image is neither a variable nor the result of an op);
+//! - for narrow bands of wide weights (ResNet's layers 2-4, Xception's and EfficientNet's 1x1
+//!   convolutions on small planes) computes the weight gradient over the whole batch instead
+//!   ([`batch_dw`]): one multi-threaded gemm per tile of bands, no per-chunk partial sums;
 //! - gives depthwise convolutions (one input channel per group) a direct loop kernel.
 //!
 //! Results are bit-identical across calls and independent of the number of threads: every output
-//! element is computed by one work item in a fixed order, and the weight gradient is reduced over a
-//! chunking of the batch that depends only on the shapes.
+//! element is computed by one work item (or one gemm, which splits only its output between
+//! threads) in a fixed order, and the weight gradient is reduced over a chunking of the batch, or
+//! a tiling of it, that depends only on the shapes.
 //!
 //! [`crate::ops::conv2d`] dispatches here for f32 tensors on the CPU and to candle otherwise.
 use std::sync::Arc;
