@@ -13,7 +13,7 @@
 //!   operand needs no gradient (an input image is neither a variable nor the result of an op);
 //! - for narrow bands of wide weights (ResNet's layers 2-4, Xception's and EfficientNet's 1x1
 //!   convolutions on small planes) computes the weight gradient over the whole batch instead
-//!   ([`batch_dw`]): one multi-threaded gemm per tile of bands, no per-chunk partial sums;
+//!   (`batch_dw`): one multi-threaded gemm per tile of bands, no per-chunk partial sums;
 //! - gives depthwise convolutions (one input channel per group) a direct loop kernel.
 //!
 //! Results are bit-identical across calls and independent of the number of threads: every output
