@@ -426,8 +426,8 @@ impl SqueezeExcite {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let s = x.mean_keepdim((2, 3))?;
         let s = self.act.forward(&self.conv_reduce.forward(&s)?)?;
-        let gate = candle_nn::ops::sigmoid(&self.conv_expand.forward(&s)?)?;
-        x.broadcast_mul(&gate)
+        // `x * sigmoid(logits)` in one op with its own backward on the CPU (f32).
+        crate::ops::se::scale_by_sigmoid(x, &self.conv_expand.forward(&s)?)
     }
 }
 
