@@ -56,15 +56,16 @@ fn gather(src: &[f32], c0: usize, nc: usize, hw: usize, dst: &mut [V]) {
 /// `[C][hw]` buffer at `dst`.
 ///
 /// # Safety
-/// `dst` must point to that sample's planes, valid for writes, and no other thread may access
-/// planes `c0..c0 + nc` of it meanwhile.
+/// `dst` must point to that sample's planes, valid for writes (initialised or not), and no other
+/// thread may access planes `c0..c0 + nc` of it meanwhile; `src` holds at least `hw` vectors.
 #[inline(always)]
 unsafe fn scatter(src: &[V], c0: usize, nc: usize, hw: usize, dst: *mut f32) {
     for l in 0..nc {
-        // SAFETY: per the function's contract.
-        let plane = unsafe { std::slice::from_raw_parts_mut(dst.add((c0 + l) * hw), hw) };
-        for (o, s) in plane.iter_mut().zip(src) {
-            *o = s[l];
+        // SAFETY: per the function's contract; written through the pointer, never read, so the
+        // destination may be uninitialised.
+        let plane = unsafe { dst.add((c0 + l) * hw) };
+        for (i, s) in src[..hw].iter().enumerate() {
+            unsafe { plane.add(i).write(s[l]) };
         }
     }
 }
@@ -160,14 +161,23 @@ vmath::avx2_fn!(
         = forward_item
 );
 
+/// A buffer of `len` values that the caller's work items write in full, not zeroed first (a
+/// whole extra pass otherwise).
+fn unfilled(len: usize) -> Vec<f32> {
+    Vec::with_capacity(len)
+}
+
 pub(crate) fn forward(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
     debug_assert!(handles(g));
-    let mut y = vec![0f32; g.y_len()];
+    let mut y = unfilled(g.y_len());
     let yp = SyncPtr(y.as_mut_ptr());
     let nb = blocks(g);
     (0..g.n * nb).into_par_iter().for_each_init(Scratch::default, |sc, i| {
         forward_item_wide(g, x, w, (i / nb, i % nb), yp, sc);
     });
+    // SAFETY: the items (n, cb) cover every sample and channel block, and each wrote all of its
+    // planes (`scatter` writes whole planes for every channel of the block).
+    unsafe { y.set_len(g.y_len()) };
     y
 }
 
@@ -265,12 +275,16 @@ pub(crate) fn backward(
 ) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
     debug_assert!(handles(g));
     let kk = g.kh * g.kw;
-    let mut dx = need_dx.then(|| vec![0f32; g.x_len()]);
+    let mut dx = need_dx.then(|| unfilled(g.x_len()));
     let dxp = SyncPtr(dx.as_mut().map_or(std::ptr::null_mut(), |v| v.as_mut_ptr()));
     let sums: Vec<Vec<[f64; L]>> = (0..blocks(g))
         .into_par_iter()
         .map_init(Scratch::default, |sc, cb| backward_item_wide(g, (x, w, dy), cb, (dxp, need_dw), sc))
         .collect();
+    if let Some(dx) = dx.as_mut() {
+        // SAFETY: every channel block wrote all of its planes in every sample.
+        unsafe { dx.set_len(g.x_len()) };
+    }
     let dw = need_dw.then(|| {
         let mut dw = vec![0f32; g.w_len()];
         for (cb, acc) in sums.iter().enumerate() {
@@ -306,7 +320,8 @@ mod tests {
     /// and Xception (8x8 and 4x4 planes, stride 2, 5x5 kernels) and odd ones: planes narrower
     /// than the kernel's reach, 1-pixel planes, a lone channel, channel counts on both sides of
     /// a multiple of 8, rows longer than 8 (the dot's full chunks and remainders), dilation 2.
-    const CASES: &[(usize, usize, (usize, usize), (usize, usize), usize, usize, usize)] = &[
+    type Case = (usize, usize, (usize, usize), (usize, usize), usize, usize, usize);
+    const CASES: &[Case] = &[
         (2, 16, (8, 8), (3, 3), 1, 1, 1),
         (3, 13, (4, 4), (5, 5), 1, 2, 1),
         (2, 24, (9, 9), (5, 5), 2, 2, 1),
@@ -319,7 +334,7 @@ mod tests {
         (2, 11, (33, 35), (5, 5), 1, 2, 1),
     ];
 
-    fn geom(&(n, c, (h, w), (kh, kw), s, p, d): &(usize, usize, (usize, usize), (usize, usize), usize, usize, usize)) -> Geom {
+    fn geom(&(n, c, (h, w), (kh, kw), s, p, d): &Case) -> Geom {
         let prm = Conv2dParams { stride: s, padding: p, dilation: d, groups: c };
         Geom::new(&[n, c, h, w], &[c, 1, kh, kw], prm).unwrap()
     }
