@@ -438,7 +438,29 @@ fn dx_plane<const IN: bool, const OUT: bool, const SILU: bool>(
     }
 }
 
-// The SiLU variant's three plane loops, compiled for AVX2 where the processor has it: the `exp`
+/// [`grad_moments`] of the SiLU variant that also keeps the gradient at the BatchNorm's output
+/// (`g`, fully written): the backward's second pass reads it back instead of recomputing it. The
+/// sums are those of [`grad_moments`] (the same `g`, added in the same order).
+#[inline(always)]
+fn grad_moments_keep_silu(dy: &[f32], x: &[f32], g: &mut [MaybeUninit<f32>], m: f32, (s, bb): (f32, f32)) -> [f64; 2] {
+    for ((o, &d), &v) in g.iter_mut().zip(dy).zip(x) {
+        o.write(out_grad::<false, false, true>(d, v, m, s, bb));
+    }
+    // SAFETY: `g` is as long as `dy` (the callers' planes), so the loop wrote all of it, and
+    // `MaybeUninit<f32>` has `f32`'s layout.
+    let g: &[f32] = unsafe { &*(g as *const [MaybeUninit<f32>] as *const [f32]) };
+    pair_sums(g, x, |g, v| (g, g * (v - m)))
+}
+
+/// [`dx_plane`] of the SiLU variant from the kept output gradient, in place: `g` becomes dx.
+#[inline(always)]
+fn dx_from_kept_silu(g: &mut [f32], x: &[f32], m: f32, [k1, k2, k3]: [f32; 3]) {
+    for (o, &v) in g.iter_mut().zip(x) {
+        *o = (k1 * *o + k2 * (act::<false>(v) - m) + k3) * act_mask::<false>(v);
+    }
+}
+
+// The SiLU variant's plane loops, compiled for AVX2 where the processor has it: the `exp`
 // polynomial is worth the wider vectors (same bits either way). The ReLU variants keep the code
 // they shipped with.
 vmath::avx2_fn!(
@@ -450,6 +472,13 @@ vmath::avx2_fn!(
         = grad_moments::<false, false, true>
 );
 vmath::avx2_fn!(
+    fn grad_moments_keep_silu_wide(dy: &[f32], x: &[f32], g: &mut [MaybeUninit<f32>], m: f32, sbb: (f32, f32))
+        -> [f64; 2] = grad_moments_keep_silu
+);
+vmath::avx2_fn!(
+    fn dx_from_kept_silu_wide(g: &mut [f32], x: &[f32], m: f32, k: [f32; 3]) = dx_from_kept_silu
+);
+vmath::avx2_fn!(
     fn dx_plane_silu(dy: &[f32], x: &[f32], o: &mut [MaybeUninit<f32>], msb: (f32, f32, f32), k: [f32; 3])
         = dx_plane::<false, false, true>
 );
@@ -457,6 +486,11 @@ vmath::avx2_fn!(
 /// Per-plane pair sums reduced per channel in sample order (deterministic for any thread count).
 fn per_channel(n: usize, c: usize, hw: usize, f: impl Fn(usize) -> [f64; 2] + Sync + Send) -> Vec<[f64; 2]> {
     let planes: Vec<[f64; 2]> = (0..n * c).into_par_iter().with_min_len(min_planes(hw)).map(f).collect();
+    channel_totals(&planes, c)
+}
+
+/// Per-plane pair sums (plane `p` of channel `p % c`) added per channel in sample order.
+fn channel_totals(planes: &[[f64; 2]], c: usize) -> Vec<[f64; 2]> {
     let mut tot = vec![[0f64; 2]; c];
     for (p, v) in planes.iter().enumerate() {
         let t = &mut tot[p % c];
@@ -585,7 +619,27 @@ impl BatchNormOp {
         let batch = self.fixed.is_none();
         // The sums are needed for the affine gradients, and in training mode for dx too
         // (the batch statistics depend on every x).
-        let sums = if need[1] || need[2] || (batch && need[0]) {
+        // With a SiLU and dx wanted, the first pass keeps the gradient at the BatchNorm's output
+        // (`dy * silu'(v)`: an exp and a division per element) in the buffer that becomes dx,
+        // and the second pass reads it back: the same values, one `silu'` per element.
+        let mut kept: Option<Vec<f32>> = None;
+        let sums = if SILU && need[0] && (need[1] || need[2] || batch) {
+            let len = x.len();
+            let mut buf: Vec<f32> = Vec::with_capacity(len);
+            let planes: Vec<[f64; 2]> = buf.spare_capacity_mut()[..len]
+                .par_chunks_mut(hw)
+                .with_min_len(min_planes(hw))
+                .enumerate()
+                .map(|(p, gp)| {
+                    let (r, ci) = (p * hw..(p + 1) * hw, p % c);
+                    grad_moments_keep_silu_wide(&dy[r.clone()], &x[r], gp, mean32[ci], (scale[ci], b[ci]))
+                })
+                .collect();
+            // SAFETY: the planes cover `0..len` and each was written in full.
+            unsafe { buf.set_len(len) };
+            kept = Some(buf);
+            channel_totals(&planes, c)
+        } else if need[1] || need[2] || (batch && need[0]) {
             per_channel(n, c, hw, |p| {
                 let r = p * hw..(p + 1) * hw;
                 let ci = p % c;
@@ -618,6 +672,13 @@ impl BatchNormOp {
                     }
                 })
                 .collect();
+            if let Some(mut g) = kept {
+                g.par_chunks_mut(hw).with_min_len(min_planes(hw)).enumerate().for_each(|(p, gp)| {
+                    let ci = p % c;
+                    dx_from_kept_silu_wide(gp, &x[p * hw..(p + 1) * hw], mean32[ci], coef[ci]);
+                });
+                return g;
+            }
             planewise(x.len(), hw, |p, o| {
                 let ci = p % c;
                 let msb = (mean32[ci], scale[ci], b[ci]);
