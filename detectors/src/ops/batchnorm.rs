@@ -33,8 +33,9 @@
 //! A SiLU on the output can be folded in too (`silu(bn(x))`, timm's `BatchNormAct2d` in
 //! EfficientNet: [`batch_norm_train_then_silu`], [`batch_norm_eval_then_silu`]). candle's SiLU
 //! costs a scalar `expf` per element forward and about nine passes backward; folded, the forward
-//! writes `v / (1 + e^-v)` with the BatchNorm's output `v`, and the backward recomputes `v` and
-//! multiplies the incoming gradient by `silu'(v)` in both of its passes, with
+//! writes `v / (1 + e^-v)` with the BatchNorm's output `v`, and the backward's first pass
+//! recomputes `v`, multiplies the incoming gradient by `silu'(v)` and keeps the product in the
+//! buffer that becomes the input gradient, which the second pass reads back; all with
 //! [`super::vmath`]'s vectorised `exp` (within 2 ulp of the exact one, so the values are within a
 //! few ulp of the separate ops', not their bits) in loops compiled for AVX2 where the processor
 //! has it. CUDA and non-f32 operands run the BatchNorm, then candle's `silu`.
