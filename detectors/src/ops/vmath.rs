@@ -68,8 +68,6 @@ pub fn silu_grad(x: f32) -> f32 {
 /// above are), so that its whole loop is compiled into the AVX2 copy; a closure handed to a
 /// `target_feature` function is not reliably inlined into it, hence a macro. Only the speed
 /// differs between the two copies: see the module docs.
-#[macro_export]
-#[doc(hidden)]
 macro_rules! avx2_fn {
     ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? = $body:path) => {
         $(#[$meta])*
