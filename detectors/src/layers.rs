@@ -263,23 +263,38 @@ impl BatchNorm2d {
         self.forward_with(x, mode, Relu::Output)
     }
 
+    /// `self.forward(x, mode)?.silu()` (timm's `BatchNormAct2d` with SiLU), with the SiLU folded
+    /// into the fused kernel for f32 on the CPU (within a few ulp of candle's `silu`: a
+    /// vectorised `exp`); the two separate ops elsewhere.
+    pub fn forward_then_silu(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        self.forward_act(x, mode, Relu::None, true)
+    }
+
     fn forward_with(&self, x: &Tensor, mode: Mode, relu: Relu) -> Result<Tensor> {
+        self.forward_act(x, mode, relu, false)
+    }
+
+    /// `silu`: an output SiLU, only with `relu` [`Relu::None`].
+    fn forward_act(&self, x: &Tensor, mode: Mode, relu: Relu, silu: bool) -> Result<Tensor> {
         let (b, c, h, w) = x.dims4()?;
         if c != self.channels {
             candle_core::bail!("batch norm: expected {} channels, got input {:?}", self.channels, x.dims());
         }
         match mode {
-            Mode::Eval => batchnorm::batch_norm_eval_with(
-                x,
-                &self.weight,
-                &self.bias,
-                (self.running_mean.as_tensor(), self.running_var.as_tensor()),
-                self.eps,
-                relu,
-            ),
+            Mode::Eval => {
+                let stats = (self.running_mean.as_tensor(), self.running_var.as_tensor());
+                if silu {
+                    batchnorm::batch_norm_eval_then_silu(x, &self.weight, &self.bias, stats, self.eps)
+                } else {
+                    batchnorm::batch_norm_eval_with(x, &self.weight, &self.bias, stats, self.eps, relu)
+                }
+            }
             Mode::Train | Mode::TrainFrozenStats => {
-                let (y, mean, var) =
-                    batchnorm::batch_norm_train_with(x, &self.weight, &self.bias, self.eps, relu)?;
+                let (y, mean, var) = if silu {
+                    batchnorm::batch_norm_train_then_silu(x, &self.weight, &self.bias, self.eps)?
+                } else {
+                    batchnorm::batch_norm_train_with(x, &self.weight, &self.bias, self.eps, relu)?
+                };
                 if mode == Mode::Train {
                     batchnorm::update_running_stats(
                         (&self.running_mean, &self.running_var),
@@ -411,8 +426,8 @@ impl SqueezeExcite {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let s = x.mean_keepdim((2, 3))?;
         let s = self.act.forward(&self.conv_reduce.forward(&s)?)?;
-        let gate = candle_nn::ops::sigmoid(&self.conv_expand.forward(&s)?)?;
-        x.broadcast_mul(&gate)
+        // `x * sigmoid(logits)` in one op with its own backward on the CPU (f32).
+        crate::ops::se::scale_by_sigmoid(x, &self.conv_expand.forward(&s)?)
     }
 }
 

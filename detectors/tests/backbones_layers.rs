@@ -1,6 +1,6 @@
 //! Layer and pooling tests against hand computations, brute force and finite differences.
 use candle_core::{DType, Device, Result, Tensor, Var};
-use detectors::layers::{BatchNorm2d, Dropout, LayerNorm, leaky_relu};
+use detectors::layers::{Activation, BatchNorm2d, ConvInit, Dropout, LayerNorm, SqueezeExcite, leaky_relu};
 use detectors::ops::pool::{max_pool2d, max_pool2d_composed};
 use detectors::{Mode, ParamStore};
 use rand::seq::SliceRandom;
@@ -230,6 +230,46 @@ fn batch_norm_gradient_flows_to_affine_and_input() -> Result<()> {
     );
     // No gradient reaches the running statistics.
     assert!(g.get(bn.running_mean.as_tensor()).is_none());
+    Ok(())
+}
+
+/// The squeeze-excite block (its scale as one op on the CPU) against the same block from
+/// candle's own ops (`conv2d`, `silu`, `sigmoid`, `broadcast_mul`): output and the gradients of
+/// the input and all four parameters.
+#[test]
+fn squeeze_excite_matches_candle_ops() -> Result<()> {
+    for (dims, rd, seed) in [([3, 12, 5, 7], 3, 1), ([2, 8, 1, 1], 2, 2), ([4, 16, 4, 4], 4, 3)] {
+        let pb = ParamStore::new(&Device::Cpu).builder(seed);
+        let se = SqueezeExcite::new(&pb.pp("se"), dims[1], rd, Activation::Silu, ConvInit::TorchDefault)?;
+        let x = Var::from_tensor(&randn(&dims, seed + 10)?)?;
+        let r = randn(&dims, seed + 20)?;
+        let (cr, ce) = (&se.conv_reduce, &se.conv_expand);
+        let (wr, br, we, be) = (&cr.weight, cr.bias.as_ref().unwrap(), &ce.weight, ce.bias.as_ref().unwrap());
+        let run = |ours: bool| -> Result<Vec<Tensor>> {
+            let y = if ours {
+                se.forward(x.as_tensor())?
+            } else {
+                let b4 = |b: &Tensor| b.reshape((1, b.dim(0).unwrap(), 1, 1));
+                let s = x.as_tensor().mean_keepdim((2, 3))?;
+                let s = s.conv2d(wr, 0, 1, 1, 1)?.broadcast_add(&b4(br)?)?.silu()?;
+                let z = s.conv2d(we, 0, 1, 1, 1)?.broadcast_add(&b4(be)?)?;
+                x.as_tensor().broadcast_mul(&candle_nn::ops::sigmoid(&z)?)?
+            };
+            let g = (&y * &r)?.sum_all()?.backward()?;
+            let mut out = vec![y];
+            for t in [x.as_tensor(), wr, br, we, be] {
+                out.push(g.get(t).unwrap().clone());
+            }
+            Ok(out)
+        };
+        let (ours, theirs) = (run(true)?, run(false)?);
+        for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
+            assert_eq!(a.dims(), b.dims(), "{dims:?}: output {i}");
+            let scale = b.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()? as f64;
+            let err = max_abs_diff(a, b)?;
+            assert!(err <= 1e-5 * (1.0 + scale), "{dims:?}: output {i} off by {err} (scale {scale})");
+        }
+    }
     Ok(())
 }
 

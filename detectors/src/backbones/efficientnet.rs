@@ -76,6 +76,8 @@ const STAGES: [(usize, usize, usize, usize, usize); 7] = [
     (1, 3, 1, 6, 320),
 ];
 
+/// The blocks' activation. After a BatchNorm it is folded into it (`forward_then_silu`, timm's
+/// `BatchNormAct2d`); this constant is the squeeze-excite's.
 const ACT: Activation = Activation::Silu;
 
 fn bn(pb: &ParamBuilder, name: &str, c: usize, v: Variant) -> Result<BatchNorm2d> {
@@ -194,13 +196,13 @@ impl Block {
     fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         let (y, skip) = match self {
             Block::DepthwiseSeparable { conv_dw, bn1, se, conv_pw, bn2, skip } => {
-                let y = ACT.forward(&bn1.forward(&conv_dw.forward(x)?, mode)?)?;
+                let y = bn1.forward_then_silu(&conv_dw.forward(x)?, mode)?;
                 let y = se.forward(&y)?;
                 (bn2.forward(&conv_pw.forward(&y)?, mode)?, *skip)
             }
             Block::InvertedResidual { conv_pw, bn1, conv_dw, bn2, se, conv_pwl, bn3, skip } => {
-                let y = ACT.forward(&bn1.forward(&conv_pw.forward(x)?, mode)?)?;
-                let y = ACT.forward(&bn2.forward(&conv_dw.forward(&y)?, mode)?)?;
+                let y = bn1.forward_then_silu(&conv_pw.forward(x)?, mode)?;
+                let y = bn2.forward_then_silu(&conv_dw.forward(&y)?, mode)?;
                 let y = se.forward(&y)?;
                 (bn3.forward(&conv_pwl.forward(&y)?, mode)?, *skip)
             }
@@ -257,11 +259,11 @@ impl EfficientNet {
 impl Backbone for EfficientNet {
     fn forward_features(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         super::check_images(x, "efficientnet")?;
-        let mut x = ACT.forward(&self.bn1.forward(&self.conv_stem.forward(x)?, mode)?)?;
+        let mut x = self.bn1.forward_then_silu(&self.conv_stem.forward(x)?, mode)?;
         for b in &self.blocks {
             x = b.forward(&x, mode)?;
         }
-        let x = ACT.forward(&self.bn2.forward(&self.conv_head.forward(&x)?, mode)?)?;
+        let x = self.bn2.forward_then_silu(&self.conv_head.forward(&x)?, mode)?;
         global_avg_pool(&x)
     }
 

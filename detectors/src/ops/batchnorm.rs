@@ -29,11 +29,23 @@
 //! candle's zero gradient accumulator, as candle's ReLU backward; the BatchNorm output the mask
 //! needs recomputed by the forward's own expression), so it gives the bits of the separate ops,
 //! which the tests check.
+//!
+//! A SiLU on the output can be folded in too (`silu(bn(x))`, timm's `BatchNormAct2d` in
+//! EfficientNet: [`batch_norm_train_then_silu`], [`batch_norm_eval_then_silu`]). candle's SiLU
+//! costs a scalar `expf` per element forward and about nine passes backward; folded, the forward
+//! writes `v / (1 + e^-v)` with the BatchNorm's output `v`, and the backward's first pass
+//! recomputes `v`, multiplies the incoming gradient by `silu'(v)` and keeps the product in the
+//! buffer that becomes the input gradient, which the second pass reads back; all with
+//! [`super::vmath`]'s vectorised `exp` (within 2 ulp of the exact one, so the values are within a
+//! few ulp of the separate ops', not their bits) in loops compiled for AVX2 where the processor
+//! has it. CUDA and non-f32 operands run the BatchNorm, then candle's `silu`.
 use std::mem::MaybeUninit;
 use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Storage, Tensor, bail};
 use rayon::prelude::*;
+
+use super::vmath;
 
 /// Whether the fused op handles these operands: f32 on the CPU, `x` rank 4, `gamma`/`beta` of
 /// one element per channel.
@@ -132,20 +144,47 @@ pub fn batch_norm_train_with(
     eps: f64,
     relu: Relu,
 ) -> Result<(Tensor, Tensor, Tensor)> {
+    train_impl(x, gamma, beta, eps, relu, false)
+}
+
+/// `silu(bn(x))` in training mode (timm's `BatchNormAct2d` with SiLU, EfficientNet's), fused on
+/// the CPU for f32 (the SiLU computed with [`super::vmath`]'s vectorised `exp`, within a few ulp
+/// of candle's separate `silu`); on CUDA and for other dtypes the BatchNorm (fused where it is)
+/// then candle's `silu`. Statistics as [`batch_norm_train`].
+pub fn batch_norm_train_then_silu(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    train_impl(x, gamma, beta, eps, Relu::None, true)
+}
+
+/// `relu` and `silu` (an output SiLU) are not both set: the callers above pass one or the other.
+fn train_impl(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    relu: Relu,
+    silu: bool,
+) -> Result<(Tensor, Tensor, Tensor)> {
     let (n, c, h, w) = x.dims4()?;
     if n * h * w < 2 {
         bail!("batch norm in training mode needs more than one value per channel, got {:?}", x.dims());
     }
+    let then_silu = |y: Tensor| if silu { y.silu() } else { Ok(y) };
     #[cfg(feature = "cuda")]
     if cuda_supported(x, gamma, beta) {
-        return super::cuda::batchnorm::train(x, gamma, beta, eps, relu);
+        let (y, m, v) = super::cuda::batchnorm::train(x, gamma, beta, eps, relu)?;
+        return Ok((then_silu(y)?, m, v));
     }
     if !is_supported(x, gamma, beta) {
         let (y, m, v) = batch_norm_train_composed(&relu.before(x)?, gamma, beta, eps)?;
-        return Ok((relu.after(y)?, m, v));
+        return Ok((then_silu(relu.after(y)?)?, m, v));
     }
     let saved = Arc::new(Mutex::new(Saved::default()));
-    let op = BatchNormOp { eps, fixed: None, relu, saved: saved.clone() };
+    let op = BatchNormOp { eps, fixed: None, relu, silu, saved: saved.clone() };
     let y =
         x.contiguous()?.apply_op3_arc(&gamma.contiguous()?, &beta.contiguous()?, Arc::new(Box::new(op)))?;
     let s = saved.lock().expect("batch norm state poisoned");
@@ -173,20 +212,45 @@ pub fn batch_norm_eval_with(
     x: &Tensor,
     gamma: &Tensor,
     beta: &Tensor,
-    (mean, var): (&Tensor, &Tensor),
+    stats: (&Tensor, &Tensor),
     eps: f64,
     relu: Relu,
 ) -> Result<Tensor> {
+    eval_impl(x, gamma, beta, stats, eps, relu, false)
+}
+
+/// `silu(bn(x))` with fixed statistics, fused as [`batch_norm_train_then_silu`] is.
+pub fn batch_norm_eval_then_silu(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    stats: (&Tensor, &Tensor),
+    eps: f64,
+) -> Result<Tensor> {
+    eval_impl(x, gamma, beta, stats, eps, Relu::None, true)
+}
+
+fn eval_impl(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    (mean, var): (&Tensor, &Tensor),
+    eps: f64,
+    relu: Relu,
+    silu: bool,
+) -> Result<Tensor> {
     let (_, c, _, _) = x.dims4()?;
+    let then_silu = |y: Tensor| if silu { y.silu() } else { Ok(y) };
     #[cfg(feature = "cuda")]
     if cuda_supported(x, gamma, beta) && mean.elem_count() == c && var.elem_count() == c {
-        return super::cuda::batchnorm::eval(x, gamma, beta, (mean, var), eps, relu);
+        return then_silu(super::cuda::batchnorm::eval(x, gamma, beta, (mean, var), eps, relu)?);
     }
     if !is_supported(x, gamma, beta) || mean.elem_count() != c || var.elem_count() != c {
-        return relu.after(batch_norm_eval_composed(&relu.before(x)?, gamma, beta, mean, var, eps)?);
+        let y = relu.after(batch_norm_eval_composed(&relu.before(x)?, gamma, beta, mean, var, eps)?)?;
+        return then_silu(y);
     }
     let read = |t: &Tensor| -> Result<Vec<f64>> { t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>() };
-    let op = BatchNormOp { eps, fixed: Some((read(mean)?, read(var)?)), relu, saved: Arc::default() };
+    let op = BatchNormOp { eps, fixed: Some((read(mean)?, read(var)?)), relu, silu, saved: Arc::default() };
     x.contiguous()?.apply_op3_arc(&gamma.contiguous()?, &beta.contiguous()?, Arc::new(Box::new(op)))
 }
 
@@ -246,6 +310,8 @@ struct BatchNormOp {
     fixed: Option<(Vec<f64>, Vec<f64>)>,
     /// A ReLU folded in (see the module docs).
     relu: Relu,
+    /// A SiLU folded in on the output (with `relu` [`Relu::None`]).
+    silu: bool,
     saved: Arc<Mutex<Saved>>,
 }
 
@@ -253,6 +319,12 @@ struct BatchNormOp {
 #[inline(always)]
 fn act<const RELU: bool>(v: f32) -> f32 {
     if RELU { v.max(0f32) } else { v }
+}
+
+/// The op's output from the BatchNorm's: `v`, its ReLU, or its SiLU.
+#[inline(always)]
+fn act_out<const RELU: bool, const SILU: bool>(v: f32) -> f32 {
+    if SILU { vmath::silu(v) } else { act::<RELU>(v) }
 }
 
 /// What candle's ReLU backward multiplies the incoming gradient by: `(v >= 0)` as f32.
@@ -263,10 +335,17 @@ fn act_mask<const RELU: bool>(v: f32) -> f32 {
 
 /// The gradient reaching the BatchNorm's output: `dy` itself, or with an output ReLU what
 /// candle's ReLU backward hands on, `0 + dy * (y >= 0)` with `y` the BatchNorm's output before
-/// the ReLU (recomputed from the input by the forward's expression).
+/// the ReLU (recomputed from the input by the forward's expression); with an output SiLU,
+/// `dy * silu'(y)`.
 #[inline(always)]
-fn out_grad<const IN: bool, const OUT: bool>(dy: f32, v: f32, m: f32, s: f32, bb: f32) -> f32 {
-    if OUT { 0.0 + dy * act_mask::<true>((act::<IN>(v) - m) * s + bb) } else { dy }
+fn out_grad<const IN: bool, const OUT: bool, const SILU: bool>(dy: f32, v: f32, m: f32, s: f32, bb: f32) -> f32 {
+    if SILU {
+        dy * vmath::silu_grad((act::<IN>(v) - m) * s + bb)
+    } else if OUT {
+        0.0 + dy * act_mask::<true>((act::<IN>(v) - m) * s + bb)
+    } else {
+        dy
+    }
 }
 
 /// [`super::f32_slice`] for this op's error messages.
@@ -318,16 +397,101 @@ fn shifted_moments<const RELU: bool>(a: &[f32], s: f32) -> [f64; 2] {
 
 /// `(sum g, sum g * (x - m))` over one plane (of `act(x)`), `g` the gradient at the BatchNorm's
 /// output ([`out_grad`]; `(s, bb)` the plane's scale and shift, used with an output ReLU only).
-fn grad_moments<const IN: bool, const OUT: bool>(dy: &[f32], x: &[f32], m: f32, (s, bb): (f32, f32)) -> [f64; 2] {
+#[inline(always)]
+fn grad_moments<const IN: bool, const OUT: bool, const SILU: bool>(
+    dy: &[f32],
+    x: &[f32],
+    m: f32,
+    (s, bb): (f32, f32),
+) -> [f64; 2] {
     pair_sums(dy, x, |d, v| {
-        let g = out_grad::<IN, OUT>(d, v, m, s, bb);
+        let g = out_grad::<IN, OUT, SILU>(d, v, m, s, bb);
         (g, g * (act::<IN>(v) - m))
     })
 }
 
+/// One plane of the forward's output from its input plane; `(m, s, bb)`: the channel's mean,
+/// scale and shift.
+#[inline(always)]
+fn forward_plane<const IN: bool, const OUT: bool, const SILU: bool>(
+    x: &[f32],
+    y: &mut [MaybeUninit<f32>],
+    (m, s, bb): (f32, f32, f32),
+) {
+    for (o, &v) in y.iter_mut().zip(x) {
+        o.write(act_out::<OUT, SILU>((act::<IN>(v) - m) * s + bb));
+    }
+}
+
+/// One plane of the input gradient, `k1 * g + k2 * (x - m) + k3` with `g` the gradient at the
+/// BatchNorm's output ([`out_grad`]), masked by an input ReLU.
+#[inline(always)]
+fn dx_plane<const IN: bool, const OUT: bool, const SILU: bool>(
+    dy: &[f32],
+    x: &[f32],
+    o: &mut [MaybeUninit<f32>],
+    (m, s, bb): (f32, f32, f32),
+    [k1, k2, k3]: [f32; 3],
+) {
+    for ((o, &d), &v) in o.iter_mut().zip(dy).zip(x) {
+        let d = out_grad::<IN, OUT, SILU>(d, v, m, s, bb);
+        o.write((k1 * d + k2 * (act::<IN>(v) - m) + k3) * act_mask::<IN>(v));
+    }
+}
+
+/// [`grad_moments`] of the SiLU variant that also keeps the gradient at the BatchNorm's output
+/// (`g`, fully written): the backward's second pass reads it back instead of recomputing it. The
+/// sums are those of [`grad_moments`] (the same `g`, added in the same order).
+#[inline(always)]
+fn grad_moments_keep_silu(dy: &[f32], x: &[f32], g: &mut [MaybeUninit<f32>], m: f32, (s, bb): (f32, f32)) -> [f64; 2] {
+    for ((o, &d), &v) in g.iter_mut().zip(dy).zip(x) {
+        o.write(out_grad::<false, false, true>(d, v, m, s, bb));
+    }
+    // SAFETY: `g` is as long as `dy` (the callers' planes), so the loop wrote all of it, and
+    // `MaybeUninit<f32>` has `f32`'s layout.
+    let g: &[f32] = unsafe { &*(g as *const [MaybeUninit<f32>] as *const [f32]) };
+    pair_sums(g, x, |g, v| (g, g * (v - m)))
+}
+
+/// [`dx_plane`] of the SiLU variant from the kept output gradient, in place: `g` becomes dx.
+#[inline(always)]
+fn dx_from_kept_silu(g: &mut [f32], x: &[f32], m: f32, [k1, k2, k3]: [f32; 3]) {
+    for (o, &v) in g.iter_mut().zip(x) {
+        *o = (k1 * *o + k2 * (act::<false>(v) - m) + k3) * act_mask::<false>(v);
+    }
+}
+
+// The SiLU variant's plane loops, compiled for AVX2 where the processor has it: the `exp`
+// polynomial is worth the wider vectors (same bits either way). The ReLU variants keep the code
+// they shipped with.
+vmath::avx2_fn!(
+    fn forward_plane_silu(x: &[f32], y: &mut [MaybeUninit<f32>], msb: (f32, f32, f32))
+        = forward_plane::<false, false, true>
+);
+vmath::avx2_fn!(
+    fn grad_moments_silu(dy: &[f32], x: &[f32], m: f32, sbb: (f32, f32)) -> [f64; 2]
+        = grad_moments::<false, false, true>
+);
+vmath::avx2_fn!(
+    fn grad_moments_keep_silu_wide(dy: &[f32], x: &[f32], g: &mut [MaybeUninit<f32>], m: f32, sbb: (f32, f32))
+        -> [f64; 2] = grad_moments_keep_silu
+);
+vmath::avx2_fn!(
+    fn dx_from_kept_silu_wide(g: &mut [f32], x: &[f32], m: f32, k: [f32; 3]) = dx_from_kept_silu
+);
+vmath::avx2_fn!(
+    fn dx_plane_silu(dy: &[f32], x: &[f32], o: &mut [MaybeUninit<f32>], msb: (f32, f32, f32), k: [f32; 3])
+        = dx_plane::<false, false, true>
+);
+
 /// Per-plane pair sums reduced per channel in sample order (deterministic for any thread count).
 fn per_channel(n: usize, c: usize, hw: usize, f: impl Fn(usize) -> [f64; 2] + Sync + Send) -> Vec<[f64; 2]> {
     let planes: Vec<[f64; 2]> = (0..n * c).into_par_iter().with_min_len(min_planes(hw)).map(f).collect();
+    channel_totals(&planes, c)
+}
+
+/// Per-plane pair sums (plane `p` of channel `p % c`) added per channel in sample order.
+fn channel_totals(planes: &[[f64; 2]], c: usize) -> Vec<[f64; 2]> {
     let mut tot = vec![[0f64; 2]; c];
     for (p, v) in planes.iter().enumerate() {
         let t = &mut tot[p % c];
@@ -367,14 +531,15 @@ fn scales(g: &[f32], inv_std: &[f64]) -> Vec<f32> {
 
 impl BatchNormOp {
     fn forward(&self, x: &[f32], g: &[f32], b: &[f32], dims: (usize, usize, usize)) -> Vec<f32> {
-        match self.relu {
-            Relu::None => self.forward_on::<false, false>(x, g, b, dims),
-            Relu::Input => self.forward_on::<true, false>(x, g, b, dims),
-            Relu::Output => self.forward_on::<false, true>(x, g, b, dims),
+        match (self.relu, self.silu) {
+            (Relu::None, true) => self.forward_on::<false, false, true>(x, g, b, dims),
+            (Relu::None, false) => self.forward_on::<false, false, false>(x, g, b, dims),
+            (Relu::Input, _) => self.forward_on::<true, false, false>(x, g, b, dims),
+            (Relu::Output, _) => self.forward_on::<false, true, false>(x, g, b, dims),
         }
     }
 
-    fn forward_on<const IN: bool, const OUT: bool>(
+    fn forward_on<const IN: bool, const OUT: bool, const SILU: bool>(
         &self,
         x: &[f32],
         g: &[f32],
@@ -406,9 +571,11 @@ impl BatchNormOp {
         // |mean| >> std.
         let y = planewise(x.len(), hw, |p, yp| {
             let ci = p % c;
-            let (m, s, bb) = (mean32[ci], scale[ci], b[ci]);
-            for (o, &v) in yp.iter_mut().zip(&x[p * hw..(p + 1) * hw]) {
-                o.write(act::<OUT>((act::<IN>(v) - m) * s + bb));
+            let (xp, msb) = (&x[p * hw..(p + 1) * hw], (mean32[ci], scale[ci], b[ci]));
+            if SILU {
+                forward_plane_silu(xp, yp, msb)
+            } else {
+                forward_plane::<IN, OUT, SILU>(xp, yp, msb)
             }
         });
         *self.saved.lock().expect("batch norm state poisoned") = Saved { mean, var, inv_std };
@@ -425,15 +592,16 @@ impl BatchNormOp {
         dims: (usize, usize, usize),
         need: [bool; 3],
     ) -> (Option<Vec<f32>>, Option<Vec<f32>>, Option<Vec<f32>>) {
-        match self.relu {
-            Relu::None => self.backward_on::<false, false>(x, (g, b), dy, dims, need),
-            Relu::Input => self.backward_on::<true, false>(x, (g, b), dy, dims, need),
-            Relu::Output => self.backward_on::<false, true>(x, (g, b), dy, dims, need),
+        match (self.relu, self.silu) {
+            (Relu::None, true) => self.backward_on::<false, false, true>(x, (g, b), dy, dims, need),
+            (Relu::None, false) => self.backward_on::<false, false, false>(x, (g, b), dy, dims, need),
+            (Relu::Input, _) => self.backward_on::<true, false, false>(x, (g, b), dy, dims, need),
+            (Relu::Output, _) => self.backward_on::<false, true, false>(x, (g, b), dy, dims, need),
         }
     }
 
     #[allow(clippy::type_complexity)]
-    fn backward_on<const IN: bool, const OUT: bool>(
+    fn backward_on<const IN: bool, const OUT: bool, const SILU: bool>(
         &self,
         x: &[f32],
         (g, b): (&[f32], &[f32]),
@@ -452,11 +620,36 @@ impl BatchNormOp {
         let batch = self.fixed.is_none();
         // The sums are needed for the affine gradients, and in training mode for dx too
         // (the batch statistics depend on every x).
-        let sums = if need[1] || need[2] || (batch && need[0]) {
+        // With a SiLU and dx wanted, the first pass keeps the gradient at the BatchNorm's output
+        // (`dy * silu'(v)`: an exp and a division per element) in the buffer that becomes dx,
+        // and the second pass reads it back: the same values, one `silu'` per element.
+        let mut kept: Option<Vec<f32>> = None;
+        let sums = if SILU && need[0] && (need[1] || need[2] || batch) {
+            let len = x.len();
+            let mut buf: Vec<f32> = Vec::with_capacity(len);
+            let planes: Vec<[f64; 2]> = buf.spare_capacity_mut()[..len]
+                .par_chunks_mut(hw)
+                .with_min_len(min_planes(hw))
+                .enumerate()
+                .map(|(p, gp)| {
+                    let (r, ci) = (p * hw..(p + 1) * hw, p % c);
+                    grad_moments_keep_silu_wide(&dy[r.clone()], &x[r], gp, mean32[ci], (scale[ci], b[ci]))
+                })
+                .collect();
+            // SAFETY: the planes cover `0..len` and each was written in full.
+            unsafe { buf.set_len(len) };
+            kept = Some(buf);
+            channel_totals(&planes, c)
+        } else if need[1] || need[2] || (batch && need[0]) {
             per_channel(n, c, hw, |p| {
                 let r = p * hw..(p + 1) * hw;
                 let ci = p % c;
-                grad_moments::<IN, OUT>(&dy[r.clone()], &x[r], mean32[ci], (scale[ci], b[ci]))
+                let (dyp, xp, sbb) = (&dy[r.clone()], &x[r], (scale[ci], b[ci]));
+                if SILU {
+                    grad_moments_silu(dyp, xp, mean32[ci], sbb)
+                } else {
+                    grad_moments::<IN, OUT, SILU>(dyp, xp, mean32[ci], sbb)
+                }
             })
         } else {
             Vec::new()
@@ -480,14 +673,22 @@ impl BatchNormOp {
                     }
                 })
                 .collect();
+            if let Some(mut g) = kept {
+                g.par_chunks_mut(hw).with_min_len(min_planes(hw)).enumerate().for_each(|(p, gp)| {
+                    let ci = p % c;
+                    dx_from_kept_silu_wide(gp, &x[p * hw..(p + 1) * hw], mean32[ci], coef[ci]);
+                });
+                return g;
+            }
             planewise(x.len(), hw, |p, o| {
                 let ci = p % c;
-                let [k1, k2, k3] = coef[ci];
-                let (m, s, bb) = (mean32[ci], scale[ci], b[ci]);
+                let msb = (mean32[ci], scale[ci], b[ci]);
                 let r = p * hw..(p + 1) * hw;
-                for ((o, &d), &v) in o.iter_mut().zip(&dy[r.clone()]).zip(&x[r]) {
-                    let d = out_grad::<IN, OUT>(d, v, m, s, bb);
-                    o.write((k1 * d + k2 * (act::<IN>(v) - m) + k3) * act_mask::<IN>(v));
+                let (dyp, xp) = (&dy[r.clone()], &x[r]);
+                if SILU {
+                    dx_plane_silu(dyp, xp, o, msb, coef[ci])
+                } else {
+                    dx_plane::<IN, OUT, SILU>(dyp, xp, o, msb, coef[ci])
                 }
             })
         });
@@ -750,6 +951,154 @@ mod tests {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Runs `f` on a rayon pool of `n` threads.
+    fn in_pool<R: Send>(n: usize, f: impl FnOnce() -> R + Send) -> R {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build()
+            .unwrap()
+            .install(f)
+    }
+
+    /// Fused `silu(bn(x))` against the composed BatchNorm then candle's `silu`, in training and
+    /// evaluation mode: output, statistics (bitwise: the SiLU does not touch them) and the three
+    /// gradients, on odd planes, a large offset and outputs on both sides of zero.
+    #[test]
+    fn folded_silu_matches_batch_norm_then_candle_silu() -> Result<()> {
+        for (dims, offset) in [
+            ([3, 5, 7, 4], 0.0),
+            ([2, 3, 1, 1], 0.3),
+            ([4, 2, 19, 23], 20.0),
+            ([1, 7, 5, 3], -1.0),
+        ] {
+            let k = case(dims, 23, offset);
+            let (x, g, b) = (k.x.as_tensor(), k.g.as_tensor(), k.b.as_tensor());
+            let rm = t(rand_vec(dims[1], 62, -1.0, 1.0), &[dims[1]]);
+            let rv = t(rand_vec(dims[1], 63, 0.2, 3.0), &[dims[1]]);
+            for train in [true, false] {
+                let run = |fused: bool| -> Result<Vec<Vec<f32>>> {
+                    let mut out = Vec::new();
+                    let y = if train {
+                        let (y, m, v) = if fused {
+                            batch_norm_train_then_silu(x, g, b, 1e-5)?
+                        } else {
+                            let (y, m, v) = batch_norm_train(x, g, b, 1e-5)?;
+                            (y.silu()?, m, v)
+                        };
+                        out.extend([vecf(&m), vecf(&v)]);
+                        y
+                    } else if fused {
+                        batch_norm_eval_then_silu(x, g, b, (&rm, &rv), 1e-5)?
+                    } else {
+                        batch_norm_eval(x, g, b, &rm, &rv, 1e-5)?.silu()?
+                    };
+                    out.push(vecf(&y));
+                    let grads = (y * &k.r)?.sum_all()?.backward()?;
+                    for v in [&k.x, &k.g, &k.b] {
+                        out.push(vecf(grads.get(v.as_tensor()).unwrap()));
+                    }
+                    Ok(out)
+                };
+                let (fused, plain) = (run(true)?, run(false)?);
+                let stats = if train { 2 } else { 0 };
+                for i in 0..stats {
+                    assert_eq!(fused[i], plain[i], "{dims:?}: statistic {i}");
+                }
+                let y = &plain[stats];
+                if train && y.len() > 20 {
+                    assert!(
+                        y.iter().any(|&v| v < 0.0) && y.iter().any(|&v| v > 0.5),
+                        "{dims:?}: both branches"
+                    );
+                }
+                for (i, (a, p)) in fused.iter().zip(&plain).enumerate().skip(stats) {
+                    let err = rel_err(a, p);
+                    assert!(
+                        err < 2e-6,
+                        "{dims:?} train={train}: output {i} off by {err}"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn folded_silu_gradients_match_finite_differences() -> Result<()> {
+        let dims = [2, 3, 3, 3];
+        let k = case(dims, 9, 0.4);
+        let (y, _, _) =
+            batch_norm_train_then_silu(k.x.as_tensor(), k.g.as_tensor(), k.b.as_tensor(), 1e-3)?;
+        let grads = (y * &k.r)?.sum_all()?.backward()?;
+        let f64v = |t: &Tensor| vecf(t).iter().map(|&a| a as f64).collect::<Vec<_>>();
+        let (x, g, b, r) = (
+            f64v(k.x.as_tensor()),
+            f64v(k.g.as_tensor()),
+            f64v(k.b.as_tensor()),
+            f64v(&k.r),
+        );
+        let silu = |v: f64| v / (1.0 + (-v).exp());
+        let f = |x: &[f64], g: &[f64], b: &[f64]| {
+            let y: Vec<f64> = brute_train(x, g, b, dims, 1e-3)
+                .into_iter()
+                .map(silu)
+                .collect();
+            loss(&y, &r)
+        };
+        let h = 1e-6;
+        for (which, v) in [&k.x, &k.g, &k.b].iter().enumerate() {
+            let got = vecf(grads.get(v.as_tensor()).unwrap());
+            let want: Vec<f32> = (0..got.len())
+                .map(|i| {
+                    let mut p = [x.clone(), g.clone(), b.clone()];
+                    let mut m = p.clone();
+                    p[which][i] += h;
+                    m[which][i] -= h;
+                    ((f(&p[0], &p[1], &p[2]) - f(&m[0], &m[1], &m[2])) / (2.0 * h)) as f32
+                })
+                .collect();
+            assert!(
+                rel_err(&got, &want) < 1e-4,
+                "operand {which}: {got:?} vs {want:?}"
+            );
+        }
+        Ok(())
+    }
+
+    /// The fused SiLU variant (and the plain op, for comparison) gives the same bits on one and
+    /// two threads, forward and backward, in both modes.
+    #[test]
+    fn folded_silu_is_bit_identical_across_thread_counts() -> Result<()> {
+        let dims = [5, 6, 17, 13];
+        let k = case(dims, 31, 0.2);
+        let rm = t(rand_vec(6, 64, -1.0, 1.0), &[6]);
+        let rv = t(rand_vec(6, 65, 0.2, 3.0), &[6]);
+        let run = || -> Result<Vec<Vec<u32>>> {
+            let bits = |t: &Tensor| vecf(t).into_iter().map(f32::to_bits).collect::<Vec<_>>();
+            let (x, g, b) = (k.x.as_tensor(), k.g.as_tensor(), k.b.as_tensor());
+            let mut out = Vec::new();
+            for train in [true, false] {
+                let y = if train {
+                    let (y, m, v) = batch_norm_train_then_silu(x, g, b, 1e-5)?;
+                    out.extend([bits(&m), bits(&v)]);
+                    y
+                } else {
+                    batch_norm_eval_then_silu(x, g, b, (&rm, &rv), 1e-5)?
+                };
+                out.push(bits(&y));
+                let grads = (y * &k.r)?.sum_all()?.backward()?;
+                for v in [&k.x, &k.g, &k.b] {
+                    out.push(bits(grads.get(v.as_tensor()).unwrap()));
+                }
+            }
+            Ok(out)
+        };
+        let one = in_pool(1, run)?;
+        let two = in_pool(2, run)?;
+        assert!(one == two, "1 and 2 threads differ");
         Ok(())
     }
 

@@ -8,6 +8,8 @@ pub mod conv;
 pub mod cuda;
 pub mod pool;
 pub mod profile;
+pub mod se;
+pub mod vmath;
 
 /// 2-D convolution, NCHW input, `[C_out, C_in / groups, kH, kW]` weight, optional `[C_out]` bias.
 ///

@@ -2,10 +2,34 @@
 //! per input channel). A gemm per channel would have K = kH kW and a single row: all overhead.
 //!
 //! The inner loops run along an output row; with stride 1 they are contiguous `axpy` / dot
-//! products the compiler vectorises.
+//! products the compiler vectorises. These are the reference kernels: [`forward`] and
+//! [`backward`] run the channel-blocked ones of [`super::depthwise_blocked`] (the same bits,
+//! vectorised across 8 channels instead of along short rows) where those apply, one output
+//! channel per input channel, and these otherwise (channel multipliers above one).
 use rayon::prelude::*;
 
+use super::depthwise_blocked as blocked;
 use super::{Geom, SyncPtr};
+
+pub(crate) fn forward(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
+    if blocked::handles(g) { blocked::forward(g, x, w) } else { forward_reference(g, x, w) }
+}
+
+/// Returns `(dx, dw)`, each only when asked for (see [`backward_reference`]).
+pub(crate) fn backward(
+    g: &Geom,
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    need_dx: bool,
+    need_dw: bool,
+) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
+    if blocked::handles(g) {
+        blocked::backward(g, x, w, dy, need_dx, need_dw)
+    } else {
+        backward_reference(g, x, w, dy, need_dx, need_dw)
+    }
+}
 
 /// Dot product with eight independent accumulators so it vectorises (a single f32 accumulator
 /// would force sequential order).
@@ -53,7 +77,7 @@ fn forward_plane(g: &Geom, xp: &[f32], wk: &[f32], yp: &mut [f32]) {
     }
 }
 
-pub(crate) fn forward(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
+pub(crate) fn forward_reference(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
     let (ps, hw, kk) = (g.out_plane(), g.in_plane(), g.kh * g.kw);
     let mut y = vec![0f32; g.y_len()];
     y.par_chunks_mut(ps).enumerate().for_each(|(plane, yp)| {
@@ -67,7 +91,7 @@ pub(crate) fn forward(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
 /// Returns `(dx, dw)`, each only when asked for. One work item per input channel: it owns that
 /// channel's input gradient in every sample and the weights of its output channels, and sums over
 /// the batch in a fixed order (deterministic for any thread count).
-pub(crate) fn backward(
+pub(crate) fn backward_reference(
     g: &Geom,
     x: &[f32],
     w: &[f32],
