@@ -201,8 +201,8 @@ pub fn post_augment_pair<R: Rng>(
     }
     if rng.random_bool(0.5) {
         let q = rng.random_range(40u8..=100);
-        jpeg_roundtrip(a, w, h, q);
-        jpeg_roundtrip(b, w, h, q);
+        super::jpeg::roundtrip(a, w, h, q);
+        super::jpeg::roundtrip(b, w, h, q);
         return Some(q);
     }
     None
@@ -326,24 +326,6 @@ fn sharpen(x: &mut [f32], w: usize, h: usize, a: f32, l: f32) {
                 }
                 let v = src[3 * (y * w + xx) + c];
                 x[3 * (y * w + xx) + c] = (centre * v - a * (s9 - v)).clamp(0.0, 255.0);
-            }
-        }
-    }
-}
-
-fn jpeg_roundtrip(x: &mut [f32], w: usize, h: usize, q: u8) {
-    let img = to_rgb(x, w, h);
-    let mut buf = Vec::new();
-    let enc = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut buf, q);
-    let ok = img.write_with_encoder(enc).is_ok();
-    if !ok {
-        return;
-    }
-    if let Ok(dec) = image::load_from_memory_with_format(&buf, image::ImageFormat::Jpeg) {
-        let dec = dec.to_rgb8();
-        if dec.width() as usize == w && dec.height() as usize == h {
-            for (d, s) in x.iter_mut().zip(dec.as_raw()) {
-                *d = *s as f32;
             }
         }
     }
