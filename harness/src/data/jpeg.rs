@@ -234,7 +234,11 @@ fn ycbcr(r: f32, g: f32, b: f32) -> (u8, u8, u8) {
     let y = 76.245 / max * r + 149.685 / max * g + 29.07 / max * b;
     let cb = -43.0185 / max * r - 84.4815 / max * g + 127.5 / max * b + 128.;
     let cr = 127.5 / max * r - 106.7685 / max * g - 20.7315 / max * b + 128.;
-    (y as u8, cb as u8, cr as u8)
+    // The encoder's `as u8` truncates; for r, g, b in 0..=255 all three lie in [0, 255.5], so
+    // the truncation to i32 is exact and in range (and vectorises, unlike the saturating cast).
+    debug_assert!([y, cb, cr].iter().all(|v| (0.0..256.0).contains(v)));
+    // SAFETY: finite and in [0, 256) (above).
+    unsafe { (y.to_int_unchecked::<i32>() as u8, cb.to_int_unchecked::<i32>() as u8, cr.to_int_unchecked::<i32>() as u8) }
 }
 
 /// The decoder's scalar YCbCr -> RGB (libjpeg-turbo's formula, 20 fractional bits).
@@ -248,35 +252,69 @@ fn rgb_scalar(y: u8, cb: u8, cr: u8) -> [u8; 3] {
     [clamp(y + f2f(1.40200) * cr), clamp(y - f2f(0.34414) * cb - f2f(0.71414) * cr), clamp(y + f2f(1.77200) * cb)]
 }
 
-/// Steps 1-5 for one image: the quantised coefficients of each component plane, block-major
-/// (`bw * bh` blocks of 64 natural-order coefficients). `bw`, `bh`: blocks per row / column.
-fn forward(x: &[f32], w: usize, h: usize, q: u8) -> ([Vec<i16>; 3], [[u16; 64]; 2], usize, usize) {
+/// Quantised coefficients of the three component planes, block-major (`bw * bh` blocks of 64
+/// natural-order coefficients each), with the tables and the block counts per row and column.
+struct Coefs {
+    planes: [Vec<i16>; 3],
+    tables: [[u16; 64]; 2],
+    bw: usize,
+    bh: usize,
+}
+
+/// Steps 1-5 for one image. The arithmetic is integer or IEEE f32 without fused operations, so
+/// the AVX2 build of the same code gives the same bits (it only vectorises wider).
+fn forward(x: &[f32], w: usize, h: usize, q: u8) -> Coefs {
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 is present (checked just above).
+        return unsafe { forward_avx2(x, w, h, q) };
+    }
+    forward_impl(x, w, h, q)
+}
+
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+#[target_feature(enable = "avx2")]
+fn forward_avx2(x: &[f32], w: usize, h: usize, q: u8) -> Coefs {
+    forward_impl(x, w, h, q)
+}
+
+#[inline(always)]
+fn forward_impl(x: &[f32], w: usize, h: usize, q: u8) -> Coefs {
     let (bw, bh) = (w.div_ceil(8), h.div_ceil(8));
-    let pw = bw * 8;
-    // Planes with the padding replicated from the last column and row, as the encoder's
-    // `pixel_at_or_near` does for every block on the edge.
-    let mut planes = [vec![0u8; pw * bh * 8], vec![0u8; pw * bh * 8], vec![0u8; pw * bh * 8]];
-    {
-        let [py, pb, pr] = &mut planes;
-        for yy in 0..h {
-            let row = &x[3 * w * yy..3 * w * (yy + 1)];
-            let (ry, rb, rr) = (&mut py[pw * yy..pw * (yy + 1)], &mut pb[pw * yy..pw * (yy + 1)], &mut pr[pw * yy..pw * (yy + 1)]);
-            for (i, px) in row.chunks_exact(3).enumerate() {
-                let u = |v: f32| ((v.clamp(0.0, 255.0) + 0.5) as u8) as f32;
-                let (a, b, c) = ycbcr(u(px[0]), u(px[1]), u(px[2]));
-                ry[i] = a;
-                rb[i] = b;
-                rr[i] = c;
-            }
-            for r in [ry, rb, rr] {
-                let last = r[w - 1];
-                r[w..].fill(last);
-            }
+    // Planes padded to whole groups of 8 blocks so every group loads 8 full lanes; the padding
+    // replicates the last column and row, as the encoder's `pixel_at_or_near` does for every
+    // block on the edge (lanes past `bw` are computed and dropped).
+    let pw = bw.div_ceil(8) * 64;
+    let ph = bh * 8;
+    let mut planes = [vec![0u8; pw * ph], vec![0u8; pw * ph], vec![0u8; pw * ph]];
+    let mut px = vec![0f32; 3 * w];
+    let (mut fr, mut fg, mut fb) = (vec![0f32; w], vec![0f32; w], vec![0f32; w]);
+    for yy in 0..h {
+        // Step 1 as `sbi::to_rgb` (`(v.clamp(0, 255) + 0.5) as u8`), kept in f32 as the encoder
+        // converts the u8 back: `max`/`min` send NaN to 0 as the saturating cast does, and
+        // `floor` is the truncation of a positive value.
+        for (d, &v) in px.iter_mut().zip(&x[3 * w * yy..3 * w * (yy + 1)]) {
+            *d = (v.max(0.0).min(255.0) + 0.5).floor();
         }
-        for p in [py, pb, pr] {
-            for yy in h..bh * 8 {
-                p.copy_within(pw * (h - 1)..pw * h, pw * yy);
-            }
+        for (((s, r), g), b) in px.chunks_exact(3).zip(&mut fr).zip(&mut fg).zip(&mut fb) {
+            (*r, *g, *b) = (s[0], s[1], s[2]);
+        }
+        let [py, pb, pr] = &mut planes;
+        let (ry, rb, rr) = (&mut py[pw * yy..pw * (yy + 1)], &mut pb[pw * yy..pw * (yy + 1)], &mut pr[pw * yy..pw * (yy + 1)]);
+        for i in 0..w {
+            let (a, b, c) = ycbcr(fr[i], fg[i], fb[i]);
+            ry[i] = a;
+            rb[i] = b;
+            rr[i] = c;
+        }
+        for r in [ry, rb, rr] {
+            let last = r[w - 1];
+            r[w..].fill(last);
+        }
+    }
+    for p in &mut planes {
+        for yy in h..ph {
+            p.copy_within(pw * (h - 1)..pw * h, pw * yy);
         }
     }
     let tables = quant_tables(q);
@@ -284,33 +322,45 @@ fn forward(x: &[f32], w: usize, h: usize, q: u8) -> ([Vec<i16>; 3], [[u16; 64]; 
     let mut coefs = [vec![0i16; bw * bh * 64], vec![0i16; bw * bh * 64], vec![0i16; bw * bh * 64]];
     let mut s = [V([0; 8]); 64];
     let mut c = [V([0; 8]); 64];
+    let mut qz = [[0i16; 8]; 64];
     for (ci, plane) in planes.iter().enumerate() {
         let qf = &qf[(ci > 0) as usize];
         for by in 0..bh {
             for bx0 in (0..bw).step_by(8) {
-                let n = (bw - bx0).min(8);
                 for yy in 0..8 {
-                    let row = &plane[pw * (by * 8 + yy)..];
+                    let row: &[u8; 64] = plane[pw * (by * 8 + yy) + bx0 * 8..][..64].try_into().unwrap();
                     for xx in 0..8 {
                         for l in 0..8 {
-                            // Lanes past the row's last block repeat it (their results are dropped).
-                            s[yy * 8 + xx].0[l] = row[(bx0 + l.min(n - 1)) * 8 + xx] as i32;
+                            s[yy * 8 + xx].0[l] = row[l * 8 + xx] as i32;
                         }
                     }
                 }
                 fdct8(&s, &mut c);
-                let out = &mut coefs[ci][(by * bw + bx0) * 64..];
                 for k in 0..64 {
-                    for l in 0..n {
-                        // `/ 8` truncates toward zero, `round` rounds half away from zero: both
-                        // as the encoder.
-                        out[l * 64 + k] = ((c[k].0[l] / 8) as f32 / qf[k]).round() as i32 as i16;
+                    for l in 0..8 {
+                        // The encoder's `((c / 8) as f32 / q).round() as i32`: `/ 8` truncates
+                        // toward zero; `round` (half away from zero) is written out with a
+                        // truncation and the exact fractional part, |v| < 2^12 here, so that it
+                        // vectorises instead of calling libm.
+                        let v = (c[k].0[l] / 8) as f32 / qf[k];
+                        // SAFETY: |c| < 2^16 (an 8x8 integer DCT of bytes), so v is finite and
+                        // far inside the i32 range.
+                        let t = unsafe { v.to_int_unchecked::<i32>() };
+                        let f = v - t as f32;
+                        qz[k][l] = (t + (f >= 0.5) as i32 - (f <= -0.5) as i32) as i16;
+                    }
+                }
+                let n = (bw - bx0).min(8);
+                let out = &mut coefs[ci][(by * bw + bx0) * 64..];
+                for l in 0..n {
+                    for k in 0..64 {
+                        out[l * 64 + k] = qz[k][l];
                     }
                 }
             }
         }
     }
-    (coefs, tables, bw, bh)
+    Coefs { planes: coefs, tables, bw, bh }
 }
 
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
@@ -326,7 +376,7 @@ mod x86 {
     /// The CPU must support SSSE3.
     #[target_feature(enable = "ssse3")]
     pub(super) unsafe fn roundtrip_ssse3(x: &mut [f32], w: usize, h: usize, q: u8) {
-        let (coefs, tables, bw, bh) = super::forward(x, w, h, q);
+        let super::Coefs { planes: coefs, tables, bw, bh } = super::forward(x, w, h, q);
         let pw = bw * 8;
         let mut planes = [vec![0u8; pw * bh * 8], vec![0u8; pw * bh * 8], vec![0u8; pw * bh * 8]];
         for ci in 0..3 {
@@ -589,6 +639,21 @@ mod tests {
         for (w, h) in [(1, 1), (7, 9), (8, 8), (9, 17), (16, 15), (23, 31), (63, 65), (127, 129), (128, 128), (201, 173), (256, 256), (380, 380)] {
             for kind in 0..6 {
                 check(&image(kind, w, h, &mut rng), w, h, rng.random_range(40..=100));
+            }
+        }
+    }
+
+    #[test]
+    fn vector_builds_agree_with_the_baseline_build() {
+        // `forward` takes the AVX2 build where the CPU has it; the baseline (SSE2) build of the
+        // same code must give the same coefficients.
+        let mut rng = ChaCha8Rng::seed_from_u64(4);
+        for (w, h) in [(13, 21), (64, 64), (200, 99)] {
+            for kind in 0..6 {
+                let x = image(kind, w, h, &mut rng);
+                let q = rng.random_range(1..=100);
+                let (a, b) = (forward(&x, w, h, q), forward_impl(&x, w, h, q));
+                assert!(a.planes == b.planes && a.tables == b.tables, "{w}x{h} kind {kind} q {q}");
             }
         }
     }

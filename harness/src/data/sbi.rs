@@ -34,6 +34,51 @@
 use image::RgbImage;
 use rand::Rng;
 
+/// Wall time per stage of [`self_blend`] on this thread, for `benches/sbi_speed.rs`. Off unless
+/// [`enable`](profile::enable)d: then one `Instant::now()` pair per stage (~50 ns per image).
+pub mod profile {
+    use std::cell::RefCell;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Instant;
+
+    static ON: AtomicBool = AtomicBool::new(false);
+    thread_local! {
+        static TOTALS: RefCell<Vec<(&'static str, f64, usize)>> = const { RefCell::new(Vec::new()) };
+    }
+
+    pub fn enable(on: bool) {
+        ON.store(on, Ordering::Relaxed);
+    }
+
+    /// (stage, seconds, calls) accumulated on this thread since the last call, in first-seen
+    /// order; resets them.
+    pub fn take() -> Vec<(&'static str, f64, usize)> {
+        TOTALS.with(|t| std::mem::take(&mut *t.borrow_mut()))
+    }
+
+    #[inline]
+    pub(crate) fn time<T>(stage: &'static str, f: impl FnOnce() -> T) -> T {
+        if !ON.load(Ordering::Relaxed) {
+            return f();
+        }
+        let t0 = Instant::now();
+        let r = f();
+        let dt = t0.elapsed().as_secs_f64();
+        TOTALS.with(|t| {
+            let mut t = t.borrow_mut();
+            match t.iter_mut().find(|e| e.0 == stage) {
+                Some(e) => {
+                    e.1 += dt;
+                    e.2 += 1;
+                }
+                None => t.push((stage, dt, 1)),
+            }
+        });
+        r
+    }
+}
+use profile::time;
+
 /// The hull variant used for a sample.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HullVariant {
@@ -91,9 +136,10 @@ pub fn self_blend<R: Rng>(img: &RgbImage, landmarks: Option<&[[f32; 2]]>, rng: &
     let mut fake = st.fake;
     let mut real = st.target;
     let q = post_augment_pair(&mut fake, &mut real, w, h, rng);
+    let (fake, real) = time("to_u8", || (to_rgb(&fake, w, h), to_rgb(&real, w, h)));
     SbiSample {
-        fake: to_rgb(&fake, w, h),
-        real: to_rgb(&real, w, h),
+        fake,
+        real,
         variant: st.variant,
         mask: st.mask,
         fallback: st.variant == HullVariant::FallbackEllipse,
@@ -108,7 +154,7 @@ pub fn blend_stage<R: Rng>(img: &RgbImage, landmarks: Option<&[[f32; 2]]>, rng: 
     // Precondition (the loader guarantees it: resolution >= 16): masks and kernels need room.
     assert!(w >= 8 && h >= 8, "SBI needs an image of at least 8x8 pixels, got {w}x{h}");
     let s = (w.min(h) as f32 / 256.0).max(1e-3);
-    let mut target: Vec<f32> = img.as_raw().iter().map(|&v| v as f32).collect();
+    let mut target: Vec<f32> = time("to_f32", || img.as_raw().iter().map(|&v| v as f32).collect());
 
     // Steps 1-2.
     let usable = landmarks.filter(|l| {
@@ -128,7 +174,7 @@ pub fn blend_stage<R: Rng>(img: &RgbImage, landmarks: Option<&[[f32; 2]]>, rng: 
             1 => HullVariant::Components,
             _ => HullVariant::ComponentsBrowsUp,
         };
-        hull_mask(&pts, v, w, h, &mut hull);
+        time("hull", || hull_mask(&pts, v, w, h, &mut hull));
         let area: f32 = hull.iter().sum();
         if area >= 0.01 * (w * h) as f32 {
             variant = v;
@@ -142,32 +188,34 @@ pub fn blend_stage<R: Rng>(img: &RgbImage, landmarks: Option<&[[f32; 2]]>, rng: 
     // Step 3.
     let mut source = target.clone();
     if rng.random_bool(0.5) {
-        source_augment(&mut source, w, h, rng);
+        time("source_aug", || source_augment(&mut source, w, h, rng));
     } else {
-        source_augment(&mut target, w, h, rng);
+        time("source_aug", || source_augment(&mut target, w, h, rng));
     }
 
     // Step 4.
     let tx = rng.random_range(-0.03f32..=0.03) * w as f32;
     let ty = rng.random_range(-0.015f32..=0.015) * h as f32;
     let sc = rng.random_range(0.95f32..=1.0 / 0.95);
-    let source = warp_affine(&source, w, h, 3, sc, tx, ty, true);
-    let mask = warp_affine(&hull, w, h, 1, sc, tx, ty, false);
-    let mask = elastic(&mask, w, h, 50.0 * s, 7.0 * s, rng);
+    let source = time("affine_src", || warp_affine(&source, w, h, 3, sc, tx, ty, true));
+    let mask = time("affine_mask", || warp_affine(&hull, w, h, 1, sc, tx, ty, false));
+    let mask = time("elastic", || elastic(&mask, w, h, 50.0 * s, 7.0 * s, rng));
 
     // Step 5.
-    let mask = blend_mask(&mask, &hull, w, h, s, rng);
+    let mask = time("blend_mask", || blend_mask(&mask, &hull, w, h, s, rng));
 
     // Step 6.
     let ratio = RATIOS[rng.random_range(0..RATIOS.len())];
     let mut fake = vec![0f32; w * h * 3];
-    for i in 0..w * h {
-        let m = ratio * mask[i];
-        for c in 0..3 {
-            let k = 3 * i + c;
-            fake[k] = m * source[k] + (1.0 - m) * target[k];
+    time("blend", || {
+        for i in 0..w * h {
+            let m = ratio * mask[i];
+            for c in 0..3 {
+                let k = 3 * i + c;
+                fake[k] = m * source[k] + (1.0 - m) * target[k];
+            }
         }
-    }
+    });
     BlendStage { width: w, height: h, hull, mask, ratio, source, target, fake, variant, landmarks_used }
 }
 
@@ -185,24 +233,32 @@ pub fn post_augment_pair<R: Rng>(
             rng.random_range(-20f32..=20.0),
             rng.random_range(-20f32..=20.0),
         ];
-        rgb_shift(a, d);
-        rgb_shift(b, d);
+        time("post_rgb", || {
+            rgb_shift(a, d);
+            rgb_shift(b, d);
+        });
     }
     if rng.random_bool(0.3) {
         let p = hsv_params(rng);
-        hsv_shift(a, p);
-        hsv_shift(b, p);
+        time("post_hsv", || {
+            hsv_shift(a, p);
+            hsv_shift(b, p);
+        });
     }
     if rng.random_bool(0.3) {
         let alpha = 1.0 + rng.random_range(-0.3f32..=0.3);
         let beta = rng.random_range(-0.3f32..=0.3) * 255.0;
-        brightness_contrast(a, alpha, beta);
-        brightness_contrast(b, alpha, beta);
+        time("post_bc", || {
+            brightness_contrast(a, alpha, beta);
+            brightness_contrast(b, alpha, beta);
+        });
     }
     if rng.random_bool(0.5) {
         let q = rng.random_range(40u8..=100);
-        super::jpeg::roundtrip(a, w, h, q);
-        super::jpeg::roundtrip(b, w, h, q);
+        time("jpeg", || {
+            super::jpeg::roundtrip(a, w, h, q);
+            super::jpeg::roundtrip(b, w, h, q);
+        });
         return Some(q);
     }
     None
@@ -218,7 +274,8 @@ fn source_augment<R: Rng>(x: &mut [f32], w: usize, h: usize, rng: &mut R) {
         rgb_shift(x, d);
     }
     if rng.random_bool(0.3) {
-        hsv_shift(x, hsv_params(rng));
+        let p = hsv_params(rng);
+        time("src.hsv", || hsv_shift(x, p));
     }
     let alpha = 1.0 + rng.random_range(-0.1f32..=0.1);
     let beta = rng.random_range(-0.1f32..=0.1) * 255.0;
@@ -226,11 +283,11 @@ fn source_augment<R: Rng>(x: &mut [f32], w: usize, h: usize, rng: &mut R) {
     if rng.random_bool(0.5) {
         let f = if rng.random_bool(0.5) { 2 } else { 4 };
         // The factor is relative (a 4x down-scale loses the same share of detail at any size).
-        downscale(x, w, h, f);
+        time("src.downscale", || downscale(x, w, h, f));
     } else {
         let alpha = rng.random_range(0.2f32..=0.5);
         let light = rng.random_range(0.5f32..=1.0);
-        sharpen(x, w, h, alpha, light);
+        time("src.sharpen", || sharpen(x, w, h, alpha, light));
     }
 }
 
@@ -448,8 +505,8 @@ fn blend_mask<R: Rng>(mask: &[f32], hull: &[f32], w: usize, h: usize, s: f32, rn
     let k1 = scaled_odd(2 * rng.random_range(2..=12) + 1, s);
     let k2 = scaled_odd(2 * rng.random_range(2..=12) + 1, s);
     let sigma2 = rng.random_range(5.0f32..=45.0) * s;
-    let small = resize_bilinear(mask, w, h, 1, sw, sh);
-    let mut b1 = blur_with_kernel(&small, sw, sh, &opencv_default_kernel(k1));
+    let small = time("mask.resize_down", || resize_bilinear(mask, w, h, 1, sw, sh));
+    let mut b1 = time("mask.blur1", || blur_with_kernel(&small, sw, sh, &opencv_default_kernel(k1)));
     normalise_max(&mut b1);
     let mut core: Vec<f32> = b1.iter().map(|&v| if v >= 1.0 - 1e-4 { 1.0 } else { 0.0 }).collect();
     if core.iter().all(|&v| v == 0.0) {
@@ -459,9 +516,9 @@ fn blend_mask<R: Rng>(mask: &[f32], hull: &[f32], w: usize, h: usize, s: f32, rn
             core = resize_bilinear(hull, w, h, 1, sw, sh);
         }
     }
-    let mut b2 = gaussian_blur(&core, sw, sh, k2, sigma2);
+    let mut b2 = time("mask.blur2", || gaussian_blur(&core, sw, sh, k2, sigma2));
     normalise_max(&mut b2);
-    let mut out = resize_bilinear(&b2, sw, sh, 1, w, h);
+    let mut out = time("mask.resize_up", || resize_bilinear(&b2, sw, sh, 1, w, h));
     normalise_max(&mut out);
     if out.iter().all(|&v| v <= 0.0) {
         // Unreachable in practice (the ellipse/hull is never empty); never emit an empty mask.
