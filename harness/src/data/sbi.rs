@@ -319,19 +319,36 @@ fn hsv_shift(x: &mut [f32], p: [f32; 3]) {
         let mut hh = if d <= 0.0 {
             0.0
         } else if mx == r {
-            60.0 * ((g - b) / d).rem_euclid(6.0)
+            // `rem_euclid(6.0)` without libm's fmod: |g - b| <= max - min, so the quotient lies
+            // in [-1, 1] where `q % 6 == q` and only the negative side moves (by the same add).
+            let q = (g - b) / d;
+            60.0 * if q < 0.0 { q + 6.0 } else { q }
         } else if mx == g {
             60.0 * ((b - r) / d + 2.0)
         } else {
             60.0 * ((r - g) / d + 4.0)
         };
         let sat = if mx <= 0.0 { 0.0 } else { d / mx };
-        hh = (hh + p[0]).rem_euclid(360.0);
+        // `rem_euclid(360.0)` for a value in [-10, 370]: fmod is exact, and so is `v - 360`
+        // there (Sterbenz), so the branches give the same bits.
+        let v = hh + p[0];
+        let v = if v >= 360.0 { v - 360.0 } else { v };
+        hh = if v < 0.0 { v + 360.0 } else { v };
         let sat = (sat + p[1]).clamp(0.0, 1.0);
         let val = (mx + p[2]).clamp(0.0, 1.0);
         let c = val * sat;
         let hp = hh / 60.0;
-        let xx = c * (1.0 - ((hp % 2.0) - 1.0).abs());
+        // `hp % 2.0` for hp in [0, 6]: exact subtractions (Sterbenz), as fmod's result.
+        let m2 = if hp >= 6.0 {
+            hp - 6.0
+        } else if hp >= 4.0 {
+            hp - 4.0
+        } else if hp >= 2.0 {
+            hp - 2.0
+        } else {
+            hp
+        };
+        let xx = c * (1.0 - (m2 - 1.0).abs());
         let (r1, g1, b1) = match hp as u32 {
             0 => (c, xx, 0.0),
             1 => (xx, c, 0.0),
@@ -391,7 +408,9 @@ fn sharpen(x: &mut [f32], w: usize, h: usize, a: f32, l: f32) {
 /// Rounds and clamps an f32 RGB buffer to an 8-bit image.
 pub fn to_rgb(x: &[f32], w: usize, h: usize) -> RgbImage {
     // `+ 0.5` then truncation rounds (values are non-negative after the clamp) without libm.
-    let data: Vec<u8> = x.iter().map(|v| (v.clamp(0.0, 255.0) + 0.5) as u8).collect();
+    // `max`/`min` send NaN to 0 like the saturating cast of `(v.clamp(0, 255) + 0.5) as u8`;
+    // through i32 the cast vectorises.
+    let data: Vec<u8> = x.iter().map(|v| (v.max(0.0).min(255.0) + 0.5) as i32 as u8).collect();
     RgbImage::from_raw(w as u32, h as u32, data).expect("buffer size matches")
 }
 
@@ -590,20 +609,28 @@ fn blur_with_kernel(x: &[f32], w: usize, h: usize, g: &[f32]) -> Vec<f32> {
     let k = g.len();
     let r = (k / 2) as isize;
     let mut tmp = vec![0f32; w * h];
+    let ru = r as usize;
+    // Interior outputs: taps in the outer loop so that the sum runs over a whole row at once
+    // (vectorised), each output still accumulating `0 + g0 x0 + g1 x1 + ...` in tap order.
+    let n_in = w.saturating_sub(2 * ru);
     for y in 0..h {
         let row = &x[y * w..(y + 1) * w];
         let out = &mut tmp[y * w..(y + 1) * w];
+        if n_in > 0 {
+            let o = &mut out[ru..ru + n_in];
+            for (j, gv) in g.iter().enumerate() {
+                for (d, s) in o.iter_mut().zip(&row[j..j + n_in]) {
+                    *d += gv * s;
+                }
+            }
+        }
         for (xx, o) in out.iter_mut().enumerate() {
+            if xx >= ru && xx + ru < w {
+                continue;
+            }
             let mut acc = 0.0;
-            if xx as isize >= r && (xx as isize + r) < w as isize {
-                let base = xx - r as usize;
-                for (j, gv) in g.iter().enumerate() {
-                    acc += gv * row[base + j];
-                }
-            } else {
-                for (j, gv) in g.iter().enumerate() {
-                    acc += gv * row[reflect101(xx as isize + j as isize - r, w)];
-                }
+            for (j, gv) in g.iter().enumerate() {
+                acc += gv * row[reflect101(xx as isize + j as isize - r, w)];
             }
             *o = acc;
         }
@@ -752,6 +779,10 @@ fn sample_bilinear(
 }
 
 /// Scale `sc` about the centre then translate by (tx, ty); replicate or zero borders.
+///
+/// The sample point of output (x, y) is (f(x), g(y)), so the bilinear taps and weights of
+/// [`sample_bilinear`] are computed once per column and once per row (same expressions, same
+/// bits) instead of once per pixel.
 #[allow(clippy::too_many_arguments)]
 fn warp_affine(
     x: &[f32],
@@ -763,14 +794,56 @@ fn warp_affine(
     ty: f32,
     replicate: bool,
 ) -> Vec<f32> {
+    match c {
+        1 => warp_affine_c::<1>(x, w, h, sc, tx, ty, replicate),
+        3 => warp_affine_c::<3>(x, w, h, sc, tx, ty, replicate),
+        _ => unreachable!("SBI warps RGB images and masks"),
+    }
+}
+
+/// One axis of [`sample_bilinear`]: outside the zero-border range, the two taps, the weight.
+#[derive(Clone, Copy)]
+struct Tap {
+    outside: bool,
+    i0: usize,
+    i1: usize,
+    t: f32,
+}
+
+fn taps(n: usize, centre: f32, shift: f32, sc: f32) -> Vec<Tap> {
+    (0..n)
+        .map(|p| {
+            let sp = (p as f32 - centre - shift) / sc + centre;
+            let outside = sp < -0.5 || sp > n as f32 - 0.5;
+            let sp = sp.clamp(0.0, (n - 1) as f32);
+            let i0 = sp as usize; // clamped to >= 0: truncation is floor
+            Tap { outside, i0, i1: (i0 + 1).min(n - 1), t: sp - i0 as f32 }
+        })
+        .collect()
+}
+
+fn warp_affine_c<const C: usize>(x: &[f32], w: usize, h: usize, sc: f32, tx: f32, ty: f32, replicate: bool) -> Vec<f32> {
     let (cx, cy) = ((w as f32 - 1.0) * 0.5, (h as f32 - 1.0) * 0.5);
-    let mut out = vec![0f32; w * h * c];
-    for y in 0..h {
-        let sy = (y as f32 - cy - ty) / sc + cy;
-        for xx in 0..w {
-            let sx = (xx as f32 - cx - tx) / sc + cx;
-            let i = (y * w + xx) * c;
-            sample_bilinear(x, w, h, c, sx, sy, replicate, &mut out[i..i + c]);
+    let xs = taps(w, cx, tx, sc);
+    let ys = taps(h, cy, ty, sc);
+    let mut out = vec![0f32; w * h * C];
+    for (y, ay) in ys.iter().enumerate() {
+        if !replicate && ay.outside {
+            continue; // zeros
+        }
+        let r0 = &x[ay.i0 * w * C..(ay.i0 + 1) * w * C];
+        let r1 = &x[ay.i1 * w * C..(ay.i1 + 1) * w * C];
+        let row = &mut out[y * w * C..(y + 1) * w * C];
+        for (o, ax) in row.chunks_exact_mut(C).zip(&xs) {
+            if !replicate && ax.outside {
+                continue;
+            }
+            let (a0, a1, b0, b1) = (&r0[ax.i0 * C..][..C], &r0[ax.i1 * C..][..C], &r1[ax.i0 * C..][..C], &r1[ax.i1 * C..][..C]);
+            for ch in 0..C {
+                let top = a0[ch] + (a1[ch] - a0[ch]) * ax.t;
+                let bot = b0[ch] + (b1[ch] - b0[ch]) * ax.t;
+                o[ch] = top + (bot - top) * ay.t;
+            }
         }
     }
     out
@@ -869,6 +942,76 @@ mod tests {
         assert_eq!(resize_bilinear(&x, 4, 3, 1, 4, 3), x);
         let c = vec![7.0f32; 30 * 3];
         assert!(resize_bilinear(&c, 10, 3, 3, 17, 9).iter().all(|v| (v - 7.0).abs() < 1e-5));
+    }
+
+    /// `hsv_shift` as written before issue 22 (libm's fmod via `rem_euclid` and `%`).
+    fn hsv_shift_fmod(x: &mut [f32], p: [f32; 3]) {
+        for px in x.chunks_exact_mut(3) {
+            let (r, g, b) = (px[0] / 255.0, px[1] / 255.0, px[2] / 255.0);
+            let mx = r.max(g).max(b);
+            let mn = r.min(g).min(b);
+            let d = mx - mn;
+            let mut hh = if d <= 0.0 {
+                0.0
+            } else if mx == r {
+                60.0 * ((g - b) / d).rem_euclid(6.0)
+            } else if mx == g {
+                60.0 * ((b - r) / d + 2.0)
+            } else {
+                60.0 * ((r - g) / d + 4.0)
+            };
+            let sat = if mx <= 0.0 { 0.0 } else { d / mx };
+            hh = (hh + p[0]).rem_euclid(360.0);
+            let sat = (sat + p[1]).clamp(0.0, 1.0);
+            let val = (mx + p[2]).clamp(0.0, 1.0);
+            let c = val * sat;
+            let hp = hh / 60.0;
+            let xx = c * (1.0 - ((hp % 2.0) - 1.0).abs());
+            let (r1, g1, b1) = match hp as u32 {
+                0 => (c, xx, 0.0),
+                1 => (xx, c, 0.0),
+                2 => (0.0, c, xx),
+                3 => (0.0, xx, c),
+                4 => (xx, 0.0, c),
+                _ => (c, 0.0, xx),
+            };
+            let m = val - c;
+            px[0] = ((r1 + m) * 255.0).clamp(0.0, 255.0);
+            px[1] = ((g1 + m) * 255.0).clamp(0.0, 255.0);
+            px[2] = ((b1 + m) * 255.0).clamp(0.0, 255.0);
+        }
+    }
+
+    #[test]
+    fn hsv_shift_without_fmod_gives_the_same_bits() {
+        use rand::SeedableRng;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        // Integer pixels (the usual case), arbitrary floats, and the hue edges: grey, pure
+        // primaries, red with a tiny negative (g - b).
+        let mut x: Vec<f32> = (0..30_000).map(|i| if i % 2 == 0 { rng.random_range(0..=255) as f32 } else { rng.random_range(0.0f32..=255.0) }).collect();
+        x.extend([0.0, 0.0, 0.0, 255.0, 0.0, 0.0, 0.0, 255.0, 0.0, 0.0, 0.0, 255.0, 255.0, 0.0, 1e-5, 200.0, 10.0, 10.000001, 7.0, 7.0, 7.0]);
+        x.truncate(x.len() / 3 * 3);
+        for _ in 0..40 {
+            let p = hsv_params(&mut rng);
+            for p in [p, [10.0, p[1], p[2]], [-10.0, p[1], p[2]], [0.0, 0.0, 0.0]] {
+                let (mut a, mut b) = (x.clone(), x.clone());
+                hsv_shift(&mut a, p);
+                hsv_shift_fmod(&mut b, p);
+                let bad = a.iter().zip(&b).position(|(u, v)| u.to_bits() != v.to_bits());
+                assert!(bad.is_none(), "p {p:?}: pixel {:?}", bad.map(|i| &x[i / 3 * 3..i / 3 * 3 + 3]));
+            }
+        }
+    }
+
+    #[test]
+    fn to_rgb_rounds_and_saturates_like_the_cast() {
+        let mut v: Vec<f32> = (-2000..300_000).map(|i| i as f32 * 1e-3).collect();
+        v.extend([f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -0.0, 0.49999997, 0.5, 254.5, 254.49998, 1e30, 128.0]);
+        let n = v.len() / 3 * 3;
+        let got = to_rgb(&v[..n], n / 3, 1);
+        for (a, b) in got.as_raw().iter().zip(&v[..n]) {
+            assert_eq!(*a, (b.clamp(0.0, 255.0) + 0.5) as u8, "{b}");
+        }
     }
 
     #[test]
