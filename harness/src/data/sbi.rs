@@ -501,17 +501,54 @@ fn fill_convex(hull: &[[f32; 2]], w: usize, h: usize, out: &mut [f32]) {
         y1 = y1.max(p[1]);
     }
     let n = hull.len();
+    let (xa, xb) = (x0.floor().max(0.0) as isize, (x1.ceil() as isize).min(w as isize - 1));
     for y in (y0.floor().max(0.0) as usize)..=(y1.ceil() as usize).min(h - 1) {
-        for x in (x0.floor().max(0.0) as usize)..=(x1.ceil() as usize).min(w - 1) {
-            let (px, py) = (x as f32, y as f32);
-            let inside = (0..n).all(|i| {
-                let a = hull[i];
-                let b = hull[(i + 1) % n];
-                (b[0] - a[0]) * (py - a[1]) - (b[1] - a[1]) * (px - a[0]) >= -1e-3
-            });
-            if inside {
-                out[y * w + x] = 1.0;
+        let py = y as f32;
+        // A pixel is inside when every edge's test `A - B (px - a0) >= -1e-3` passes. Each test
+        // is monotone in px (every rounded step of it is), so it passes on a prefix (B > 0), a
+        // suffix (B < 0) or everywhere or nowhere (B = 0), and the pixels passing all of them
+        // form one run [lo, hi]: bisect for its ends with the exact test instead of testing
+        // every pixel against every edge.
+        let (mut lo, mut hi) = (xa, xb);
+        for i in 0..n {
+            if lo > hi {
+                break;
             }
+            let a = hull[i];
+            let b = hull[(i + 1) % n];
+            let pass = |x: isize| {
+                let px = x as f32;
+                (b[0] - a[0]) * (py - a[1]) - (b[1] - a[1]) * (px - a[0]) >= -1e-3
+            };
+            let slope = b[1] - a[1];
+            if slope > 0.0 {
+                if !pass(lo) {
+                    hi = lo - 1;
+                } else if !pass(hi) {
+                    let (mut l, mut r) = (lo, hi); // pass(l), !pass(r)
+                    while r - l > 1 {
+                        let m = l + (r - l) / 2;
+                        if pass(m) { l = m } else { r = m }
+                    }
+                    hi = l;
+                }
+            } else if slope < 0.0 {
+                if !pass(hi) {
+                    hi = lo - 1;
+                } else if !pass(lo) {
+                    let (mut l, mut r) = (lo, hi); // !pass(l), pass(r)
+                    while r - l > 1 {
+                        let m = l + (r - l) / 2;
+                        if pass(m) { r = m } else { l = m }
+                    }
+                    lo = r;
+                }
+            } else if !pass(lo) {
+                hi = lo - 1;
+            }
+        }
+        if lo <= hi {
+            out[y * w + lo as usize..=y * w + hi as usize].fill(1.0);
         }
     }
 }
@@ -683,13 +720,24 @@ fn box_pass(src: &[f32], dst: &mut [f32], w: usize, h: usize, r: usize) {
     let inv = 1.0 / (2 * r + 1) as f32;
     let clamp = |i: isize, n: usize| i.clamp(0, n as isize - 1) as usize;
     let mut rows = vec![0f32; w * h];
-    for y in 0..h {
-        let row = &src[y * w..(y + 1) * w];
-        let out = &mut rows[y * w..(y + 1) * w];
-        let mut acc: f32 = (-(r as isize)..=r as isize).map(|j| row[clamp(j, w)]).sum();
-        for (xx, o) in out.iter_mut().enumerate() {
-            *o = acc * inv;
-            acc += row[clamp(xx as isize + r as isize + 1, w)] - row[clamp(xx as isize - r as isize, w)];
+    // The running sum along a row is one long dependency chain; eight rows advance together so
+    // that their chains overlap (each row's sum still runs in its own order).
+    const L: usize = 8;
+    for y0 in (0..h).step_by(L) {
+        let n = (h - y0).min(L);
+        let mut acc = [0f32; L];
+        for (l, a) in acc.iter_mut().enumerate().take(n) {
+            let row = &src[(y0 + l) * w..(y0 + l + 1) * w];
+            *a = (-(r as isize)..=r as isize).map(|j| row[clamp(j, w)]).sum();
+        }
+        for xx in 0..w {
+            let add = clamp(xx as isize + r as isize + 1, w);
+            let sub = clamp(xx as isize - r as isize, w);
+            for (l, a) in acc.iter_mut().enumerate().take(n) {
+                let i = (y0 + l) * w;
+                rows[i + xx] = *a * inv;
+                *a += src[i + add] - src[i + sub];
+            }
         }
     }
     let mut acc = vec![0f32; w];
@@ -716,7 +764,18 @@ pub fn resize_bilinear(x: &[f32], w: usize, h: usize, c: usize, nw: usize, nh: u
     if nw == w && nh == h {
         return x.to_vec();
     }
-    let mut out = vec![0f32; nw * nh * c];
+    match c {
+        1 => resize_bilinear_c::<1>(x, w, h, nw, nh),
+        3 => resize_bilinear_c::<3>(x, w, h, nw, nh),
+        _ => unreachable!("SBI resizes RGB images and masks"),
+    }
+}
+
+/// Each output is `top + (bot - top) ty` with `top`/`bot` the horizontal interpolation of source
+/// rows y0/y1 at the output's column. That horizontal interpolation depends only on (source row,
+/// output column), so it is computed once per source row and reused by every output row that
+/// reads it (2-16 of them when enlarging), with the same expressions and bits.
+fn resize_bilinear_c<const C: usize>(x: &[f32], w: usize, h: usize, nw: usize, nh: usize) -> Vec<f32> {
     let (fx, fy) = (w as f32 / nw as f32, h as f32 / nh as f32);
     let xs: Vec<(usize, usize, f32)> = (0..nw)
         .map(|i| {
@@ -725,21 +784,36 @@ pub fn resize_bilinear(x: &[f32], w: usize, h: usize, c: usize, nw: usize, nh: u
             (x0, (x0 + 1).min(w - 1), sx - x0 as f32)
         })
         .collect();
-    for j in 0..nh {
-        let sy = ((j as f32 + 0.5) * fy - 0.5).max(0.0);
-        let y0 = (sy as usize).min(h - 1);
-        let y1 = (y0 + 1).min(h - 1);
-        let ty = sy - y0 as f32;
-        for (i, &(x0, x1, tx)) in xs.iter().enumerate() {
-            for ch in 0..c {
-                let a = x[(y0 * w + x0) * c + ch];
-                let b = x[(y0 * w + x1) * c + ch];
-                let cc = x[(y1 * w + x0) * c + ch];
-                let d = x[(y1 * w + x1) * c + ch];
-                let top = a + (b - a) * tx;
-                let bot = cc + (d - cc) * tx;
-                out[(j * nw + i) * c + ch] = top + (bot - top) * ty;
+    let ys: Vec<(usize, usize, f32)> = (0..nh)
+        .map(|j| {
+            let sy = ((j as f32 + 0.5) * fy - 0.5).max(0.0);
+            let y0 = (sy as usize).min(h - 1);
+            (y0, (y0 + 1).min(h - 1), sy - y0 as f32)
+        })
+        .collect();
+    let row_len = nw * C;
+    // Horizontally interpolated source rows, computed on first use.
+    let mut hrows = vec![0f32; h * row_len];
+    let mut done = vec![false; h];
+    let mut out = vec![0f32; nh * row_len];
+    for (j, &(y0, y1, ty)) in ys.iter().enumerate() {
+        for y in [y0, y1] {
+            if !done[y] {
+                let src = &x[y * w * C..(y + 1) * w * C];
+                let dst = &mut hrows[y * row_len..(y + 1) * row_len];
+                for (o, &(x0, x1, tx)) in dst.chunks_exact_mut(C).zip(&xs) {
+                    for ch in 0..C {
+                        let (a, b) = (src[x0 * C + ch], src[x1 * C + ch]);
+                        o[ch] = a + (b - a) * tx;
+                    }
+                }
+                done[y] = true;
             }
+        }
+        let top = &hrows[y0 * row_len..(y0 + 1) * row_len];
+        let bot = &hrows[y1 * row_len..(y1 + 1) * row_len];
+        for ((o, &t), &b) in out[j * row_len..(j + 1) * row_len].iter_mut().zip(top).zip(bot) {
+            *o = t + (b - t) * ty;
         }
     }
     out
@@ -881,6 +955,65 @@ mod tests {
         fill_convex(&h, 4, 4, &mut m);
         // 3x3 integer points inside [0,2]^2.
         assert_eq!(m.iter().sum::<f32>(), 9.0);
+    }
+
+    /// `fill_convex` as written before issue 22: every pixel of the box against every edge.
+    fn fill_convex_every_pixel(hull: &[[f32; 2]], w: usize, h: usize, out: &mut [f32]) {
+        if hull.len() < 3 {
+            return;
+        }
+        let (mut x0, mut x1, mut y0, mut y1) = (f32::MAX, f32::MIN, f32::MAX, f32::MIN);
+        for p in hull {
+            x0 = x0.min(p[0]);
+            x1 = x1.max(p[0]);
+            y0 = y0.min(p[1]);
+            y1 = y1.max(p[1]);
+        }
+        let n = hull.len();
+        for y in (y0.floor().max(0.0) as usize)..=(y1.ceil() as usize).min(h - 1) {
+            for x in (x0.floor().max(0.0) as usize)..=(x1.ceil() as usize).min(w - 1) {
+                let (px, py) = (x as f32, y as f32);
+                let inside = (0..n).all(|i| {
+                    let a = hull[i];
+                    let b = hull[(i + 1) % n];
+                    (b[0] - a[0]) * (py - a[1]) - (b[1] - a[1]) * (px - a[0]) >= -1e-3
+                });
+                if inside {
+                    out[y * w + x] = 1.0;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn fill_convex_runs_match_the_per_pixel_test() {
+        use rand::SeedableRng;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        let (w, h) = (67, 53);
+        let mut filled = 0;
+        for case in 0..3000 {
+            let k = rng.random_range(1..12);
+            // Integer points (edges through pixel centres, the tolerance matters), fractional
+            // ones, thin slivers and points clamped to the border.
+            let pts: Vec<[f32; 2]> = (0..k)
+                .map(|_| match case % 4 {
+                    0 => [rng.random_range(0..w) as f32, rng.random_range(0..h) as f32],
+                    1 => [rng.random_range(-5.0f32..(w + 5) as f32).clamp(0.0, (w - 1) as f32), rng.random_range(0.0f32..(h - 1) as f32)],
+                    2 => {
+                        let t = rng.random_range(0.0f32..1.0);
+                        [3.0 + 50.0 * t + rng.random_range(-0.01f32..0.01), 7.0 + 30.0 * t]
+                    }
+                    _ => [rng.random_range(10.0f32..14.0), rng.random_range(20.0f32..22.0)],
+                })
+                .collect();
+            let hull = convex_hull(pts);
+            let (mut a, mut b) = (vec![0f32; w * h], vec![0f32; w * h]);
+            fill_convex(&hull, w, h, &mut a);
+            fill_convex_every_pixel(&hull, w, h, &mut b);
+            assert!(a == b, "case {case}: hull {hull:?}");
+            filled += a.iter().any(|&v| v > 0.0) as usize;
+        }
+        assert!(filled > 2000, "only {filled} of 3000 hulls cover a pixel");
     }
 
     #[test]
