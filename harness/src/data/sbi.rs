@@ -389,7 +389,32 @@ fn sharpen(x: &mut [f32], w: usize, h: usize, a: f32, l: f32) {
     let xp: Vec<usize> = (0..w).map(|i| reflect101(i as isize + 1, w)).collect();
     for y in 0..h {
         let rows = [reflect101(y as isize - 1, h), y, reflect101(y as isize + 1, h)];
+        // Interior columns: the same nine-term sum in the same order (rows, then columns), over
+        // whole rows at once so that it vectorises; the border columns below reflect.
+        if w >= 3 {
+            let row = |r: usize| &src[3 * r * w..3 * (r + 1) * w];
+            let (up, mid, dn) = (row(rows[0]), row(rows[1]), row(rows[2]));
+            let o = &mut x[3 * y * w + 3..3 * (y + 1) * w - 3];
+            for (k, o) in o.iter_mut().enumerate() {
+                let k = k + 3;
+                let mut s9 = 0.0f32;
+                s9 += up[k - 3];
+                s9 += up[k];
+                s9 += up[k + 3];
+                s9 += mid[k - 3];
+                s9 += mid[k];
+                s9 += mid[k + 3];
+                s9 += dn[k - 3];
+                s9 += dn[k];
+                s9 += dn[k + 3];
+                let v = mid[k];
+                *o = (centre * v - a * (s9 - v)).clamp(0.0, 255.0);
+            }
+        }
         for xx in 0..w {
+            if xx > 0 && xx + 1 < w {
+                continue;
+            }
             let cols = [xm[xx], xx, xp[xx]];
             for c in 0..3 {
                 let mut s9 = 0.0;
@@ -408,9 +433,16 @@ fn sharpen(x: &mut [f32], w: usize, h: usize, a: f32, l: f32) {
 /// Rounds and clamps an f32 RGB buffer to an 8-bit image.
 pub fn to_rgb(x: &[f32], w: usize, h: usize) -> RgbImage {
     // `+ 0.5` then truncation rounds (values are non-negative after the clamp) without libm.
-    // `max`/`min` send NaN to 0 like the saturating cast of `(v.clamp(0, 255) + 0.5) as u8`;
-    // through i32 the cast vectorises.
-    let data: Vec<u8> = x.iter().map(|v| (v.max(0.0).min(255.0) + 0.5) as i32 as u8).collect();
+    // `max`/`min` send NaN to 0 like the saturating cast of `(v.clamp(0, 255) + 0.5) as u8`,
+    // and leave a finite value in [0.5, 255.5] whose unchecked truncation vectorises.
+    let data: Vec<u8> = x
+        .iter()
+        .map(|v| {
+            let c = v.max(0.0).min(255.0) + 0.5;
+            // SAFETY: c is finite and in [0.5, 255.5], inside the i32 range.
+            unsafe { c.to_int_unchecked::<i32>() as u8 }
+        })
+        .collect();
     RgbImage::from_raw(w as u32, h as u32, data).expect("buffer size matches")
 }
 
@@ -722,23 +754,14 @@ fn box_pass(src: &[f32], dst: &mut [f32], w: usize, h: usize, r: usize) {
     let mut rows = vec![0f32; w * h];
     // The running sum along a row is one long dependency chain; eight rows advance together so
     // that their chains overlap (each row's sum still runs in its own order).
-    const L: usize = 8;
-    for y0 in (0..h).step_by(L) {
-        let n = (h - y0).min(L);
-        let mut acc = [0f32; L];
-        for (l, a) in acc.iter_mut().enumerate().take(n) {
-            let row = &src[(y0 + l) * w..(y0 + l + 1) * w];
-            *a = (-(r as isize)..=r as isize).map(|j| row[clamp(j, w)]).sum();
-        }
-        for xx in 0..w {
-            let add = clamp(xx as isize + r as isize + 1, w);
-            let sub = clamp(xx as isize - r as isize, w);
-            for (l, a) in acc.iter_mut().enumerate().take(n) {
-                let i = (y0 + l) * w;
-                rows[i + xx] = *a * inv;
-                *a += src[i + add] - src[i + sub];
-            }
-        }
+    let idx: Vec<(usize, usize)> =
+        (0..w).map(|xx| (clamp(xx as isize + r as isize + 1, w), clamp(xx as isize - r as isize, w))).collect();
+    let full = h / 8 * 8;
+    for y0 in (0..full).step_by(8) {
+        box_rows::<8>(src, &mut rows, w, y0, r, inv, &idx);
+    }
+    for y0 in full..h {
+        box_rows::<1>(src, &mut rows, w, y0, r, inv, &idx);
     }
     let mut acc = vec![0f32; w];
     for j in -(r as isize)..=r as isize {
@@ -753,8 +776,35 @@ fn box_pass(src: &[f32], dst: &mut [f32], w: usize, h: usize, r: usize) {
         }
         let add = clamp(y as isize + r as isize + 1, h);
         let sub = clamp(y as isize - r as isize, h);
-        for i in 0..w {
-            acc[i] += rows[add * w + i] - rows[sub * w + i];
+        let (pa, ps) = (&rows[add * w..(add + 1) * w], &rows[sub * w..(sub + 1) * w]);
+        for ((a, p), m) in acc.iter_mut().zip(pa).zip(ps) {
+            *a += p - m;
+        }
+    }
+}
+
+/// The horizontal running sums of rows `y0..y0 + N` (see [`box_pass`]); `idx[x]`: the columns
+/// entering and leaving the window after output x.
+#[inline(always)]
+fn box_rows<const N: usize>(src: &[f32], rows: &mut [f32], w: usize, y0: usize, r: usize, inv: f32, idx: &[(usize, usize)]) {
+    let src: [&[f32]; N] = std::array::from_fn(|l| &src[(y0 + l) * w..(y0 + l + 1) * w]);
+    let mut acc = [0f32; N];
+    for (a, row) in acc.iter_mut().zip(&src) {
+        *a = (-(r as isize)..=r as isize).map(|j| row[j.clamp(0, w as isize - 1) as usize]).sum();
+    }
+    let (_, rest) = rows.split_at_mut(y0 * w);
+    let out: [&mut [f32]; N] = {
+        let mut rest = rest;
+        std::array::from_fn(|_| {
+            let (a, b) = std::mem::take(&mut rest).split_at_mut(w);
+            rest = b;
+            a
+        })
+    };
+    for (xx, &(add, sub)) in idx.iter().enumerate() {
+        for l in 0..N {
+            out[l][xx] = acc[l] * inv;
+            acc[l] += src[l][add] - src[l][sub];
         }
     }
 }
