@@ -705,11 +705,13 @@ fn blur_with_kernel(x: &[f32], w: usize, h: usize, g: &[f32]) -> Vec<f32> {
         }
     }
     let mut out = vec![0f32; w * h];
-    for (j, gv) in g.iter().enumerate() {
-        for y in 0..h {
+    // Row by row, all taps into one output row while it sits in L1 (each element still sums
+    // its taps in tap order).
+    for y in 0..h {
+        let dst = &mut out[y * w..(y + 1) * w];
+        for (j, gv) in g.iter().enumerate() {
             let yy = reflect101(y as isize + j as isize - r, h);
             let src = &tmp[yy * w..(yy + 1) * w];
-            let dst = &mut out[y * w..(y + 1) * w];
             for (d, s) in dst.iter_mut().zip(src) {
                 *d += gv * s;
             }
