@@ -133,7 +133,14 @@ fn main() -> ExitCode {
         let (n, secs) = run(a.seconds);
         println!("dfbench sbi {s}px: {:.1} img/s ({:.3} ms/img, {n} images)", n as f64 / secs, 1e3 * secs / n as f64);
         if a.profile {
-            let stages = profile::take();
+            // Pipeline order; sub-stages (`src.*`, `mask.*`) under their stage.
+            const ORDER: [&str; 20] = [
+                "to_f32", "hull", "source_aug", "src.hsv", "src.downscale", "src.sharpen", "affine_src",
+                "affine_mask", "elastic", "blend_mask", "mask.resize_down", "mask.blur1", "mask.blur2",
+                "mask.resize_up", "blend", "post_rgb", "post_hsv", "post_bc", "jpeg", "to_u8",
+            ];
+            let mut stages = profile::take();
+            stages.sort_by_key(|e| ORDER.iter().position(|o| *o == e.0).unwrap_or(ORDER.len()));
             let total: f64 = stages.iter().filter(|e| !e.0.contains('.')).map(|e| e.1).sum();
             println!("  {:<18} {:>9} {:>7} {:>6}", "stage", "ms/img", "share", "calls");
             for (name, t, calls) in stages {
