@@ -134,9 +134,9 @@ fn main() -> ExitCode {
         println!("dfbench sbi {s}px: {:.1} img/s ({:.3} ms/img, {n} images)", n as f64 / secs, 1e3 * secs / n as f64);
         if a.profile {
             // Pipeline order; sub-stages (`src.*`, `mask.*`) under their stage.
-            const ORDER: [&str; 20] = [
+            const ORDER: [&str; 23] = [
                 "to_f32", "hull", "source_aug", "src.hsv", "src.downscale", "src.sharpen", "affine_src",
-                "affine_mask", "elastic", "blend_mask", "mask.resize_down", "mask.blur1", "mask.blur2",
+                "affine_mask", "elastic", "elastic.noise", "elastic.smooth", "elastic.sample", "blend_mask", "mask.resize_down", "mask.blur1", "mask.blur2",
                 "mask.resize_up", "blend", "post_rgb", "post_hsv", "post_bc", "jpeg", "to_u8",
             ];
             let mut stages = profile::take();

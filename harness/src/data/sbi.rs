@@ -871,44 +871,11 @@ fn resize_bilinear_c<const C: usize>(x: &[f32], w: usize, h: usize, nw: usize, n
     out
 }
 
-/// Bilinear sample of all `c` channels at (sx, sy) into `out`; outside the image: replicate
-/// the border or give 0.
-#[allow(clippy::too_many_arguments)]
-#[inline]
-fn sample_bilinear(
-    x: &[f32],
-    w: usize,
-    h: usize,
-    c: usize,
-    sx: f32,
-    sy: f32,
-    replicate: bool,
-    out: &mut [f32],
-) {
-    if !replicate && (sx < -0.5 || sy < -0.5 || sx > w as f32 - 0.5 || sy > h as f32 - 0.5) {
-        out.fill(0.0);
-        return;
-    }
-    let sx = sx.clamp(0.0, (w - 1) as f32);
-    let sy = sy.clamp(0.0, (h - 1) as f32);
-    let x0 = sx as usize; // clamped to >= 0: truncation is floor
-    let y0 = sy as usize;
-    let x1 = (x0 + 1).min(w - 1);
-    let y1 = (y0 + 1).min(h - 1);
-    let (tx, ty) = (sx - x0 as f32, sy - y0 as f32);
-    let (i00, i01, i10, i11) = ((y0 * w + x0) * c, (y0 * w + x1) * c, (y1 * w + x0) * c, (y1 * w + x1) * c);
-    for (ch, o) in out.iter_mut().enumerate() {
-        let top = x[i00 + ch] + (x[i01 + ch] - x[i00 + ch]) * tx;
-        let bot = x[i10 + ch] + (x[i11 + ch] - x[i10 + ch]) * tx;
-        *o = top + (bot - top) * ty;
-    }
-}
-
 /// Scale `sc` about the centre then translate by (tx, ty); replicate or zero borders.
 ///
 /// The sample point of output (x, y) is (f(x), g(y)), so the bilinear taps and weights of
 /// [`sample_bilinear`] are computed once per column and once per row (same expressions, same
-/// bits) instead of once per pixel.
+/// bits) instead of once per pixel (`tests::sample_bilinear` is the per-pixel form).
 #[allow(clippy::too_many_arguments)]
 fn warp_affine(
     x: &[f32],
@@ -980,18 +947,46 @@ fn warp_affine_c<const C: usize>(x: &[f32], w: usize, h: usize, sc: f32, tx: f32
 /// sigma; the fields are random, so the small difference to a true Gaussian does not matter).
 fn elastic<R: Rng>(mask: &[f32], w: usize, h: usize, alpha: f32, sigma: f32, rng: &mut R) -> Vec<f32> {
     let mut noise = vec![0f32; w * h];
-    noise.iter_mut().for_each(|v| *v = rng.random_range(-1.0f32..=1.0));
-    let dx = box_gauss(&noise, w, h, sigma);
-    noise.iter_mut().for_each(|v| *v = rng.random_range(-1.0f32..=1.0));
-    let dy = box_gauss(&noise, w, h, sigma);
+    time("elastic.noise", || noise.iter_mut().for_each(|v| *v = rng.random_range(-1.0f32..=1.0)));
+    let dx = time("elastic.smooth", || box_gauss(&noise, w, h, sigma));
+    time("elastic.noise", || noise.iter_mut().for_each(|v| *v = rng.random_range(-1.0f32..=1.0)));
+    let dy = time("elastic.smooth", || box_gauss(&noise, w, h, sigma));
     let mut out = vec![0f32; w * h];
-    for y in 0..h {
-        for x in 0..w {
-            let i = y * w + x;
-            let (sx, sy) = (x as f32 + alpha * dx[i], y as f32 + alpha * dy[i]);
-            sample_bilinear(mask, w, h, 1, sx, sy, false, &mut out[i..i + 1]);
+    time("elastic.sample", || {
+        // `tests::sample_bilinear(mask, .., sx, sy, false)` per pixel, in two passes per row: the
+        // coordinates, taps and weights (branch-free, so they vectorise), then the gathers.
+        let (wf, hf) = (w as f32, h as f32);
+        let (wm, hm) = ((w - 1) as f32, (h - 1) as f32);
+        let mut taps = vec![[0u32; 4]; w];
+        let mut wts = vec![[0f32; 2]; w];
+        let mut outside = vec![false; w];
+        for y in 0..h {
+            let row = y * w..(y + 1) * w;
+            for (x, (((t, wt), out_f), (&ddx, &ddy))) in
+                taps.iter_mut().zip(&mut wts).zip(&mut outside).zip(dx[row.clone()].iter().zip(&dy[row.clone()])).enumerate()
+            {
+                let (sx, sy) = (x as f32 + alpha * ddx, y as f32 + alpha * ddy);
+                *out_f = sx < -0.5 || sy < -0.5 || sx > wf - 0.5 || sy > hf - 0.5;
+                let sx = sx.clamp(0.0, wm);
+                let sy = sy.clamp(0.0, hm);
+                // Clamped to [0, n - 1]: truncation is floor (and NaN gives 0 as `as usize` does).
+                let x0 = sx as i32 as u32;
+                let y0 = sy as i32 as u32;
+                *t = [x0, (x0 + 1).min(w as u32 - 1), y0, (y0 + 1).min(h as u32 - 1)];
+                *wt = [sx - x0 as f32, sy - y0 as f32];
+            }
+            for (((o, t), wt), &out_f) in out[row].iter_mut().zip(&taps).zip(&wts).zip(&outside) {
+                if out_f {
+                    continue; // zero
+                }
+                let [x0, x1, y0, y1] = t.map(|v| v as usize);
+                let (a, b, c, d) = (mask[y0 * w + x0], mask[y0 * w + x1], mask[y1 * w + x0], mask[y1 * w + x1]);
+                let top = a + (b - a) * wt[0];
+                let bot = c + (d - c) * wt[0];
+                *o = top + (bot - top) * wt[1];
+            }
         }
-    }
+    });
     out
 }
 
@@ -1066,6 +1061,65 @@ mod tests {
             filled += a.iter().any(|&v| v > 0.0) as usize;
         }
         assert!(filled > 2000, "only {filled} of 3000 hulls cover a pixel");
+    }
+
+/// Bilinear sample of all `c` channels at (sx, sy) into `out`; outside the image: replicate
+/// the border or give 0.
+#[allow(clippy::too_many_arguments)]
+fn sample_bilinear(
+    x: &[f32],
+    w: usize,
+    h: usize,
+    c: usize,
+    sx: f32,
+    sy: f32,
+    replicate: bool,
+    out: &mut [f32],
+) {
+    if !replicate && (sx < -0.5 || sy < -0.5 || sx > w as f32 - 0.5 || sy > h as f32 - 0.5) {
+        out.fill(0.0);
+        return;
+    }
+    let sx = sx.clamp(0.0, (w - 1) as f32);
+    let sy = sy.clamp(0.0, (h - 1) as f32);
+    let x0 = sx as usize; // clamped to >= 0: truncation is floor
+    let y0 = sy as usize;
+    let x1 = (x0 + 1).min(w - 1);
+    let y1 = (y0 + 1).min(h - 1);
+    let (tx, ty) = (sx - x0 as f32, sy - y0 as f32);
+    let (i00, i01, i10, i11) = ((y0 * w + x0) * c, (y0 * w + x1) * c, (y1 * w + x0) * c, (y1 * w + x1) * c);
+    for (ch, o) in out.iter_mut().enumerate() {
+        let top = x[i00 + ch] + (x[i01 + ch] - x[i00 + ch]) * tx;
+        let bot = x[i10 + ch] + (x[i11 + ch] - x[i10 + ch]) * tx;
+        *o = top + (bot - top) * ty;
+    }
+}
+
+    #[test]
+    fn warp_affine_matches_per_pixel_sampling() {
+        use rand::SeedableRng;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(12);
+        for (w, h) in [(1, 1), (5, 3), (64, 64), (97, 41)] {
+            for c in [1, 3] {
+                let x: Vec<f32> = (0..w * h * c).map(|_| rng.random_range(0.0f32..255.0)).collect();
+                for replicate in [true, false] {
+                    let (sc, tx, ty) = (rng.random_range(0.8f32..1.25), rng.random_range(-9.0f32..9.0), rng.random_range(-5.0f32..5.0));
+                    let got = warp_affine(&x, w, h, c, sc, tx, ty, replicate);
+                    let (cx, cy) = ((w as f32 - 1.0) * 0.5, (h as f32 - 1.0) * 0.5);
+                    let mut want = vec![0f32; w * h * c];
+                    for y in 0..h {
+                        let sy = (y as f32 - cy - ty) / sc + cy;
+                        for xx in 0..w {
+                            let sx = (xx as f32 - cx - tx) / sc + cx;
+                            let i = (y * w + xx) * c;
+                            sample_bilinear(&x, w, h, c, sx, sy, replicate, &mut want[i..i + c]);
+                        }
+                    }
+                    let same = got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "{w}x{h}x{c} replicate {replicate} sc {sc} t ({tx}, {ty})");
+                }
+            }
+        }
     }
 
     #[test]
