@@ -96,11 +96,7 @@ struct V([i32; 8]);
 impl V {
     #[inline(always)]
     fn map2(self, o: V, f: impl Fn(i32, i32) -> i32) -> V {
-        let mut r = [0; 8];
-        for i in 0..8 {
-            r[i] = f(self.0[i], o.0[i]);
-        }
-        V(r)
+        V(std::array::from_fn(|i| f(self.0[i], o.0[i])))
     }
     #[inline(always)]
     fn muls(self, c: i32) -> V {
@@ -278,6 +274,8 @@ fn forward_avx2(x: &[f32], w: usize, h: usize, q: u8) -> Coefs {
     forward_impl(x, w, h, q)
 }
 
+// Lane loops index several arrays by lane; `max(0).min(255)` is not `clamp` (NaN goes to 0).
+#[allow(clippy::needless_range_loop, clippy::manual_clamp)]
 #[inline(always)]
 fn forward_impl(x: &[f32], w: usize, h: usize, q: u8) -> Coefs {
     let (bw, bh) = (w.div_ceil(8), h.div_ceil(8));

@@ -208,8 +208,8 @@ pub fn blend_stage<R: Rng>(img: &RgbImage, landmarks: Option<&[[f32; 2]]>, rng: 
     let ratio = RATIOS[rng.random_range(0..RATIOS.len())];
     let mut fake = vec![0f32; w * h * 3];
     time("blend", || {
-        for i in 0..w * h {
-            let m = ratio * mask[i];
+        for (i, &mv) in mask.iter().enumerate() {
+            let m = ratio * mv;
             for c in 0..3 {
                 let k = 3 * i + c;
                 fake[k] = m * source[k] + (1.0 - m) * target[k];
@@ -431,6 +431,7 @@ fn sharpen(x: &mut [f32], w: usize, h: usize, a: f32, l: f32) {
 }
 
 /// Rounds and clamps an f32 RGB buffer to an 8-bit image.
+#[allow(clippy::manual_clamp)] // `max(0).min(255)` sends NaN to 0, `clamp` would keep it
 pub fn to_rgb(x: &[f32], w: usize, h: usize) -> RgbImage {
     // `+ 0.5` then truncation rounds (values are non-negative after the clamp) without libm.
     // `max`/`min` send NaN to 0 like the saturating cast of `(v.clamp(0, 255) + 0.5) as u8`,
