@@ -28,7 +28,8 @@ secs=${3:-3}
 cpu=${SBI_CPU:-0}
 sizes=${SIZES:-"256 380"}
 [[ "$rounds" =~ ^[1-9][0-9]*$ ]] || { echo "sbi_original.sh: ROUNDS must be a positive integer, got '$rounds'" >&2; exit 2; }
-[[ "$secs" =~ ^[0-9]+(\.[0-9]+)?$ ]] || { echo "sbi_original.sh: SECONDS must be a positive number, got '$secs'" >&2; exit 2; }
+{ [[ "$secs" =~ ^[0-9]+(\.[0-9]+)?$ ]] && [[ "$secs" =~ [1-9] ]]; } ||
+  { echo "sbi_original.sh: SECONDS must be a positive number, got '$secs'" >&2; exit 2; }
 [[ "$cpu" =~ ^[0-9]+$ ]] || { echo "sbi_original.sh: SBI_CPU must be a core number, got '$cpu'" >&2; exit 2; }
 for s in $sizes; do
   [[ "$s" =~ ^[1-9][0-9]*$ ]] || { echo "sbi_original.sh: SIZES must be positive integers, got '$sizes'" >&2; exit 2; }
