@@ -208,13 +208,15 @@ pub fn blend_stage<R: Rng>(img: &RgbImage, landmarks: Option<&[[f32; 2]]>, rng: 
     let ratio = RATIOS[rng.random_range(0..RATIOS.len())];
     let mut fake = vec![0f32; w * h * 3];
     time("blend", || {
-        for (i, &mv) in mask.iter().enumerate() {
-            let m = ratio * mv;
-            for c in 0..3 {
-                let k = 3 * i + c;
-                fake[k] = m * source[k] + (1.0 - m) * target[k];
+        vectorised(|| {
+            let px = source.chunks_exact(3).zip(target.chunks_exact(3));
+            for ((f, (s, t)), &mv) in fake.chunks_exact_mut(3).zip(px).zip(&mask) {
+                let m = ratio * mv;
+                for c in 0..3 {
+                    f[c] = m * s[c] + (1.0 - m) * t[c];
+                }
             }
-        }
+        })
     });
     BlendStage { width: w, height: h, hull, mask, ratio, source, target, fake, variant, landmarks_used }
 }
@@ -982,14 +984,27 @@ fn warp_affine_impl<const C: usize>(x: &[f32], w: usize, h: usize, sc: f32, tx: 
     out
 }
 
+/// Fills `x` with `rng.random_range(-1.0f32..=1.0)` draws, in order. That is rand 0.9's
+/// `UniformFloat::sample_single_inclusive`: one `u32` per draw, its top 23 bits as the mantissa
+/// of a value in [1, 2), minus 1, times `high - low = 2`, plus `low = -1`. The draws come first
+/// and the (vectorised) arithmetic after, the same operations in the same order per value.
+fn uniform_pm1<R: Rng>(x: &mut [f32], rng: &mut R) {
+    let mut bits = vec![0u32; x.len()];
+    bits.iter_mut().for_each(|b| *b = rng.random::<u32>());
+    for (v, b) in x.iter_mut().zip(&bits) {
+        let v12 = f32::from_bits((b >> 9) | (127 << 23));
+        *v = (v12 - 1.0) * 2.0 + -1.0;
+    }
+}
+
 /// Elastic deformation: displacement fields of U(-1, 1) noise, Gaussian-smoothed, times alpha.
 /// The smoothing of the noise fields uses three box passes matched to sigma (cost independent of
 /// sigma; the fields are random, so the small difference to a true Gaussian does not matter).
 fn elastic<R: Rng>(mask: &[f32], w: usize, h: usize, alpha: f32, sigma: f32, rng: &mut R) -> Vec<f32> {
     let mut noise = vec![0f32; w * h];
-    time("elastic.noise", || noise.iter_mut().for_each(|v| *v = rng.random_range(-1.0f32..=1.0)));
+    time("elastic.noise", || uniform_pm1(&mut noise, rng));
     let dx = time("elastic.smooth", || box_gauss(&noise, w, h, sigma));
-    time("elastic.noise", || noise.iter_mut().for_each(|v| *v = rng.random_range(-1.0f32..=1.0)));
+    time("elastic.noise", || uniform_pm1(&mut noise, rng));
     let dy = time("elastic.smooth", || box_gauss(&noise, w, h, sigma));
     let mut out = vec![0f32; w * h];
     time("elastic.sample", || vectorised(|| {
@@ -1259,6 +1274,19 @@ fn sample_bilinear(
             px[1] = ((g1 + m) * 255.0).clamp(0.0, 255.0);
             px[2] = ((b1 + m) * 255.0).clamp(0.0, 255.0);
         }
+    }
+
+    #[test]
+    fn uniform_pm1_is_random_range() {
+        use rand::SeedableRng;
+        let mut a = rand_chacha::ChaCha8Rng::seed_from_u64(13);
+        let mut b = a.clone();
+        let mut x = vec![0f32; 10_007];
+        uniform_pm1(&mut x, &mut a);
+        for (i, v) in x.iter().enumerate() {
+            assert_eq!(v.to_bits(), b.random_range(-1.0f32..=1.0).to_bits(), "draw {i}");
+        }
+        assert_eq!(a.random::<u64>(), b.random::<u64>(), "both generators at the same point");
     }
 
     #[test]
