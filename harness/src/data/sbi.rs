@@ -313,6 +313,11 @@ fn brightness_contrast(x: &mut [f32], alpha: f32, beta: f32) {
 
 /// Hue shift in degrees, saturation and value shifts in [0, 1] units.
 fn hsv_shift(x: &mut [f32], p: [f32; 3]) {
+    vectorised(|| hsv_shift_impl(x, p))
+}
+
+#[inline(always)]
+fn hsv_shift_impl(x: &mut [f32], p: [f32; 3]) {
     for px in x.chunks_exact_mut(3) {
         let (r, g, b) = (px[0] / 255.0, px[1] / 255.0, px[2] / 255.0);
         let mx = r.max(g).max(b);
