@@ -390,6 +390,11 @@ fn downscale(x: &mut [f32], w: usize, h: usize, f: usize) {
 
 /// 3x3 sharpen: `(1 - a) I + a [[-1,-1,-1],[-1,8+l,-1],[-1,-1,-1]]`.
 fn sharpen(x: &mut [f32], w: usize, h: usize, a: f32, l: f32) {
+    vectorised(|| sharpen_impl(x, w, h, a, l))
+}
+
+#[inline(always)]
+fn sharpen_impl(x: &mut [f32], w: usize, h: usize, a: f32, l: f32) {
     let src = x.to_vec();
     let centre = (1.0 - a) + a * (8.0 + l);
     let xm: Vec<usize> = (0..w).map(|i| reflect101(i as isize - 1, w)).collect();
@@ -443,14 +448,15 @@ pub fn to_rgb(x: &[f32], w: usize, h: usize) -> RgbImage {
     // `+ 0.5` then truncation rounds (values are non-negative after the clamp) without libm.
     // `max`/`min` send NaN to 0 like the saturating cast of `(v.clamp(0, 255) + 0.5) as u8`,
     // and leave a finite value in [0.5, 255.5] whose unchecked truncation vectorises.
-    let data: Vec<u8> = x
-        .iter()
-        .map(|v| {
-            let c = v.max(0.0).min(255.0) + 0.5;
-            // SAFETY: c is finite and in [0.5, 255.5], inside the i32 range.
-            unsafe { c.to_int_unchecked::<i32>() as u8 }
-        })
-        .collect();
+    let data: Vec<u8> = vectorised(|| {
+        x.iter()
+            .map(|v| {
+                let c = v.max(0.0).min(255.0) + 0.5;
+                // SAFETY: c is finite and in [0.5, 255.5], inside the i32 range.
+                unsafe { c.to_int_unchecked::<i32>() as u8 }
+            })
+            .collect()
+    });
     RgbImage::from_raw(w as u32, h as u32, data).expect("buffer size matches")
 }
 
