@@ -1,8 +1,10 @@
-//! Decode and SBI throughput (images per second) at 128 and 256 px.
+//! Decode, SBI and JPEG round-trip throughput (images per second) at 128, 256 and 380 px; the
+//! round trip both ways: `data::jpeg::roundtrip` (no entropy coding) and the codec it matches.
 //! Run briefly: `cargo bench -p harness --bench data_pipeline -- --warm-up-time 1 --measurement-time 3`.
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use harness::data::jpeg;
 use harness::data::loader::decode_frame;
 use harness::data::sbi::self_blend;
 use image::{Rgb, RgbImage};
@@ -36,7 +38,7 @@ fn bench(c: &mut Criterion) {
     std::fs::create_dir_all(&dir).unwrap();
     let mut g = c.benchmark_group("data");
     g.throughput(Throughput::Elements(1)).sample_size(10);
-    for size in [128u32, 256] {
+    for size in [128u32, 256, 380] {
         let img = face(size);
         let png = dir.join(format!("{size}.png"));
         img.save(&png).unwrap();
@@ -44,6 +46,21 @@ fn bench(c: &mut Criterion) {
             b.iter(|| black_box(decode_frame(&png, size).unwrap()))
         });
         let lm = landmarks(size as f32);
+        let x: Vec<f32> = img.as_raw().iter().map(|&v| v as f32).collect();
+        g.bench_function(format!("jpeg_roundtrip_{size}"), |b| {
+            b.iter(|| {
+                let mut y = x.clone();
+                jpeg::roundtrip(&mut y, size as usize, size as usize, 70);
+                black_box(y)
+            })
+        });
+        g.bench_function(format!("jpeg_codec_{size}"), |b| {
+            b.iter(|| {
+                let mut y = x.clone();
+                jpeg::roundtrip_reference(&mut y, size as usize, size as usize, 70);
+                black_box(y)
+            })
+        });
         let mut seed = 0u64;
         g.bench_function(format!("sbi_{size}"), |b| {
             b.iter(|| {

@@ -2,6 +2,7 @@
 //! embedded synthetic benchmark and `bench data`.
 pub mod check;
 pub mod index;
+pub mod jpeg;
 pub mod loader;
 pub mod preflight;
 pub mod preview;
