@@ -383,7 +383,7 @@ pub enum Activation {
 impl Activation {
     pub fn forward(self, x: &Tensor) -> Result<Tensor> {
         match self {
-            Activation::Relu => x.relu(),
+            Activation::Relu => crate::ops::relu::relu(x),
             Activation::LeakyRelu(slope) => leaky_relu(x, slope),
             Activation::Silu => x.silu(),
             Activation::Gelu => x.gelu_erf(),

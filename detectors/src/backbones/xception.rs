@@ -121,7 +121,7 @@ impl Block {
                     i += 1;
                     bn.forward_then_relu(&x, mode)?
                 }
-                (Rep::Relu, _) => x.relu()?,
+                (Rep::Relu, _) => crate::ops::relu::relu(&x)?,
                 (Rep::Sep(s), _) => s.forward(&x)?,
                 (Rep::Bn(bn), _) => bn.forward(&x, mode)?,
                 (Rep::MaxPool(s), _) => max_pool2d(&x, 3, *s, 1)?,

@@ -8,6 +8,7 @@ pub mod conv;
 pub mod cuda;
 pub mod pool;
 pub mod profile;
+pub mod relu;
 pub mod se;
 pub mod vmath;
 
