@@ -25,25 +25,18 @@ pub fn relu(x: &Tensor) -> Result<Tensor> {
 
 struct Relu;
 
-/// `f(x[i], extra[i])` for every element, in parallel chunks, into a fresh vector (written once,
+/// `f(a[i], b[i])` for every element, in parallel chunks, into a fresh vector (written once,
 /// never zero-filled first).
-fn map_par(x: &[f32], extra: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
-    let mut out = Vec::<f32>::with_capacity(x.len());
-    out.spare_capacity_mut()[..x.len()].par_chunks_mut(CHUNK).enumerate().for_each(|(i, o)| {
+fn zip_map_par(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
+    let mut out = Vec::<f32>::with_capacity(a.len());
+    out.spare_capacity_mut()[..a.len()].par_chunks_mut(CHUNK).enumerate().for_each(|(i, o)| {
         let (at, len) = (i * CHUNK, o.len());
-        let xs = &x[at..at + len];
-        if extra.is_empty() {
-            for (o, &v) in o.iter_mut().zip(xs) {
-                o.write(f(v, 0.0));
-            }
-        } else {
-            for ((o, &v), &e) in o.iter_mut().zip(xs).zip(&extra[at..at + len]) {
-                o.write(f(v, e));
-            }
+        for ((o, &u), &v) in o.iter_mut().zip(&a[at..at + len]).zip(&b[at..at + len]) {
+            o.write(f(u, v));
         }
     });
     // SAFETY: every element of 0..len was written by exactly one chunk above.
-    unsafe { out.set_len(x.len()) };
+    unsafe { out.set_len(a.len()) };
     out
 }
 
@@ -55,7 +48,7 @@ impl CustomOp1 for Relu {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = super::f32_slice("relu", s, l, "input")?;
         // candle's `relu` for f32 is `v.max(0.0)` (a NaN becomes 0).
-        Ok((CpuStorage::F32(map_par(x, &[], |v, _| v.max(0.0))), l.shape().clone()))
+        Ok((CpuStorage::F32(zip_map_par(x, x, |v, _| v.max(0.0))), l.shape().clone()))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
@@ -71,7 +64,7 @@ impl CustomOp1 for Relu {
             candle_core::bail!("relu backward: input {:?} and output gradient {:?} differ", arg.dims(), grad.dims());
         }
         // candle: `grad * to_dtype(x >= 0)`; the product with 0.0 keeps its sign and NaNs as there.
-        let dx = map_par(x, dy, |v, d| d * if v >= 0.0 { 1.0 } else { 0.0 });
+        let dx = zip_map_par(x, dy, |v, d| d * if v >= 0.0 { 1.0 } else { 0.0 });
         Ok(Some(Tensor::from_vec(dx, arg.shape(), arg.device())?))
     }
 }

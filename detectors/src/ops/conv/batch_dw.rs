@@ -163,40 +163,11 @@ mod tests {
         ]
     }
 
-    /// `dW` by the definition in f64, and the sum of its terms' magnitudes (the scale of the
-    /// rounding error of any f32 summation order).
-    fn brute_dw(g: &Geom, x: &[f32], dy: &[f32]) -> (Vec<f64>, Vec<f64>) {
-        let (mut dw, mut magnitude) = (vec![0f64; g.w_len()], vec![0f64; g.w_len()]);
-        for n in 0..g.n {
-            for o in 0..g.o {
-                let grp = o / g.og;
-                for ci in 0..g.cg {
-                    for ki in 0..g.kh {
-                        for kj in 0..g.kw {
-                            let at = ((o * g.cg + ci) * g.kh + ki) * g.kw + kj;
-                            for oh in 0..g.ho {
-                                for ow in 0..g.wo {
-                                    let ih = (oh * g.s + ki * g.d) as isize - g.p as isize;
-                                    let iw = (ow * g.s + kj * g.d) as isize - g.p as isize;
-                                    if ih < 0 || iw < 0 || ih >= g.h as isize || iw >= g.w as isize {
-                                        continue;
-                                    }
-                                    let xv = x[((n * g.c + grp * g.cg + ci) * g.h + ih as usize) * g.w + iw as usize];
-                                    let term = xv as f64 * dy[((n * g.o + o) * g.ho + oh) * g.wo + ow] as f64;
-                                    dw[at] += term;
-                                    magnitude[at] += term.abs();
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        (dw, magnitude)
-    }
-
+    /// Against the banded path's weight gradient, to rounding: another summation order of the
+    /// same f32 terms. (The public op's tests in `tests/conv_op.rs` check this path against the
+    /// f64 definition, candle and finite differences.)
     #[test]
-    fn matches_the_definition_and_the_banded_path() {
+    fn matches_the_banded_path() {
         let mut rng = ChaCha8Rng::seed_from_u64(22);
         for (g, what) in cases() {
             assert!(applies(&g), "{what}: should take the batch path");
@@ -205,12 +176,9 @@ mod tests {
             let w = rand_vec(&mut rng, g.w_len());
             let ours = weight_gradient(&g, &x, &dy);
             let banded = gemm_path::banded_weight_gradient(&g, &x, &w, &dy);
-            let (want, magnitude) = brute_dw(&g, &x, &dy);
-            for i in 0..ours.len() {
-                // f32 sums in different orders: equal to a few ulps of the terms' magnitudes.
-                let tol = 2e-6 * magnitude[i] + 1e-12;
-                assert!((ours[i] as f64 - want[i]).abs() <= tol, "{what}: dw[{i}] {} vs {}", ours[i], want[i]);
-                assert!((banded[i] as f64 - want[i]).abs() <= tol, "{what}: banded dw[{i}]");
+            let scale = banded.iter().fold(0f32, |m, v| m.max(v.abs()));
+            for (i, (a, b)) in ours.iter().zip(&banded).enumerate() {
+                assert!((a - b).abs() <= 1e-5 * scale, "{what}: dw[{i}] {a} vs banded {b} (scale {scale})");
             }
         }
     }
