@@ -5,58 +5,16 @@
 //!   cargo bench -p harness --bench sbi_speed -- [--sizes 256,380] [--seconds 3] [--profile]
 //!   cargo bench -p harness --bench sbi_speed -- --write-input DIR [--sizes 256,380]
 //!
-//! Input: a face-like crop (skin ellipse on a background, smooth shading and noise) with 81
-//! landmarks in dlib order (jaw, brows, nose, eyes, mouth, 13 forehead points), the same at every
-//! run. Seeds 1, 2, ... so every run draws the same augmentations.
+//! Input: one clean face of the embedded benchmark (`data::synth::sample_face`, seed 1) with its
+//! 81 landmarks in dlib order, the same at every run. Seeds 1, 2, ... so every run draws the same augmentations.
 use std::hint::black_box;
 use std::process::ExitCode;
 use std::time::Instant;
 
 use harness::data::sbi::{profile, self_blend};
-use image::{Rgb, RgbImage};
-use rand::{Rng, SeedableRng};
+use harness::data::synth::sample_face;
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-
-fn face(size: u32) -> RgbImage {
-    let mut rng = ChaCha8Rng::seed_from_u64(size as u64);
-    RgbImage::from_fn(size, size, |x, y| {
-        let n: i32 = rng.random_range(0..24);
-        let (fx, fy) = (x as f32 / size as f32 - 0.5, y as f32 / size as f32 - 0.52);
-        let inside = (fx / 0.33).powi(2) + (fy / 0.42).powi(2) < 1.0;
-        let g = (40.0 * (fx * 6.0).sin() * (fy * 5.0).cos()) as i32;
-        let base = if inside { [180, 135, 115] } else { [50, 65, 90] };
-        Rgb(base.map(|b: i32| (b + n + g).clamp(0, 255) as u8))
-    })
-}
-
-/// 81 points in dlib order where an aligned face crop has them.
-fn landmarks(size: f32) -> Vec<[f32; 2]> {
-    let mut p = Vec::with_capacity(81);
-    let at = |u: f32, v: f32| [size * (0.5 + u), size * (0.52 + v)];
-    for i in 0..17 {
-        let t = std::f32::consts::PI * (i as f32 / 16.0);
-        p.push(at(-0.33 * t.cos(), 0.05 + 0.35 * t.sin()));
-    }
-    for i in 0..10 {
-        p.push(at(-0.25 + 0.05 * i as f32 + if i >= 5 { 0.03 } else { 0.0 }, -0.15));
-    }
-    for i in 0..9 {
-        p.push(at(-0.04 + 0.01 * i as f32, -0.1 + 0.025 * i as f32));
-    }
-    for i in 0..12 {
-        let t = std::f32::consts::TAU * (i % 6) as f32 / 6.0;
-        p.push(at(if i < 6 { -0.12 } else { 0.12 } + 0.05 * t.cos(), -0.08 + 0.02 * t.sin()));
-    }
-    for i in 0..20 {
-        let t = std::f32::consts::TAU * i as f32 / 20.0;
-        p.push(at(0.1 * t.cos(), 0.2 + 0.04 * t.sin()));
-    }
-    for i in 0..13 {
-        let t = std::f32::consts::PI * (1.0 + i as f32 / 12.0);
-        p.push(at(0.3 * t.cos(), -0.15 + 0.2 * t.sin()));
-    }
-    p
-}
 
 struct Args {
     sizes: Vec<u32>,
@@ -102,9 +60,10 @@ fn main() -> ExitCode {
     if let Some(dir) = &a.write_input {
         for &s in &a.sizes {
             let r = std::fs::create_dir_all(dir)
-                .and_then(|_| face(s).save(dir.join(format!("face_{s}.png"))).map_err(std::io::Error::other))
-                .and_then(|_| {
-                    let txt: String = landmarks(s as f32).iter().map(|p| format!("{} {}\n", p[0], p[1])).collect();
+                                .and_then(|_| {
+                    let (img, lm) = sample_face(s as usize, 1);
+                    img.save(dir.join(format!("face_{s}.png"))).map_err(std::io::Error::other)?;
+                    let txt: String = lm.iter().map(|p| format!("{} {}\n", p[0], p[1])).collect();
                     std::fs::write(dir.join(format!("landmarks_{s}.txt")), txt)
                 });
             if let Err(e) = r {
@@ -116,7 +75,7 @@ fn main() -> ExitCode {
     }
     profile::enable(a.profile);
     for &s in &a.sizes {
-        let (img, lm) = (face(s), landmarks(s as f32));
+        let (img, lm) = sample_face(s as usize, 1);
         let mut seed = 0u64;
         let mut run = |secs: f64| {
             let t0 = Instant::now();

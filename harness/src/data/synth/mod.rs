@@ -844,6 +844,20 @@ pub fn generate(out: &Path, preset: Preset, seed: u64) -> anyhow::Result<Summary
     Ok(summary)
 }
 
+/// One clean face of the embedded benchmark at `size` px (identity, look and pose drawn from
+/// `seed`, FF++'s studio backdrop, before the capture chain) with its 81 landmarks in dlib order:
+/// a realistic SBI input for benchmarks (`benches/sbi_speed.rs`).
+pub fn sample_face(size: usize, seed: u64) -> (image::RgbImage, Vec<[f32; 2]>) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let id = Identity::sample(&mut rng);
+    let look = VideoLook::sample(&mut rng, Backdrop::Studio);
+    let frame = face::Frame::new(size, &id, &look, FramePose::sample(&mut rng));
+    let mut im = img::Img::new(size);
+    face::render(&mut im, &id, &look, &frame);
+    let rgb = image::RgbImage::from_raw(size as u32, size as u32, im.to_u8()).expect("size x size RGB");
+    (rgb, face::landmarks(&id, &frame).to_vec())
+}
+
 /// Cache directory name for a generation: preset, seed and generator version.
 pub fn cache_name(preset: Preset, seed: u64) -> String {
     format!("synth-{preset}-seed{seed}-v{GENERATOR_VERSION}")
